@@ -1,0 +1,102 @@
+"""servetune's command line (Typer).
+
+Each package contributes its commands through a ``register(app)`` function in its
+``commands`` module; heavy libraries (optuna, mlflow, torch) are imported inside the
+commands, so ``servetune --help`` stays fast.
+
+Errors in user input surface as one line on stderr and exit code 2 (set SERVETUNE_DEBUG=1
+for the traceback).
+"""
+
+from __future__ import annotations
+
+import importlib
+import os
+import sys
+from importlib.metadata import PackageNotFoundError, version
+
+import typer
+
+COMMAND_MODULES = (
+    "workloads.commands",
+    "backends.sim.commands",
+    "tuner.commands",
+    "backends.live.commands",
+    "tuner.calibration.commands",
+)
+
+app = typer.Typer(
+    name="servetune",
+    help="Find the best LLM serving scheduling policy for your workload, model, GPUs and SLOs.\n\n"
+    "Runs an Optuna study over vLLM/SGLang scheduling knobs on a calibrated discrete-event "
+    "simulator (or a live engine), logs every trial to MLflow and exports the winner.",
+    no_args_is_help=True,
+    add_completion=False,
+    pretty_exceptions_enable=False,
+    context_settings={"help_option_names": ["-h", "--help"]},
+)
+
+
+def _version() -> str:
+    try:
+        return version("servetune")
+    except PackageNotFoundError:  # running from a source tree
+        return "0.1.0+src"
+
+
+def _version_cb(value: bool) -> None:
+    if value:
+        typer.echo(f"servetune {_version()}")
+        raise typer.Exit()
+
+
+@app.callback()
+def _root(
+    version_: bool = typer.Option(False, "--version", callback=_version_cb, is_eager=True, help="Print the version and exit."),
+) -> None:
+    """servetune: tune LLM serving scheduling policies."""
+
+
+for _mod in COMMAND_MODULES:
+    try:
+        _m = importlib.import_module(_mod)
+    except ModuleNotFoundError as _e:  # a package not built yet in this checkout
+        if _e.name and _mod.startswith(_e.name):
+            continue
+        raise
+    _m.register(app)
+
+
+# By convention, every error in what the user gave us (a file, a flag, a name) is raised as
+# ValueError (or an OSError for files) with a one-line message naming the field and why.
+USER_ERRORS: tuple[type[BaseException], ...] = (ValueError, FileNotFoundError, PermissionError, IsADirectoryError)
+
+
+def main(argv: list[str] | None = None) -> None:
+    """Console entry point: run the app, turning user errors into one line and exit 2."""
+    try:
+        app(args=argv, standalone_mode=False)
+    except KeyboardInterrupt:
+        typer.echo("interrupted", err=True)
+        sys.exit(130)
+    except Exception as e:  # noqa: BLE001 - the one place errors become exit codes
+        import click
+
+        if isinstance(e, click.exceptions.Exit):
+            sys.exit(e.exit_code)
+        if isinstance(e, click.ClickException):
+            e.show()
+            sys.exit(2)
+        if os.environ.get("SERVETUNE_DEBUG"):
+            raise
+        if isinstance(e, USER_ERRORS):
+            msg = str(e).splitlines()[0] if str(e) else type(e).__name__
+            typer.echo(f"error: {msg}", err=True)
+            sys.exit(2)
+        typer.echo(f"internal error: {type(e).__name__}: {str(e).splitlines()[0] if str(e) else ''}"
+                   " (set SERVETUNE_DEBUG=1 for the traceback)", err=True)
+        sys.exit(1)
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,294 @@
+"""The scorecard: ONE function turns any backend's RunResult into every metric servetune reports.
+
+Definitions (``shared/DESIGN.md``):
+  TTFT = first token − arrival; TPOT = (finish − first token) / (output tokens − 1) for requests
+  with >= 2 output tokens; E2E = finish − arrival. Latencies in milliseconds.
+  Goodput = output tokens of requests meeting BOTH their TTFT and TPOT SLO / all output tokens
+  offered (rejected and failed requests count as missed).
+  Fairness: per-tenant service = w_in × prompt + w_out × output tokens (VTC), measured in
+  windows where tenants are backlogged.
+"""
+
+from __future__ import annotations
+
+import math
+from dataclasses import asdict, dataclass, fields
+
+import numpy as np
+import pandas as pd
+
+from backends.base import RunResult
+from workloads.workload import Workload
+
+FAIRNESS_WINDOWS = 50
+
+
+@dataclass(frozen=True, slots=True)
+class Scorecard:
+    """Every metric of one run. Latencies in ms, rates per second, fractions in 0..1."""
+
+    n_requests: int
+    n_completed: int
+    n_rejected: int
+    n_failed: int
+    makespan_s: float
+    ttft_mean_ms: float
+    ttft_p50_ms: float
+    ttft_p95_ms: float
+    ttft_p99_ms: float
+    tpot_mean_ms: float
+    tpot_p50_ms: float
+    tpot_p95_ms: float
+    tpot_p99_ms: float
+    e2e_mean_ms: float
+    e2e_p50_ms: float
+    e2e_p95_ms: float
+    e2e_p99_ms: float
+    throughput_tok_s: float
+    """Output tokens per second of makespan."""
+    total_tok_s: float
+    """Prompt + output tokens per second."""
+    requests_s: float
+    goodput_frac: float
+    """Share of offered output tokens delivered within both SLOs."""
+    goodput_tok_s: float
+    goodput_req_s: float
+    slo_attainment: float
+    """Share of requests (offered) meeting both SLOs."""
+    ttft_attainment: float
+    tpot_attainment: float
+    busy_frac: float
+    mfu: float
+    mbu: float
+    kv_util_mean: float
+    kv_util_peak: float
+    fragmentation: float
+    """Allocated-but-unused KV slots / allocated slots (time-weighted)."""
+    offload_bw_util: float
+    preemptions: int
+    prefix_hit_rate: float
+    spec_acceptance: float
+    mean_batch_size: float
+    service_ratio: float
+    """Max / min per-tenant weighted service (1 = equal)."""
+    max_service_diff: float
+    """Max over windows of the service gap between backlogged tenants, weighted tokens."""
+    jain_index: float
+    usd_per_1m_tokens: float
+    """$ per 1M output tokens at the deployment's blended (on-demand/spot) GPU price."""
+    usd_per_1m_tokens_ondemand: float
+    interruptions: int
+
+    def as_dict(self) -> dict[str, float]:
+        return asdict(self)
+
+    def metrics(self) -> dict[str, float]:
+        """Finite numeric metrics only (for MLflow)."""
+        return {k: float(v) for k, v in asdict(self).items() if isinstance(v, int | float) and math.isfinite(v)}
+
+
+def _pct(x: np.ndarray, q: float) -> float:
+    return float(np.percentile(x, q)) if len(x) else float("nan")
+
+
+def _mean(x: np.ndarray) -> float:
+    return float(np.mean(x)) if len(x) else float("nan")
+
+
+def latencies_ms(records: pd.DataFrame) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """Per-request TTFT, TPOT and E2E in ms (NaN where undefined), aligned with ``records``."""
+    arr = records["arrival_s"].to_numpy(float)
+    ft = records["first_token_s"].to_numpy(float)
+    fin = records["finish_s"].to_numpy(float)
+    out = records["output_len"].to_numpy(float)
+    ttft = (ft - arr) * 1e3
+    with np.errstate(invalid="ignore", divide="ignore"):
+        tpot = np.where(out >= 2, (fin - ft) * 1e3 / (out - 1), np.nan)
+    e2e = (fin - arr) * 1e3
+    return ttft, tpot, e2e
+
+
+def slo_met(records: pd.DataFrame) -> np.ndarray:
+    """Boolean per request: served, finished, and within both its TTFT and TPOT targets.
+    A single-token request has no TPOT and meets the TPOT target trivially."""
+    ttft, tpot, _ = latencies_ms(records)
+    ok = ~records["rejected"].to_numpy(bool) & ~records["failed"].to_numpy(bool)
+    ok &= np.isfinite(records["finish_s"].to_numpy(float))
+    ok &= ttft <= records["ttft_slo_ms"].to_numpy(float)
+    ok &= np.where(np.isnan(tpot), True, tpot <= records["tpot_slo_ms"].to_numpy(float))
+    return ok
+
+
+def tenant_service(
+    records: pd.DataFrame, w_in: float = 1.0, w_out: float = 2.0, windows: int = FAIRNESS_WINDOWS
+) -> tuple[pd.DataFrame, float, float]:
+    """Per-tenant weighted service and the backlogged-window fairness figures.
+
+    Prompt service is credited when the first token appears; output service accrues
+    uniformly between first token and finish. A tenant is backlogged in a window when it has
+    a request that arrived before the window and finished after it.
+    Returns (table with tenant, requests, service; max service difference; mean Jain index).
+    """
+    served = np.isfinite(records["finish_s"].to_numpy(float))
+    tenants = records["tenant"].to_numpy(object)
+    names = sorted(set(tenants.tolist()))
+    arr = records["arrival_s"].to_numpy(float)
+    ft = records["first_token_s"].to_numpy(float)
+    fin = records["finish_s"].to_numpy(float)
+    p = records["prompt_len"].to_numpy(float)
+    o = records["output_len"].to_numpy(float)
+    total = np.where(served, w_in * p + w_out * o, 0.0)
+    table = pd.DataFrame(
+        {
+            "tenant": names,
+            "requests": [int(np.sum(tenants == t)) for t in names],
+            "service": [float(total[tenants == t].sum()) for t in names],
+        }
+    )
+    if len(names) < 2 or not served.any():
+        return table, 0.0, 1.0
+    t0, t1 = float(np.nanmin(arr)), float(np.nanmax(np.where(served, fin, arr)))
+    if not t1 > t0:
+        return table, 0.0, 1.0
+    edges = np.linspace(t0, t1, windows + 1)
+    end = np.where(served, fin, np.inf)
+
+    def cum_service(tau: np.ndarray, m: np.ndarray) -> np.ndarray:
+        """Cumulative service of requests m at each time tau (len(tau),)."""
+        out = np.zeros(len(tau))
+        fts, fins, ps, os_ = ft[m], fin[m], p[m], o[m]
+        for j, x in enumerate(tau):
+            prompt = np.sum(ps[fts <= x]) * w_in
+            span = np.maximum(fins - fts, 1e-12)
+            frac = np.clip((x - fts) / span, 0.0, 1.0)
+            out[j] = prompt + w_out * np.sum(os_ * frac)
+        return out
+
+    per_tenant = {}
+    backlog = {}
+    for t in names:
+        m = (tenants == t) & served
+        per_tenant[t] = np.diff(cum_service(edges, m))
+        mt = tenants == t
+        # backlogged in window k: some request arrived <= window start and ends >= window end
+        a, e = arr[mt], end[mt]
+        backlog[t] = np.array([np.any((a <= edges[k]) & (e >= edges[k + 1])) for k in range(windows)])
+    max_diff, jains = 0.0, []
+    for k in range(windows):
+        s = np.array([per_tenant[t][k] for t in names if backlog[t][k]])
+        if len(s) >= 2:
+            max_diff = max(max_diff, float(s.max() - s.min()))
+            denom = len(s) * float(np.sum(s * s))
+            jains.append(float(s.sum() ** 2 / denom) if denom > 0 else 1.0)
+    return table, max_diff, (float(np.mean(jains)) if jains else 1.0)
+
+
+def score(result: RunResult, workload: Workload | None = None) -> Scorecard:
+    """The scorecard of one run. ``workload`` gives offered output tokens; without it the
+    records' served tokens stand in for rejected/failed requests' offered tokens (0)."""
+    rec = result.records
+    tel = result.telemetry
+    pol = result.policy
+    n = len(rec)
+    rejected = rec["rejected"].to_numpy(bool)
+    failed = rec["failed"].to_numpy(bool)
+    done = np.isfinite(rec["finish_s"].to_numpy(float)) & ~rejected & ~failed
+    ttft, tpot, e2e = latencies_ms(rec)
+    ttft_d, e2e_d = ttft[done], e2e[done]
+    tpot_d = tpot[done & np.isfinite(tpot)]
+    out_tok = rec["output_len"].to_numpy(float)
+    prompt_tok = rec["prompt_len"].to_numpy(float)
+    if workload is not None and workload.n == n:
+        offered = workload.output_len.astype(float)[rec["req_id"].to_numpy(int)]
+    else:
+        offered = np.where(done, out_tok, 0.0)
+    makespan = max(float(tel.makespan_s), 1e-9)
+    met = slo_met(rec)
+    ttft_ok = done & (ttft <= rec["ttft_slo_ms"].to_numpy(float))
+    tpot_ok = done & np.where(np.isnan(tpot), True, tpot <= rec["tpot_slo_ms"].to_numpy(float))
+    produced = float(out_tok[done].sum())
+    good_tokens = float(out_tok[met].sum())
+
+    c = tel.counters
+    gpu_s = makespan * tel.n_gpus
+    mfu = tel.flops / (gpu_s * tel.peak_flops_per_gpu) if tel.peak_flops_per_gpu > 0 else float("nan")
+    mbu = tel.hbm_bytes / (gpu_s * tel.peak_hbm_bytes_s_per_gpu) if tel.peak_hbm_bytes_s_per_gpu > 0 else float("nan")
+    kv_mean = kv_peak = float("nan")
+    tl = tel.timeline
+    if tl is not None and len(tl) and "kv_used_frac" in tl:
+        t = tl["t_s"].to_numpy(float)
+        k = tl["kv_used_frac"].to_numpy(float)
+        kv_peak = float(np.nanmax(k))
+        if len(t) > 1 and t[-1] > t[0]:
+            dt = np.diff(np.r_[t, makespan if makespan > t[-1] else t[-1]])
+            kv_mean = float(np.sum(k * dt) / max(np.sum(dt), 1e-12))
+        else:
+            kv_mean = float(np.nanmean(k))
+    alloc = c.get("kv_allocated_slot_s", 0.0)
+    frag = 1.0 - c.get("kv_used_slot_s", 0.0) / alloc if alloc > 0 else float("nan")
+    offload_util = tel.offload_bytes / (makespan * tel.offload_bytes_s_capacity) if tel.offload_bytes_s_capacity > 0 else 0.0
+    q = c.get("prefix_query_tokens", 0.0)
+    d = c.get("spec_draft_tokens", 0.0)
+    it = c.get("iterations", 0.0)
+    _, max_diff, jain = tenant_service(rec, pol.vtc_input_weight, pol.vtc_output_weight)
+    svc = _service_totals(rec, pol.vtc_input_weight, pol.vtc_output_weight)
+    svc_pos = svc[svc > 0]
+    ratio = float(svc_pos.max() / svc_pos.min()) if len(svc_pos) >= 2 else 1.0
+    price = (1 - tel.spot_fraction) * tel.gpu_hour_usd + tel.spot_fraction * tel.spot_gpu_hour_usd
+    hours = gpu_s / 3600.0
+    def per_m(usd):
+        return (usd / (produced / 1e6) if produced > 0 else float("inf"))
+    return Scorecard(
+        n_requests=n,
+        n_completed=int(done.sum()),
+        n_rejected=int(rejected.sum()),
+        n_failed=int(failed.sum()),
+        makespan_s=float(tel.makespan_s),
+        ttft_mean_ms=_mean(ttft_d),
+        ttft_p50_ms=_pct(ttft_d, 50),
+        ttft_p95_ms=_pct(ttft_d, 95),
+        ttft_p99_ms=_pct(ttft_d, 99),
+        tpot_mean_ms=_mean(tpot_d),
+        tpot_p50_ms=_pct(tpot_d, 50),
+        tpot_p95_ms=_pct(tpot_d, 95),
+        tpot_p99_ms=_pct(tpot_d, 99),
+        e2e_mean_ms=_mean(e2e_d),
+        e2e_p50_ms=_pct(e2e_d, 50),
+        e2e_p95_ms=_pct(e2e_d, 95),
+        e2e_p99_ms=_pct(e2e_d, 99),
+        throughput_tok_s=produced / makespan,
+        total_tok_s=(produced + float(prompt_tok[done].sum())) / makespan,
+        requests_s=float(done.sum()) / makespan,
+        goodput_frac=good_tokens / float(offered.sum()) if offered.sum() > 0 else 0.0,
+        goodput_tok_s=good_tokens / makespan,
+        goodput_req_s=float(met.sum()) / makespan,
+        slo_attainment=float(met.sum()) / n if n else 0.0,
+        ttft_attainment=float(ttft_ok.sum()) / n if n else 0.0,
+        tpot_attainment=float(tpot_ok.sum()) / n if n else 0.0,
+        busy_frac=min(1.0, tel.busy_s / (makespan * max(tel.instances, 1))),
+        mfu=mfu,
+        mbu=mbu,
+        kv_util_mean=kv_mean,
+        kv_util_peak=kv_peak,
+        fragmentation=frag,
+        offload_bw_util=offload_util,
+        preemptions=int(c.get("preemptions", rec["preemptions"].sum())),
+        prefix_hit_rate=c.get("prefix_hit_tokens", 0.0) / q if q > 0 else 0.0,
+        spec_acceptance=c.get("spec_accepted_tokens", 0.0) / d if d > 0 else float("nan"),
+        mean_batch_size=c.get("batch_size_sum", 0.0) / it if it > 0 else float("nan"),
+        service_ratio=ratio,
+        max_service_diff=max_diff,
+        jain_index=jain,
+        usd_per_1m_tokens=per_m(hours * price),
+        usd_per_1m_tokens_ondemand=per_m(hours * tel.gpu_hour_usd),
+        interruptions=int(tel.interruptions),
+    )
+
+
+def _service_totals(rec: pd.DataFrame, w_in: float, w_out: float) -> np.ndarray:
+    served = np.isfinite(rec["finish_s"].to_numpy(float))
+    s = np.where(served, w_in * rec["prompt_len"].to_numpy(float) + w_out * rec["output_len"].to_numpy(float), 0.0)
+    return pd.Series(s).groupby(rec["tenant"].to_numpy(object)).sum().to_numpy(float)
+
+
+SCORECARD_FIELDS = tuple(f.name for f in fields(Scorecard))
