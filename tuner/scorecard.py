@@ -127,7 +127,9 @@ def tenant_service(
     Prompt service is credited when the first token appears; output service accrues
     uniformly between first token and finish. A tenant is backlogged in a window when it has
     a request that arrived before the window and finished after it.
-    Returns (table with tenant, requests, service; max service difference; mean Jain index).
+    Returns (table with tenant, requests, service; max service difference between two tenants
+    over any interval in which both are backlogged, in weighted tokens; Jain's index of the
+    tenants' service rates while backlogged).
     """
     served = np.isfinite(records["finish_s"].to_numpy(float))
     tenants = records["tenant"].to_numpy(object)
@@ -164,23 +166,41 @@ def tenant_service(
             out[j] = prompt + w_out * np.sum(os_ * frac)
         return out
 
-    per_tenant = {}
+    cum = {}
     backlog = {}
     for t in names:
-        m = (tenants == t) & served
-        per_tenant[t] = np.diff(cum_service(edges, m))
+        cum[t] = cum_service(edges, (tenants == t) & served)
         mt = tenants == t
         # backlogged in window k: some request arrived <= window start and ends >= window end
         a, e = arr[mt], end[mt]
         backlog[t] = np.array([np.any((a <= edges[k]) & (e >= edges[k + 1])) for k in range(windows)])
-    max_diff, jains = 0.0, []
-    for k in range(windows):
-        s = np.array([per_tenant[t][k] for t in names if backlog[t][k]])
-        if len(s) >= 2:
-            max_diff = max(max_diff, float(s.max() - s.min()))
-            denom = len(s) * float(np.sum(s * s))
-            jains.append(float(s.sum() ** 2 / denom) if denom > 0 else 1.0)
-    return table, max_diff, (float(np.mean(jains)) if jains else 1.0)
+    # VTC's measure: for two tenants both backlogged over [t1, t2], |W_a(t1,t2) - W_b(t1,t2)|.
+    # Over a run of windows where both are backlogged, its max is max(D) - min(D) of D = S_a - S_b.
+    max_diff = 0.0
+    for i, a in enumerate(names):
+        for b in names[i + 1 :]:
+            both = backlog[a] & backlog[b]
+            k = 0
+            while k < windows:
+                if not both[k]:
+                    k += 1
+                    continue
+                j = k
+                while j < windows and both[j]:
+                    j += 1
+                d = cum[a][k : j + 1] - cum[b][k : j + 1]
+                max_diff = max(max_diff, float(d.max() - d.min()))
+                k = j
+    # Jain's index over tenants' service rates while backlogged (windows with >= 2 backlogged)
+    multi = np.sum([backlog[t] for t in names], axis=0) >= 2
+    rates = []
+    for t in names:
+        wins = backlog[t] & multi
+        if wins.any():
+            rates.append(float(np.sum(np.diff(cum[t])[wins])) / int(wins.sum()))
+    r = np.array(rates)
+    jain = float(r.sum() ** 2 / (len(r) * np.sum(r * r))) if len(r) >= 2 and np.sum(r * r) > 0 else 1.0
+    return table, max_diff, jain
 
 
 def score(result: RunResult, workload: Workload | None = None) -> Scorecard:

@@ -277,7 +277,7 @@ def build_workload(
         names = np.asarray(slo_class, dtype=object).astype(str)
         unknown = set(names) - set(classes)
         if unknown:
-            raise ValueError(f"slo_class: unknown class {sorted(unknown)[0]!r} (known: {sorted(classes)})")
+            raise ValueError(f"slo_class: unknown class {str(sorted(unknown)[0])!r} (known: {sorted(classes)})")
         slo_idx = np.array([classes[s] for s in names], np.int32)
     off = ids = None
     if prefix_blocks is not None:
