@@ -1,0 +1,254 @@
+"""Analytical (roofline) cost of one engine iteration on one tensor-parallel instance.
+
+Time of an iteration = Σ over operators of max(FLOPs / (peak × eff), bytes / (HBM bw × eff))
++ tensor-parallel all-reduce (2 per layer, ring over NVLink) + the engine's CPU overhead.
+Linear layers read their weights once per iteration (MoE: the experts the batch's tokens touch);
+prefill attention is quadratic (query-key pairs); decode attention reads each sequence's KV and
+is its own roofline term, so a decode-only iteration's time is AFFINE in the summed context —
+``decode_segment`` and ``iters_within`` use that to skip many iterations in O(1).
+
+All times are seconds, FLOPs and bytes are per GPU of the instance, tokens are tokens.
+``iteration`` is pure float math on constants precomputed in ``__init__`` (a few µs).
+"""
+
+from __future__ import annotations
+
+import math
+from dataclasses import dataclass
+
+from backends.sim.catalog import GPUSpec, ModelSpec, dtype_bytes, kv_bytes_per_token_per_gpu
+from backends.sim.engines import EnginePreset, get_engine
+
+ACT_BYTES = 2.0  # activations are bf16/fp16
+
+
+@dataclass(frozen=True, slots=True)
+class IterCost:
+    """Cost of one (or a run of) iteration(s): time s, FLOPs and HBM bytes per GPU."""
+
+    time_s: float
+    flops: float
+    hbm_bytes: float
+
+
+@dataclass(frozen=True, slots=True)
+class Efficiency:
+    """Achieved fractions of peak, and fixed costs; defaults are typical of H100/A100 kernels."""
+
+    gemm: float = 0.70
+    """Fraction of peak dense FLOP/s reached by large GEMMs."""
+    attn: float = 0.45
+    """Fraction of peak FLOP/s reached by (flash) attention."""
+    mem: float = 0.80
+    """Fraction of peak HBM bandwidth reached by memory-bound kernels."""
+    comm: float = 0.70
+    """Fraction of interconnect bandwidth reached by all-reduce."""
+    allreduce_latency_s: float = 12e-6
+    """Fixed cost of one all-reduce, s."""
+    overhead_scale: float = 1.0
+    """Multiplies the engine preset's CPU overheads."""
+    layer_overhead_s: float = 0.0
+    """Fixed cost per layer per iteration (kernel launches not hidden by CUDA graphs), s."""
+
+    def __post_init__(self) -> None:
+        for k in ("gemm", "attn", "mem", "comm"):
+            v = getattr(self, k)
+            if not 0.0 < v <= 1.5:
+                raise ValueError(f"efficiency {k}={v}: must be in (0, 1.5]")
+        for k in ("allreduce_latency_s", "overhead_scale", "layer_overhead_s"):
+            if getattr(self, k) < 0:
+                raise ValueError(f"efficiency {k}={getattr(self, k)}: must be >= 0")
+
+
+def linear_weight_params(model: ModelSpec) -> int:
+    """Parameters of the transformer blocks' linear layers (all experts), whole model."""
+    return model.layers * (model.attn_params_per_layer + model.dense_mlp_params_per_layer
+                           + model.n_experts * (model.expert_params + model.hidden))
+
+
+def weight_bytes_per_gpu(model: ModelSpec, tp: int = 1, weight_dtype: str = "bf16") -> float:
+    """Weight bytes on one GPU: block linear layers in ``weight_dtype``; embeddings, LM head and
+    norms stay 16-bit (as in FP8 checkpoints); everything is split over tp."""
+    wb = dtype_bytes(weight_dtype)
+    other = model.params - linear_weight_params(model)
+    return (linear_weight_params(model) * wb + other * 2.0) / tp
+
+
+class CostModel:
+    """Iteration cost of ``model`` on ``tp`` × ``gpu`` under an engine preset."""
+
+    def __init__(self, model: ModelSpec, gpu: GPUSpec, tp: int = 1, weight_dtype: str = "bf16",
+                 kv_dtype: str = "bf16", engine: EnginePreset | None = None,
+                 efficiency: Efficiency | None = None) -> None:
+        if tp < 1:
+            raise ValueError(f"tp={tp}: must be >= 1")
+        self.model, self.gpu, self.tp = model, gpu, tp
+        self.weight_dtype, self.kv_dtype = weight_dtype, kv_dtype
+        self.engine = engine or get_engine("vllm-v1")
+        self.eff = eff = efficiency or Efficiency()
+        m, L = model, model.layers
+        wb = dtype_bytes(weight_dtype)
+        self.weight_bytes = weight_bytes_per_gpu(model, tp, weight_dtype)
+        """Weight bytes per GPU."""
+        self.kv_bytes_per_token = kv_bytes_per_token_per_gpu(model, tp, kv_dtype)
+        """KV-cache bytes per token per GPU."""
+
+        self._inv_pc = 1.0 / (gpu.peak_flops(weight_dtype) * eff.gemm)     # s per GEMM FLOP
+        self._inv_pc16 = 1.0 / (gpu.peak_flops("bf16") * eff.gemm)        # LM head (16-bit)
+        self._inv_pa = 1.0 / (gpu.peak_flops("bf16") * eff.attn)          # s per attention FLOP
+        self._inv_bw = 1.0 / (gpu.hbm_bytes_s * eff.mem)                  # s per HBM byte
+        q, kv, h = m.heads * m.head_dim, m.kv_heads * m.head_dim, m.hidden
+        # Dense linear operators over all layers, per GPU: (FLOPs/token, weight bytes, act bytes/token).
+        ops = [(h * (q + 2 * kv), h + q + 2 * kv), (q * h, q + h)]
+        if m.ffn:
+            ops.append((m.mlp_mats * h * m.ffn, 2 * h + (m.mlp_mats - 1) * m.ffn))
+        if m.n_shared_experts:
+            ops.append((3 * h * m.shared_ffn * m.n_shared_experts, 2 * h + 2 * m.shared_ffn))
+        self._ops = tuple((2.0 * L * p / tp, L * p * wb / tp, L * a * ACT_BYTES / tp) for p, a in ops)
+        # MoE: routed experts. FLOPs/token for its k experts; weight bytes of ONE expert (all layers).
+        self._moe = m.is_moe
+        if m.is_moe:
+            self._moe_f = 2.0 * L * m.experts_per_token * m.expert_params / tp
+            self._moe_w = L * m.expert_params * wb / tp
+            self._moe_a = L * m.experts_per_token * (2 * h + 2 * m.moe_ffn) * ACT_BYTES / tp
+            self._moe_miss = 1.0 - m.experts_per_token / m.n_experts
+            self._moe_router = 2.0 * L * h * m.n_experts  # replicated router GEMM FLOPs/token
+        # Attention: causal prefill FLOPs per query-key pair (QK^T and PV), decode per context token.
+        self._attn_f_pair = 4.0 * L * m.heads * m.head_dim / tp
+        self._attn_pf_a = L * (2 * q / tp) * ACT_BYTES + self.kv_bytes_per_token  # q,o + KV write, per token
+        self._kv_tok = self.kv_bytes_per_token
+        # Norms, rope, activation, residual adds: memory-bound, bytes per token (all layers).
+        self._elem_a = L * 8 * h * ACT_BYTES  # replicated over the TP ranks
+        # LM head (vocab-parallel, 16-bit) on the sampled tokens.
+        self._lm_f = 2.0 * m.vocab * h / tp
+        self._lm_w = m.vocab * h * 2.0 / tp
+        self._lm_a = m.vocab * 4.0 / tp
+        # Tensor-parallel all-reduce: 2 per layer, ring: 2(tp-1)/tp × message / bw + latency.
+        if tp > 1:
+            bw = gpu.interconnect_bytes_s * eff.comm
+            self._ar_fixed = 2 * L * eff.allreduce_latency_s
+            self._ar_tok = 2 * L * 2.0 * (tp - 1) / tp * h * ACT_BYTES / bw
+        else:
+            self._ar_fixed = self._ar_tok = 0.0
+        e = self.engine
+        self._oh = e.iteration_overhead_s * eff.overhead_scale + L * eff.layer_overhead_s
+        self._oh_seq = e.per_seq_overhead_s * eff.overhead_scale
+        self._oh_eager = e.eager_launch_overhead_s * eff.overhead_scale
+        self._graph_max = e.cuda_graph_max_batch
+
+    # ------------------------------------------------------------ core
+    def _fixed(self, prefill_tokens: int, prefill_attn_pairs: float, decode_seqs: int,
+               decode_tokens: int, prefill_seqs: int) -> tuple[float, float, float, float, float, float]:
+        """Cost with zero decode context, and the decode-attention cost per context token:
+        (time, flops, bytes, time/ctx, flops/ctx, bytes/ctx)."""
+        T = prefill_tokens + decode_tokens
+        if T <= 0:
+            return 0.0, 0.0, 0.0, 0.0, 0.0, 0.0
+        t = f = b = 0.0
+        inv_pc, inv_bw = self._inv_pc, self._inv_bw
+        for fo, wo, ao in self._ops:
+            fl, by = fo * T, wo + ao * T
+            tc, tm = fl * inv_pc, by * inv_bw
+            t += tc if tc > tm else tm
+            f += fl
+            b += by
+        if self._moe:
+            touched = self.model.n_experts * (1.0 - self._moe_miss ** T)
+            fl = self._moe_f * T + self._moe_router * T
+            by = self._moe_w * touched + self._moe_a * T
+            tc, tm = fl * inv_pc, by * inv_bw
+            t += tc if tc > tm else tm
+            f += fl
+            b += by
+        if prefill_tokens:
+            fl = self._attn_f_pair * prefill_attn_pairs
+            by = self._attn_pf_a * prefill_tokens
+            tc, tm = fl * self._inv_pa, by * inv_bw
+            t += tc if tc > tm else tm
+            f += fl
+            b += by
+        # elementwise (memory-bound)
+        by = self._elem_a * T
+        t += by * inv_bw
+        b += by
+        # LM head on sampled tokens
+        n_sample = decode_tokens + (prefill_seqs if prefill_tokens else 0)
+        if n_sample:
+            fl, by = self._lm_f * n_sample, self._lm_w + self._lm_a * n_sample
+            tc, tm = fl * self._inv_pc16, by * inv_bw
+            t += tc if tc > tm else tm
+            f += fl
+            b += by
+        t += self._ar_fixed + self._ar_tok * T
+        t += self._oh + self._oh_seq * (decode_seqs + (prefill_seqs if prefill_tokens else 0))
+        if prefill_tokens or decode_seqs > self._graph_max:
+            t += self._oh_eager
+        # decode attention: per context token, memory-bound KV read vs QK/PV FLOPs
+        if decode_seqs:
+            fs = self._attn_f_pair * decode_tokens / decode_seqs
+            bs = self._kv_tok
+            tc, tm = fs * self._inv_pa, bs * inv_bw
+            ts = tc if tc > tm else tm
+            # q and output of each decode token
+            by = self._attn_pf_a * decode_tokens
+            t += by * inv_bw
+            b += by
+            return t, f, b, ts, fs, bs
+        return t, f, b, 0.0, 0.0, 0.0
+
+    def iteration(self, prefill_tokens: int, prefill_attn_pairs: float, decode_seqs: int,
+                  decode_tokens: int, decode_ctx: float, *, prefill_seqs: int = 1) -> IterCost:
+        """Cost of one iteration (see module doc). ``prefill_seqs`` = sequences with a prefill
+        chunk this iteration (their last-chunk tokens are sampled; default 1)."""
+        t, f, b, ts, fs, bs = self._fixed(prefill_tokens, prefill_attn_pairs, decode_seqs,
+                                          decode_tokens, prefill_seqs)
+        return IterCost(t + ts * decode_ctx, f + fs * decode_ctx, b + bs * decode_ctx)
+
+    def decode_segment(self, decode_seqs: int, decode_ctx: float, n_iters: int,
+                       tokens_per_seq: int = 1) -> IterCost:
+        """Total cost of ``n_iters`` decode-only iterations of a fixed set of ``decode_seqs``
+        sequences (each processing ``tokens_per_seq`` tokens) whose summed context starts at
+        ``decode_ctx`` and grows by decode_seqs × tokens_per_seq per iteration. Closed form,
+        equal to the sum of the ``iteration`` calls."""
+        if n_iters <= 0 or decode_seqs <= 0:
+            return IterCost(0.0, 0.0, 0.0)
+        t, f, b, ts, fs, bs = self._fixed(0, 0.0, decode_seqs, decode_seqs * tokens_per_seq, 0)
+        ctx_sum = n_iters * decode_ctx + decode_seqs * tokens_per_seq * (n_iters * (n_iters - 1) / 2.0)
+        return IterCost(n_iters * t + ts * ctx_sum, n_iters * f + fs * ctx_sum, n_iters * b + bs * ctx_sum)
+
+    def iters_within(self, decode_seqs: int, decode_ctx: float, budget_s: float, tokens_per_seq: int = 1) -> int:
+        """Most decode iterations (as in ``decode_segment``) whose total time is <= ``budget_s``."""
+        if decode_seqs <= 0 or budget_s <= 0:
+            return 0
+        a, _, _, ts, _, _ = self._fixed(0, 0.0, decode_seqs, decode_seqs * tokens_per_seq, 0)
+        g = decode_seqs * tokens_per_seq
+
+        def total(n: int) -> float:
+            return n * a + ts * (n * decode_ctx + g * (n * (n - 1) / 2.0))
+
+        qa, qb = ts * g / 2.0, a + ts * decode_ctx - ts * g / 2.0
+        if qa > 0:
+            n = int((-qb + math.sqrt(qb * qb + 4.0 * qa * budget_s)) / (2.0 * qa))
+        else:
+            n = int(budget_s / qb)
+        n = max(n, 0)
+        while total(n + 1) <= budget_s:
+            n += 1
+        while n > 0 and total(n) > budget_s:
+            n -= 1
+        return n
+
+    def prefill_time(self, prompt_tokens: int) -> float:
+        """Time of a lone full prefill of ``prompt_tokens`` (no context), s."""
+        if prompt_tokens <= 0:
+            return 0.0
+        return self.iteration(prompt_tokens, prompt_tokens * (prompt_tokens + 1) / 2.0, 0, 0, 0.0).time_s
+
+    def blocks_per_gib(self, block_size: int = 16) -> float:
+        """KV blocks per GiB of GPU memory."""
+        return (1 << 30) / (block_size * self.kv_bytes_per_token)
+
+    @property
+    def peak_flops(self) -> float:
+        """Peak dense FLOP/s per GPU for this weight dtype."""
+        return self.gpu.peak_flops(self.weight_dtype)

@@ -1,0 +1,98 @@
+from __future__ import annotations
+
+import pytest
+
+from backends.sim.catalog import get_gpu, get_model
+from backends.sim.costmodel import CostModel, Efficiency
+from backends.sim.engines import get_engine
+
+
+def cm(model="llama-3.1-8b", gpu="h100", **kw):
+    return CostModel(get_model(model), get_gpu(gpu), **kw)
+
+
+def test_batch1_decode_is_memory_bound():
+    c = cm("yi-34b")
+    t = c.iteration(0, 0.0, 1, 1, 512).time_s
+    lower = c.weight_bytes / c.gpu.hbm_bytes_s
+    assert lower < t < 1.2 * c.weight_bytes / (c.gpu.hbm_bytes_s * c.eff.mem)
+    small = cm()
+    t8 = small.iteration(0, 0.0, 1, 1, 512).time_s
+    assert small.weight_bytes / small.gpu.hbm_bytes_s < t8 < 2.0 * small.weight_bytes / small.gpu.hbm_bytes_s
+
+
+def test_long_prefill_compute_bound_and_linear():
+    c = cm(engine=get_engine("vllm-v1"))
+    t4, t8 = c.prefill_time(4096), c.prefill_time(8192)
+    flops = c.iteration(8192, 8192 * 8193 / 2, 0, 0, 0.0).flops
+    assert t8 > 1.9 * t4  # linear (+ quadratic attention)
+    assert t8 == pytest.approx(flops / (c.peak_flops * c.eff.gemm), rel=0.35)
+    assert c.prefill_time(0) == 0.0
+
+
+@pytest.mark.parametrize("model,tp,tps", [("llama-3.1-8b", 1, 1), ("mixtral-8x7b", 2, 1), ("llama-2-70b", 4, 3)])
+def test_decode_segment_equals_sum_of_iterations(model, tp, tps):
+    c = cm(model, tp=tp)
+    seqs, ctx, n = 37, 37 * 900.0, 250
+    total_t = total_f = total_b = 0.0
+    for i in range(n):
+        it = c.iteration(0, 0.0, seqs, seqs * tps, ctx + i * seqs * tps)
+        total_t += it.time_s
+        total_f += it.flops
+        total_b += it.hbm_bytes
+    seg = c.decode_segment(seqs, ctx, n, tokens_per_seq=tps)
+    assert seg.time_s == pytest.approx(total_t, rel=1e-9)
+    assert seg.flops == pytest.approx(total_f, rel=1e-9)
+    assert seg.hbm_bytes == pytest.approx(total_b, rel=1e-9)
+    assert c.decode_segment(seqs, ctx, 0).time_s == 0.0
+
+
+@pytest.mark.parametrize("budget", [0.0, 1e-4, 0.01, 0.5, 7.3, 60.0])
+def test_iters_within_consistent(budget):
+    c = cm()
+    seqs, ctx = 64, 64 * 2000.0
+    n = c.iters_within(seqs, ctx, budget)
+    assert c.decode_segment(seqs, ctx, n).time_s <= budget
+    assert c.decode_segment(seqs, ctx, n + 1).time_s > budget
+
+
+def test_tp_reduces_time_and_adds_allreduce():
+    t1 = cm("llama-2-70b", tp=1).iteration(0, 0.0, 32, 32, 32 * 1000.0)
+    c4 = cm("llama-2-70b", tp=4)
+    t4 = c4.iteration(0, 0.0, 32, 32, 32 * 1000.0)
+    assert t4.time_s < t1.time_s / 2
+    noar = CostModel(c4.model, c4.gpu, tp=4, efficiency=Efficiency(allreduce_latency_s=0.0, comm=1.5))
+    assert noar.iteration(0, 0.0, 32, 32, 32 * 1000.0).time_s < t4.time_s
+    assert cm("llama-2-70b", gpu="l40s", tp=4).iteration(4096, 4096 * 2048.5, 0, 0, 0).time_s > \
+        cm("llama-2-70b", gpu="l40s", tp=1).iteration(4096, 4096 * 2048.5, 0, 0, 0).time_s / 4  # PCIe
+
+
+def test_fp8_weights_halve_weight_bytes():
+    from backends.sim.costmodel import linear_weight_params
+    m = get_model("llama-3.1-70b")
+    b16, b8 = cm("llama-3.1-70b").weight_bytes, cm("llama-3.1-70b", weight_dtype="fp8").weight_bytes
+    assert b16 - b8 == pytest.approx(linear_weight_params(m), rel=1e-12)  # block linears: 2 → 1 byte
+    assert 0.5 < b8 / b16 < 0.52
+    assert cm(kv_dtype="fp8").kv_bytes_per_token == cm().kv_bytes_per_token / 2
+
+
+def test_moe_touches_more_experts_with_larger_batches():
+    c = cm("mixtral-8x7b", tp=2)
+    b1 = c.iteration(0, 0.0, 1, 1, 100.0).hbm_bytes
+    b8 = c.iteration(0, 0.0, 8, 8, 800.0).hbm_bytes
+    b64 = c.iteration(0, 0.0, 64, 64, 6400.0).hbm_bytes
+    assert b1 < b8 < b64
+    assert b1 < 0.45 * c.weight_bytes  # 2 of 8 experts at batch 1
+    assert b64 > 0.95 * c.weight_bytes  # every expert
+
+
+def test_engine_overheads_and_bad_inputs():
+    assert cm(engine=get_engine("vllm-v0")).iteration(0, 0, 8, 8, 800).time_s > \
+        cm(engine=get_engine("tensorrt-llm")).iteration(0, 0, 8, 8, 800).time_s
+    assert cm().iteration(0, 0.0, 0, 0, 0.0).time_s == 0.0
+    with pytest.raises(ValueError):
+        Efficiency(gemm=0.0)
+    with pytest.raises(ValueError):
+        cm(tp=0)
+    with pytest.raises(ValueError):
+        cm(weight_dtype="int4")
