@@ -23,6 +23,7 @@ COMMAND_MODULES = (
     "tuner.commands",
     "backends.live.commands",
     "tuner.calibration.commands",
+    "backends.sim.catalog_commands",
 )
 
 app = typer.Typer(

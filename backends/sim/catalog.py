@@ -233,7 +233,7 @@ def get_model(name_or_path: str | Path) -> ModelSpec:
         if p.is_dir():
             p = p / "config.json"
         if not p.is_file():
-            raise OSError(f"model file {p} not found")
+            raise FileNotFoundError(f"model file {p} not found")
         if p.suffix == ".json":
             return model_from_hf_config(p)
         return _model_from_entry(*_yaml_entry(p, "models"))
@@ -245,7 +245,7 @@ def get_gpu(name_or_path: str | Path) -> GPUSpec:
     p = Path(name_or_path)
     if p.suffix in (".yaml", ".yml"):
         if not p.is_file():
-            raise OSError(f"gpu file {p} not found")
+            raise FileNotFoundError(f"gpu file {p} not found")
         return _gpu_from_entry(*_yaml_entry(p, "gpus"))
     return _gpu_from_entry(*_lookup("gpus", str(name_or_path)))
 

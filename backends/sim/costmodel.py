@@ -49,13 +49,17 @@ class Efficiency:
     """Multiplies the engine preset's CPU overheads."""
     layer_overhead_s: float = 0.0
     """Fixed cost per layer per iteration (kernel launches not hidden by CUDA graphs), s."""
+    seq_overhead_s: float = 0.0
+    """Extra cost per sequence per iteration on top of the engine preset's, s."""
+    op_latency_s: float = 3e-6
+    """Shortest time of one GEMM kernel (launch + tail), s; added per linear operator per layer."""
 
     def __post_init__(self) -> None:
         for k in ("gemm", "attn", "mem", "comm"):
             v = getattr(self, k)
             if not 0.0 < v <= 1.5:
                 raise ValueError(f"efficiency {k}={v}: must be in (0, 1.5]")
-        for k in ("allreduce_latency_s", "overhead_scale", "layer_overhead_s"):
+        for k in ("allreduce_latency_s", "overhead_scale", "layer_overhead_s", "seq_overhead_s", "op_latency_s"):
             if getattr(self, k) < 0:
                 raise ValueError(f"efficiency {k}={getattr(self, k)}: must be >= 0")
 
@@ -99,12 +103,15 @@ class CostModel:
         self._inv_bw = 1.0 / (gpu.hbm_bytes_s * eff.mem)                  # s per HBM byte
         q, kv, h = m.heads * m.head_dim, m.kv_heads * m.head_dim, m.hidden
         # Dense linear operators over all layers, per GPU: (FLOPs/token, weight bytes, act bytes/token).
-        ops = [(h * (q + 2 * kv), h + q + 2 * kv), (q * h, q + h)]
+        ops = {"qkv": (h * (q + 2 * kv), h + q + 2 * kv), "o": (q * h, q + h)}
         if m.ffn:
-            ops.append((m.mlp_mats * h * m.ffn, 2 * h + (m.mlp_mats - 1) * m.ffn))
+            up = (m.mlp_mats - 1) * m.ffn
+            ops["mlp_up"] = (h * up, h + up)
+            ops["mlp_down"] = (m.ffn * h, m.ffn + h)
         if m.n_shared_experts:
-            ops.append((3 * h * m.shared_ffn * m.n_shared_experts, 2 * h + 2 * m.shared_ffn))
-        self._ops = tuple((2.0 * L * p / tp, L * p * wb / tp, L * a * ACT_BYTES / tp) for p, a in ops)
+            ops["shared_expert"] = (3 * h * m.shared_ffn * m.n_shared_experts, 2 * h + 2 * m.shared_ffn)
+        self._op_names = tuple(ops)
+        self._ops = tuple((2.0 * L * p / tp, L * p * wb / tp, L * a * ACT_BYTES / tp) for p, a in ops.values())
         # MoE: routed experts. FLOPs/token for its k experts; weight bytes of ONE expert (all layers).
         self._moe = m.is_moe
         if m.is_moe:
@@ -131,8 +138,9 @@ class CostModel:
         else:
             self._ar_fixed = self._ar_tok = 0.0
         e = self.engine
-        self._oh = e.iteration_overhead_s * eff.overhead_scale + L * eff.layer_overhead_s
-        self._oh_seq = e.per_seq_overhead_s * eff.overhead_scale
+        self._oh = (e.iteration_overhead_s * eff.overhead_scale + L * eff.layer_overhead_s
+                    + L * (len(self._ops) + (1 if m.is_moe else 0)) * eff.op_latency_s)
+        self._oh_seq = e.per_seq_overhead_s * eff.overhead_scale + eff.seq_overhead_s
         self._oh_eager = e.eager_launch_overhead_s * eff.overhead_scale
         self._graph_max = e.cuda_graph_max_batch
 
@@ -243,6 +251,22 @@ class CostModel:
         if prompt_tokens <= 0:
             return 0.0
         return self.iteration(prompt_tokens, prompt_tokens * (prompt_tokens + 1) / 2.0, 0, 0, 0.0).time_s
+
+    def linear_op_times(self, tokens: int) -> dict[str, float]:
+        """Roofline time of each dense linear operator (qkv, o, mlp_up, mlp_down, ...) for
+        ``tokens`` tokens, summed over all layers, s (for per-operator profiles)."""
+        out = {}
+        for name, (fo, wo, ao) in zip(self._op_names, self._ops, strict=True):
+            tc, tm = fo * tokens * self._inv_pc, (wo + ao * tokens) * self._inv_bw
+            out[name] = (tc if tc > tm else tm) + self.model.layers * self.eff.op_latency_s
+        return out
+
+    def allreduce_time(self, nbytes: float) -> float:
+        """One ring all-reduce of ``nbytes`` over the instance's tp GPUs, s (0 at tp=1)."""
+        if self.tp == 1:
+            return 0.0
+        bw = self.gpu.interconnect_bytes_s * self.eff.comm
+        return self.eff.allreduce_latency_s + 2.0 * (self.tp - 1) / self.tp * nbytes / bw
 
     def blocks_per_gib(self, block_size: int = 16) -> float:
         """KV blocks per GiB of GPU memory."""

@@ -123,3 +123,16 @@ def test_kv_budget_and_infeasible():
     with pytest.raises(ValueError, match=r"^infeasible: .*GiB of weights per GPU.*GiB usable"):
         kv_budget(get_model("llama-3.1-70b"), g, tp=1)
     assert kv_budget(get_model("llama-3.1-70b"), g, tp=1, weight_dtype="fp8", activation_reserve=1 * GIB) > 0
+
+
+def test_models_and_gpus_commands():
+    from typer.testing import CliRunner
+
+    from cli import app
+
+    r = CliRunner().invoke(app, ["models"])
+    assert r.exit_code == 0 and "mixtral-8x7b" in r.output and "46.7B" in r.output
+    r = CliRunner().invoke(app, ["models", "llama-3.1-70b", "--gpu", "h100", "--tp", "4"])
+    assert r.exit_code == 0 and "KV blocks" in r.output
+    r = CliRunner().invoke(app, ["gpus"])
+    assert r.exit_code == 0 and "b200" in r.output and "l40s" in r.output

@@ -96,3 +96,21 @@ def test_engine_overheads_and_bad_inputs():
         cm(tp=0)
     with pytest.raises(ValueError):
         cm(weight_dtype="int4")
+
+
+def test_profiles_load_predict_and_fit():
+    from backends.sim.profiles import TABLES, ape, fit_efficiency, load_rows
+
+    for t in TABLES:
+        rows = load_rows(t)
+        assert len(rows) > 30 and all(r.measured_s > 0 for r in rows)
+    with pytest.raises(ValueError, match="unknown profile table"):
+        load_rows("nope")
+    rows = load_rows("sarathi")
+    before = sorted(ape(rows))[len(rows) // 2]
+    eff = fit_efficiency(rows)
+    after = sorted(ape(rows, eff))[len(rows) // 2]
+    assert after < before and after < 15.0
+    assert eff.comm <= 1.0 and eff.gemm <= 1.0
+    with pytest.raises(ValueError, match="no profile rows"):
+        fit_efficiency([])
