@@ -190,12 +190,10 @@ class Workload:
         if self.prefix_offsets is not None:
             starts, ends = self.prefix_offsets[sel], self.prefix_offsets[sel + 1]
             lens = ends - starts
-            off = np.r_[0, np.cumsum(lens)]
-            ids = (
-                np.concatenate([self.prefix_ids[s:e] for s, e in zip(starts, ends, strict=True)])
-                if len(sel)
-                else np.empty(0, np.int64)
-            )
+            off = np.r_[0, np.cumsum(lens)].astype(np.int64)
+            # vectorised CSR gather: position j of request k reads prefix_ids[starts[k] + j]
+            src = np.repeat(starts - off[:-1], lens) + np.arange(off[-1], dtype=np.int64)
+            ids = self.prefix_ids[src]
         return Workload(
             name=name or self.name,
             arrival_s=self.arrival_s[sel],

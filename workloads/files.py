@@ -1,0 +1,282 @@
+"""Explicit-request workload files: Parquet, CSV, JSONL (read, validate, write).
+
+Columns are those of ``Workload.to_frame()``:
+
+  arrival_s (s, required), prompt_len (tokens, required), output_len (tokens, required),
+  max_output (tokens; default output_len), tenant (name; default "default"),
+  priority (int, lower first; default 0), slo_class (name; default: the first class),
+  adapter (LoRA adapter name or empty; optional), prefix_ids (optional: a list of ints in
+  Parquet/JSONL, space-separated ints in CSV; ids of ``prefix_block_tokens``-token blocks).
+
+Workload-level fields travel with the file: in Parquet as schema metadata, in CSV as leading
+comment lines ``# key: value`` (``schema_version: 1``, ``name``, ``prefix_block_tokens``,
+``slo_classes`` as JSON ``[{"name": ..., "ttft_ms": ..., "tpot_ms": ...}]``), in JSONL as a
+first line ``{"servetune_workload": {...}}``. Without ``slo_classes`` the only known class is
+``default``; a request naming another class is an error.
+
+Rows are numbered from 1 (the first request) in messages. Unsorted arrivals are accepted and
+sorted stably by arrival (the order of equal arrivals is kept). Mooncake-format JSONL
+(``timestamp`` ms, ``input_length``, ``output_length``, ``hash_ids``) is read as well.
+"""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import numpy as np
+import pandas as pd
+
+from workloads.workload import DEFAULT_SLO, SCHEMA_VERSION, SLOClass, Workload, build_workload
+
+REQUIRED = ("arrival_s", "prompt_len", "output_len")
+OPTIONAL = ("max_output", "tenant", "priority", "slo_class", "adapter", "prefix_ids")
+INT_COLS = ("prompt_len", "output_len", "max_output", "priority")
+SUFFIXES = (".parquet", ".csv", ".jsonl")
+
+
+# ---------------------------------------------------------------- header (workload-level fields)
+def _header(w: Workload) -> dict:
+    return {
+        "schema_version": SCHEMA_VERSION,
+        "name": w.name,
+        "prefix_block_tokens": w.prefix_block_tokens,
+        "slo_classes": [{"name": c.name, "ttft_ms": c.ttft_ms, "tpot_ms": c.tpot_ms} for c in w.slo_classes],
+    }
+
+
+def _parse_header(h: dict, where: str) -> tuple[str | None, tuple[SLOClass, ...], int]:
+    unknown = set(h) - {"schema_version", "name", "prefix_block_tokens", "slo_classes"}
+    if unknown:
+        raise ValueError(f"{where}: unknown header key {sorted(unknown)[0]!r}")
+    v = h.get("schema_version", SCHEMA_VERSION)
+    if str(v) != str(SCHEMA_VERSION):
+        raise ValueError(f"{where}: schema_version {v!r} is not supported (this servetune reads {SCHEMA_VERSION})")
+    classes = (DEFAULT_SLO,)
+    if "slo_classes" in h:
+        raw = h["slo_classes"]
+        if isinstance(raw, str):
+            try:
+                raw = json.loads(raw)
+            except json.JSONDecodeError as e:
+                raise ValueError(f"{where}: slo_classes is not valid JSON ({e.msg})") from None
+        try:
+            classes = tuple(SLOClass(str(c["name"]), float(c["ttft_ms"]), float(c["tpot_ms"])) for c in raw)
+        except (KeyError, TypeError, ValueError) as e:
+            raise ValueError(f"{where}: slo_classes: each needs name, ttft_ms, tpot_ms > 0 ({e})") from None
+        if not classes:
+            raise ValueError(f"{where}: slo_classes is empty")
+    try:
+        pbt = int(h.get("prefix_block_tokens", 512))
+    except (TypeError, ValueError):
+        raise ValueError(f"{where}: prefix_block_tokens={h['prefix_block_tokens']!r} is not an integer") from None
+    return h.get("name"), classes, pbt
+
+
+# ---------------------------------------------------------------- readers
+def _read_csv(path: Path) -> tuple[pd.DataFrame, dict]:
+    header: dict = {}
+    skip = 0
+    with path.open("r", encoding="utf-8", newline="") as f:
+        for line in f:
+            if not line.startswith("#"):
+                break
+            skip += 1
+            key, sep, value = line[1:].strip().partition(":")
+            if sep:
+                header[key.strip()] = value.strip()
+    try:
+        df = pd.read_csv(path, skiprows=skip, dtype=str, keep_default_na=False, skipinitialspace=True)
+    except pd.errors.EmptyDataError:
+        raise ValueError(f"{path}: no header row (expected columns {', '.join(REQUIRED)}, ...)") from None
+    except pd.errors.ParserError as e:
+        raise ValueError(f"{path}: not a readable CSV ({str(e).strip().splitlines()[0]})") from None
+    df.columns = [str(c).strip() for c in df.columns]
+    if "prefix_ids" in df:
+        df["prefix_ids"] = df["prefix_ids"].map(lambda s: s.replace(",", " ").replace("[", " ").replace("]", " ").split())
+    return df, header
+
+
+def _read_parquet(path: Path) -> tuple[pd.DataFrame, dict]:
+    import pyarrow.parquet as pq
+
+    try:
+        table = pq.read_table(path)
+    except Exception as e:  # noqa: BLE001 - pyarrow raises several types for a bad file
+        raise ValueError(f"{path}: not a readable Parquet file ({str(e).splitlines()[0]})") from None
+    meta = table.schema.metadata or {}
+    raw = meta.get(b"servetune_workload")
+    header = json.loads(raw) if raw else {}
+    return table.to_pandas(), header
+
+
+def _read_jsonl(path: Path) -> tuple[pd.DataFrame | Workload, dict]:
+    lines = path.read_bytes().splitlines()
+    first = next((ln for ln in lines if ln.strip()), b"")
+    try:
+        rec = json.loads(first) if first else {}
+    except json.JSONDecodeError as e:
+        raise ValueError(f"{path} line 1: not JSON ({e.msg})") from None
+    if isinstance(rec, dict) and "input_length" in rec and "timestamp" in rec:
+        from workloads.traces import parse_mooncake_jsonl
+
+        return parse_mooncake_jsonl(b"\n".join(lines), path.stem, where=str(path)), {}
+    header: dict = {}
+    rows = []
+    for k, line in enumerate(lines, 1):
+        if not line.strip():
+            continue
+        try:
+            r = json.loads(line)
+        except json.JSONDecodeError as e:
+            raise ValueError(f"{path} line {k}: not JSON ({e.msg})") from None
+        if not isinstance(r, dict):
+            raise ValueError(f"{path} line {k}: expected a JSON object per line")
+        if "servetune_workload" in r and not rows:
+            header = r["servetune_workload"]
+            continue
+        rows.append(r)
+    return pd.DataFrame(rows), header
+
+
+def _column(df: pd.DataFrame, col: str, where: str, *, integer: bool) -> np.ndarray:
+    s = df[col]
+    num = pd.to_numeric(s, errors="coerce")
+    bad = num.isna().to_numpy()
+    if bad.any():
+        k = int(np.flatnonzero(bad)[0])
+        raise ValueError(f"{where} row {k + 1}: {col}={s.iloc[k]!r} is not a number")
+    x = num.to_numpy(np.float64)
+    if not np.isfinite(x).all():
+        k = int(np.flatnonzero(~np.isfinite(x))[0])
+        raise ValueError(f"{where} row {k + 1}: {col}={s.iloc[k]!r} is not a finite number")
+    if integer:
+        frac = x != np.round(x)
+        if frac.any():
+            k = int(np.flatnonzero(frac)[0])
+            raise ValueError(f"{where} row {k + 1}: {col}={s.iloc[k]!r} is not an integer")
+        big = np.abs(x) > 2**31 - 1
+        if big.any():
+            k = int(np.flatnonzero(big)[0])
+            raise ValueError(f"{where} row {k + 1}: {col}={s.iloc[k]!r} is out of range")
+        return x.astype(np.int64)
+    return x
+
+
+def frame_to_workload(df: pd.DataFrame, header: dict, where: str, name: str) -> Workload:
+    """Validate a request frame and build the Workload; errors name the row and column."""
+    hname, classes, pbt = _parse_header(header, where)
+    df.columns = [str(c).strip() for c in df.columns]
+    unknown = [c for c in df.columns if c not in REQUIRED + OPTIONAL]
+    if unknown:
+        raise ValueError(f"{where}: unknown column {unknown[0]!r} (known: {', '.join(REQUIRED + OPTIONAL)})")
+    for c in REQUIRED:
+        if c not in df.columns:
+            raise ValueError(f"{where}: missing column {c!r} (required: {', '.join(REQUIRED)})")
+    if len(df) == 0:
+        raise ValueError(f"{where}: no requests")
+    cols = {c: _column(df, c, where, integer=c in INT_COLS) for c in REQUIRED + ("max_output", "priority") if c in df}
+    checks = [
+        ("arrival_s", cols["arrival_s"] < 0, "is negative (arrivals are seconds from the start)"),
+        ("prompt_len", cols["prompt_len"] < 1, "must be >= 1 token"),
+        ("output_len", cols["output_len"] < 1, "must be >= 1 token"),
+    ]
+    if "max_output" in cols:
+        checks.append(("max_output", cols["max_output"] < cols["output_len"], "is below output_len"))
+    for col, mask, why in checks:
+        if mask.any():
+            k = int(np.flatnonzero(mask)[0])
+            extra = f" (output_len={cols['output_len'][k]})" if col == "max_output" else ""
+            raise ValueError(f"{where} row {k + 1}: {col}={df[col].iloc[k]!r} {why}{extra}")
+    known = {c.name for c in classes}
+    slo = None
+    if "slo_class" in df:
+        slo = df["slo_class"].astype(str).str.strip().to_numpy()
+        slo = np.where(slo == "", classes[0].name, slo)
+        bad = ~np.isin(slo, list(known))
+        if bad.any():
+            k = int(np.flatnonzero(bad)[0])
+            raise ValueError(f"{where} row {k + 1}: slo_class={slo[k]!r} is not a defined SLO class (known: {', '.join(sorted(known))})")
+    tenant = df["tenant"].astype(str).str.strip().replace("", "default").to_numpy() if "tenant" in df else None
+    blocks = None
+    if "prefix_ids" in df:
+        blocks = []
+        for k, v in enumerate(df["prefix_ids"]):
+            try:
+                empty = v is None or (isinstance(v, float) and np.isnan(v))
+                blocks.append([] if empty else [int(x) for x in (v.split() if isinstance(v, str) else v)])
+            except (TypeError, ValueError):
+                raise ValueError(f"{where} row {k + 1}: prefix_ids={v!r} is not a list of integers") from None
+    w = build_workload(
+        str(hname or name),
+        cols["arrival_s"],
+        cols["prompt_len"],
+        cols["output_len"],
+        max_output=cols.get("max_output"),
+        tenant=tenant,
+        priority=cols.get("priority"),
+        slo_class=slo,
+        slo_classes=classes,
+        prefix_blocks=blocks,
+        prefix_block_tokens=pbt,
+        meta={"source": where},
+    )
+    if "adapter" in df:
+        names = df["adapter"].fillna("").astype(str).str.strip().to_numpy()
+        order = np.argsort(cols["arrival_s"], kind="stable")
+        adapters = tuple(sorted(set(names) - {""}))
+        idx = {a: i for i, a in enumerate(adapters)}
+        w = w.replace(adapter=np.array([idx.get(a, -1) for a in names[order]], np.int32), adapters=adapters)
+    return w
+
+
+def read_requests(path: str | Path) -> Workload:
+    """Read an explicit-request file (.parquet, .csv, .jsonl) into a validated Workload."""
+    p = Path(path)
+    if not p.is_file():
+        raise FileNotFoundError(f"{p}: no such file")
+    suffix = p.suffix.lower()
+    if suffix == ".csv":
+        df, header = _read_csv(p)
+    elif suffix == ".parquet":
+        df, header = _read_parquet(p)
+    elif suffix == ".jsonl":
+        df, header = _read_jsonl(p)
+        if isinstance(df, Workload):
+            return df
+    else:
+        raise ValueError(f"{p}: unknown workload file type {suffix!r} (expected {', '.join(SUFFIXES)} or .yaml)")
+    return frame_to_workload(df, header, str(p), p.stem)
+
+
+# ---------------------------------------------------------------- writers
+def write_workload(w: Workload, path: str | Path) -> Path:
+    """Write a Workload as explicit requests (.parquet with zstd, .csv or .jsonl); returns the path."""
+    p = Path(path)
+    df = w.to_frame()
+    header = _header(w)
+    suffix = p.suffix.lower()
+    p.parent.mkdir(parents=True, exist_ok=True)
+    if suffix == ".parquet":
+        import pyarrow as pa
+        import pyarrow.parquet as pq
+
+        table = pa.Table.from_pandas(df, preserve_index=False)
+        meta = dict(table.schema.metadata or {})
+        meta[b"servetune_workload"] = json.dumps(header).encode()
+        pq.write_table(table.replace_schema_metadata(meta), p, compression="zstd")
+    elif suffix == ".csv":
+        if "prefix_ids" in df:
+            df["prefix_ids"] = [" ".join(map(str, b)) for b in df["prefix_ids"]]
+        with p.open("w", encoding="utf-8", newline="") as f:
+            for k, v in header.items():
+                f.write(f"# {k}: {json.dumps(v) if k == 'slo_classes' else v}\n")
+            df.to_csv(f, index=False, lineterminator="\n")
+    elif suffix == ".jsonl":
+        with p.open("w", encoding="utf-8") as f:
+            f.write(json.dumps({"servetune_workload": header}) + "\n")
+            for rec in df.to_dict(orient="records"):
+                f.write(json.dumps(rec) + "\n")
+    else:
+        raise ValueError(f"{p}: cannot write {suffix!r} (use .parquet, .csv or .jsonl)")
+    return p
