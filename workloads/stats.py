@@ -131,7 +131,7 @@ def plot_workload(w: Workload, path: str | Path) -> Path:
     for bin_s, style in ((10.0, dict(alpha=0.4, lw=0.8)), (60.0, dict(lw=1.8))):
         edges = np.arange(0.0, span + bin_s, bin_s)
         counts, _ = np.histogram(w.arrival_s, bins=edges)
-        ax_rate.step(edges[:-1], counts / bin_s, where="post", label=f"{bin_s:g} s bins", **style)
+        ax_rate.stairs(counts / bin_s, edges, label=f"{bin_s:g} s bins", **style)
     ax_rate.set(title=f"{w.name}: arrival rate", xlabel="time (s)", ylabel="req/s")
     ax_rate.legend()
     _hist(ax_p, w.prompt_len, "prompt tokens")

@@ -176,8 +176,9 @@ class Tenant:
 
     ``lengths`` (a length table or trace name) draws (prompt, output) pairs jointly and overrides
     ``prompt`` / ``output``. ``max_output``: None ⇒ max_output = output_len; an int caps output.
-    ``prefix_groups`` / ``prefix_tokens``: each request gets one of G shared system prompts of T
-    tokens (full blocks shared within the group, the rest of the prompt in unique blocks).
+    ``prefix_groups`` / ``prefix_tokens``: each request starts with one of G shared system prompts
+    of T tokens (drawn uniformly). Its prefix_ids list only those shareable full blocks; the rest
+    of the prompt is unique and not listed (a cache can never hit it).
     """
 
     name: str
@@ -227,16 +228,13 @@ def _tenant_requests(t: Tenant, rng: np.random.Generator, duration_s: float) -> 
 
 def _prefix_blocks(prompt: np.ndarray, group: np.ndarray, tenant: np.ndarray, shared_blocks: np.ndarray,
                    block: int) -> tuple[np.ndarray, np.ndarray]:
-    """CSR prefix blocks: ``shared_blocks[tenant]`` ids shared per (tenant, group), then unique ids."""
-    nblk = -(-prompt // block)
-    shared = np.where(group >= 0, np.minimum(shared_blocks[tenant], nblk), 0)
+    """CSR prefix blocks holding only the shareable system-prompt blocks: ``shared_blocks[tenant]``
+    full blocks with ids common to one (tenant, group). The rest of a prompt is unique and unlisted."""
+    nblk = np.where(group >= 0, np.minimum(shared_blocks[tenant], prompt // block), 0).astype(np.int64)
     off = np.r_[0, np.cumsum(nblk)].astype(np.int64)
     pos = np.arange(off[-1], dtype=np.int64) - np.repeat(off[:-1], nblk)
     req = np.repeat(np.arange(len(prompt)), nblk)
-    is_shared = pos < shared[req]
-    group_key = tenant[req] * 1_000_000 + group[req]
-    base = 1 << 40  # unique ids live above every shared id
-    ids = np.where(is_shared, group_key * 4096 + pos, base + np.arange(off[-1], dtype=np.int64))
+    ids = (tenant[req] * 1_000_000 + group[req]) * 4096 + pos
     return off, ids
 
 
