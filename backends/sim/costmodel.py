@@ -33,24 +33,28 @@ class IterCost:
 
 @dataclass(frozen=True, slots=True)
 class Efficiency:
-    """Achieved fractions of peak, and fixed costs; defaults are typical of H100/A100 kernels."""
+    """Achieved fractions of peak, and fixed costs. Defaults: rounded from a fit to real vLLM V1
+    (v0.15.1) serving runs on H100 (``benchmarks/bench_fidelity.py``, table vllm_v1) with the
+    ``vllm-v1`` preset; refit them for another engine/GPU with ``profiles.fit_efficiency``."""
 
     gemm: float = 0.70
     """Fraction of peak dense FLOP/s reached by large GEMMs."""
     attn: float = 0.45
     """Fraction of peak FLOP/s reached by (flash) attention."""
-    mem: float = 0.80
+    mem: float = 0.88
     """Fraction of peak HBM bandwidth reached by memory-bound kernels."""
-    comm: float = 0.70
+    comm: float = 0.80
     """Fraction of interconnect bandwidth reached by all-reduce."""
-    allreduce_latency_s: float = 12e-6
-    """Fixed cost of one all-reduce, s."""
+    allreduce_latency_s: float = 5e-6
+    """Latency of one all-reduce per log2(tp) step, s (tree-like: 2 GPUs pay it once, 8 GPUs three times)."""
     overhead_scale: float = 1.0
     """Multiplies the engine preset's CPU overheads."""
-    layer_overhead_s: float = 0.0
+    layer_overhead_s: float = 1e-5
     """Fixed cost per layer per iteration (kernel launches not hidden by CUDA graphs), s."""
     seq_overhead_s: float = 0.0
     """Extra cost per sequence per iteration on top of the engine preset's, s."""
+    prefill_overhead_s: float = 0.0
+    """Extra fixed cost of an iteration that carries prefill tokens (eager, non-graph path), s."""
     op_latency_s: float = 3e-6
     """Shortest time of one GEMM kernel (launch + tail), s; added per linear operator per layer."""
 
@@ -59,7 +63,8 @@ class Efficiency:
             v = getattr(self, k)
             if not 0.0 < v <= 1.5:
                 raise ValueError(f"efficiency {k}={v}: must be in (0, 1.5]")
-        for k in ("allreduce_latency_s", "overhead_scale", "layer_overhead_s", "seq_overhead_s", "op_latency_s"):
+        for k in ("allreduce_latency_s", "overhead_scale", "layer_overhead_s", "seq_overhead_s", "op_latency_s",
+                  "prefill_overhead_s"):
             if getattr(self, k) < 0:
                 raise ValueError(f"efficiency {k}={getattr(self, k)}: must be >= 0")
 
@@ -133,15 +138,17 @@ class CostModel:
         # Tensor-parallel all-reduce: 2 per layer, ring: 2(tp-1)/tp × message / bw + latency.
         if tp > 1:
             bw = gpu.interconnect_bytes_s * eff.comm
-            self._ar_fixed = 2 * L * eff.allreduce_latency_s
+            self._ar_lat = eff.allreduce_latency_s * math.log2(tp)
+            self._ar_fixed = 2 * L * self._ar_lat
             self._ar_tok = 2 * L * 2.0 * (tp - 1) / tp * h * ACT_BYTES / bw
         else:
-            self._ar_fixed = self._ar_tok = 0.0
+            self._ar_fixed = self._ar_tok = self._ar_lat = 0.0
         e = self.engine
         self._oh = (e.iteration_overhead_s * eff.overhead_scale + L * eff.layer_overhead_s
                     + L * (len(self._ops) + (1 if m.is_moe else 0)) * eff.op_latency_s)
         self._oh_seq = e.per_seq_overhead_s * eff.overhead_scale + eff.seq_overhead_s
         self._oh_eager = e.eager_launch_overhead_s * eff.overhead_scale
+        self._oh_prefill = self._oh_eager + eff.prefill_overhead_s
         self._graph_max = e.cuda_graph_max_batch
 
     # ------------------------------------------------------------ core
@@ -189,7 +196,9 @@ class CostModel:
             b += by
         t += self._ar_fixed + self._ar_tok * T
         t += self._oh + self._oh_seq * (decode_seqs + (prefill_seqs if prefill_tokens else 0))
-        if prefill_tokens or decode_seqs > self._graph_max:
+        if prefill_tokens:
+            t += self._oh_prefill
+        elif decode_seqs > self._graph_max:
             t += self._oh_eager
         # decode attention: per context token, memory-bound KV read vs QK/PV FLOPs
         if decode_seqs:
@@ -266,7 +275,7 @@ class CostModel:
         if self.tp == 1:
             return 0.0
         bw = self.gpu.interconnect_bytes_s * self.eff.comm
-        return self.eff.allreduce_latency_s + 2.0 * (self.tp - 1) / self.tp * nbytes / bw
+        return self._ar_lat + 2.0 * (self.tp - 1) / self.tp * nbytes / bw
 
     def blocks_per_gib(self, block_size: int = 16) -> float:
         """KV blocks per GiB of GPU memory."""

@@ -2,10 +2,11 @@
 
 An ``EnginePreset`` bundles the per-step CPU cost (scheduling, input preparation, sampling,
 detokenisation) and the engine's default batching behaviour, so a simulated trial matches the
-engine the user will run. Overheads are in seconds. Figures are rough public characterisations
-(vLLM V1 blog "vLLM V1: a major upgrade", Jan 2025: V0's CPU overhead was a large share of a
-decode step; SGLang and TensorRT-LLM overlap scheduling with the GPU) and are refitted by
-``costmodel.fit_efficiency`` (its ``overhead_scale``) or a live calibration.
+engine the user will run. Overheads are in seconds. ``vllm-v1`` is fitted to real vLLM v0.15.1
+runs on H100 (see ``benchmarks/bench_fidelity.py``); the others are scaled from it by public
+characterisations (vLLM V1 blog, Jan 2025: V0's CPU overhead was a large share of a decode step;
+SGLang and TensorRT-LLM overlap scheduling with the GPU) and are ASSUMPTIONS until calibrated
+(``profiles.fit_efficiency`` fits ``overhead_scale`` and the additive terms).
 """
 
 from __future__ import annotations
@@ -44,24 +45,24 @@ ENGINES: dict[str, EnginePreset] = {
     p.name: p
     for p in (
         EnginePreset(
-            "vllm-v1", iteration_overhead_s=2.0e-3, per_seq_overhead_s=10e-6, batching="chunked",
+            "vllm-v1", iteration_overhead_s=0.6e-3, per_seq_overhead_s=30e-6, batching="chunked",
             chunked_prefill=True, prefix_caching=True, max_num_batched_tokens=2048, max_num_seqs=256,
-            eager_launch_overhead_s=1.0e-3,
+            eager_launch_overhead_s=0.5e-3,
             description="vLLM >= 0.8 (V1): chunked prefill + prefix caching on, token budget per step"),
         EnginePreset(
-            "vllm-v0", iteration_overhead_s=4.0e-3, per_seq_overhead_s=40e-6, batching="continuous",
+            "vllm-v0", iteration_overhead_s=3.0e-3, per_seq_overhead_s=60e-6, batching="continuous",
             chunked_prefill=False, prefix_caching=False, max_num_batched_tokens=8192, max_num_seqs=256,
             eager_launch_overhead_s=1.5e-3,
             description="vLLM <= 0.6 (V0): prefill-first continuous batching, no chunking by default"),
         EnginePreset(
-            "sglang", iteration_overhead_s=1.5e-3, per_seq_overhead_s=6e-6, batching="chunked",
+            "sglang", iteration_overhead_s=0.5e-3, per_seq_overhead_s=20e-6, batching="chunked",
             chunked_prefill=True, prefix_caching=True, max_num_batched_tokens=8192, max_num_seqs=1024,
-            block_size=1, eager_launch_overhead_s=1.0e-3,
+            block_size=1, eager_launch_overhead_s=0.5e-3,
             description="SGLang: RadixAttention prefix cache, chunked prefill, overlapped scheduler"),
         EnginePreset(
-            "tensorrt-llm", iteration_overhead_s=1.0e-3, per_seq_overhead_s=4e-6, batching="chunked",
+            "tensorrt-llm", iteration_overhead_s=0.3e-3, per_seq_overhead_s=10e-6, batching="chunked",
             chunked_prefill=True, prefix_caching=True, max_num_batched_tokens=8192, max_num_seqs=256,
-            block_size=32, eager_launch_overhead_s=0.5e-3,
+            block_size=32, eager_launch_overhead_s=0.3e-3,
             description="TensorRT-LLM (C++ runtime, in-flight batching, KV reuse)"),
     )
 }

@@ -149,6 +149,34 @@ def vidur_allreduce_rows(step: int = 8) -> tuple[ProfileRow, ...]:
     return tuple(rows)
 
 
+def vllm_v1_steady_rows(path: str | Path) -> tuple[ProfileRow, ...]:
+    """Approximate steady-state iterations of real vLLM V1 (v0.15.1) serving runs on H100
+    (``vllm_v0151_trainval_runs.csv``, not bundled: its licence is not stated). Per load stage:
+    N = rate × mean E2E sequences decode (Little's law) at a mean context of prompt + output/2,
+    mixed with the prefill tokens arriving per iteration (rate × uncached prompt × TPOT); the
+    measured value is the stage's mean TPOT. A check of the cost model on a modern engine, not
+    an exact replay (that is the simulator's job)."""
+    import pandas as pd
+
+    rows = []
+    for r in pd.read_csv(path).to_dict("records"):
+        wd = "fp8" if "FP8" in str(r["precision"]) else "bf16"
+        rates = [float(x) for x in str(r["stage_rates_req_s"]).split(";")]
+        prompt = float(r["nominal_input_len_tok"]) * 1.045  # measured prompts run ~4.5 % long
+        new = prompt - float(r["system_prompt_len_tok"])  # the system prompt hits the prefix cache
+        for i, rate in enumerate(rates):
+            tpot, e2e = r.get(f"stage{i}_tpot_mean_study_ms"), r.get(f"stage{i}_e2e_mean_ms")
+            if not (tpot == tpot and e2e == e2e):  # NaN
+                continue
+            tpot, n = tpot / 1e3, max(1, round(rate * e2e / 1e3))
+            ctx = prompt + float(r["output_len_max_tok"]) / 2.0
+            pf = round(rate * new * tpot)
+            batch = (pf, pf * (float(r["system_prompt_len_tok"]) + new / 2.0), 1, n, n, n * ctx)
+            rows.append(ProfileRow("vllm_v1", str(r["model_hf"]), "h100-sxm", int(r["tp"]), tpot, (batch,),
+                                   label=f"{wd} {r['model_hf'].split('/')[-1]} tp{r['tp']} {r['workload']} stage{i}"))
+    return tuple(rows)
+
+
 def load_rows(table: str) -> tuple[ProfileRow, ...]:
     """All rows of one table (see ``TABLES``)."""
     loaders: dict[str, Callable[[], tuple[ProfileRow, ...]]] = {
@@ -167,7 +195,7 @@ def _cm(model: str, gpu: str, tp: int, weight_dtype: str, engine: EnginePreset |
 
 def predict(row: ProfileRow, eff: Efficiency | None = None, engine: EnginePreset | None = None) -> float:
     """The cost model's time for ``row``, s."""
-    cm = _cm(row.model, row.gpu, row.tp, "bf16", engine, eff or Efficiency())
+    cm = _cm(row.model, row.gpu, row.tp, "fp8" if row.label.startswith("fp8 ") else "bf16", engine, eff or Efficiency())
     if row.op == "allreduce":
         return cm.allreduce_time(row.nbytes)
     if row.op:
@@ -182,11 +210,12 @@ def ape(rows: Sequence[ProfileRow], eff: Efficiency | None = None, engine: Engin
 
 # ---------------------------------------------------------------- fitting
 FIT_PARAMS = ("gemm", "attn", "mem", "comm", "allreduce_latency_s", "overhead_scale", "layer_overhead_s",
-              "seq_overhead_s", "op_latency_s")
+              "seq_overhead_s", "op_latency_s", "prefill_overhead_s")
 _BOUNDS = {"gemm": (0.05, 1.0), "attn": (0.05, 1.0), "mem": (0.1, 1.0), "comm": (0.02, 1.0),
            "allreduce_latency_s": (1e-6, 2e-3), "overhead_scale": (0.01, 50.0),
-           "layer_overhead_s": (1e-7, 5e-3), "seq_overhead_s": (1e-7, 5e-3), "op_latency_s": (1e-7, 1e-4)}
-_ADDITIVE_START = {"layer_overhead_s": 2e-5, "seq_overhead_s": 2e-5}
+           "layer_overhead_s": (1e-7, 5e-3), "seq_overhead_s": (1e-7, 5e-3), "op_latency_s": (1e-7, 1e-4),
+           "prefill_overhead_s": (1e-7, 0.2)}
+_ADDITIVE_START = {"layer_overhead_s": 2e-5, "seq_overhead_s": 2e-5, "prefill_overhead_s": 1e-3}
 """Starting points for additive terms whose default is 0 (a log-space search cannot leave 0)."""
 
 
@@ -238,10 +267,10 @@ def _identifiable(rows: Sequence[ProfileRow]) -> list[str]:
         return ["comm", "allreduce_latency_s"]
     if ops and "" not in ops:
         return ["gemm", "mem", "op_latency_s"]
-    out = ["gemm", "attn", "mem", "overhead_scale", "layer_overhead_s", "seq_overhead_s"]
+    out = ["gemm", "attn", "mem", "overhead_scale", "layer_overhead_s", "seq_overhead_s", "prefill_overhead_s"]
     if any(r.tp > 1 for r in rows):
         out += ["comm", "allreduce_latency_s"]
     return out
 
 
-__all__ = ["FIT_PARAMS", "TABLES", "ProfileRow", "ape", "fit_efficiency", "load_rows", "predict"]
+__all__ = ["FIT_PARAMS", "TABLES", "ProfileRow", "ape", "fit_efficiency", "load_rows", "predict", "vllm_v1_steady_rows"]
