@@ -10,7 +10,8 @@ Columns are those of ``Workload.to_frame()``:
 
 Workload-level fields travel with the file: in Parquet as schema metadata, in CSV as leading
 comment lines ``# key: value`` (``schema_version: 1``, ``name``, ``prefix_block_tokens``,
-``slo_classes`` as JSON ``[{"name": ..., "ttft_ms": ..., "tpot_ms": ...}]``), in JSONL as a
+``slo_classes`` as JSON ``[{"name": ..., "ttft_ms": ..., "tpot_ms": ...}]``, optional ``tenants``
+as a JSON list that fixes the tenant order), in JSONL as a
 first line ``{"servetune_workload": {...}}``. Without ``slo_classes`` the only known class is
 ``default``; a request naming another class is an error.
 
@@ -41,12 +42,13 @@ def _header(w: Workload) -> dict:
         "schema_version": SCHEMA_VERSION,
         "name": w.name,
         "prefix_block_tokens": w.prefix_block_tokens,
+        "tenants": list(w.tenants),
         "slo_classes": [{"name": c.name, "ttft_ms": c.ttft_ms, "tpot_ms": c.tpot_ms} for c in w.slo_classes],
     }
 
 
 def _parse_header(h: dict, where: str) -> tuple[str | None, tuple[SLOClass, ...], int]:
-    unknown = set(h) - {"schema_version", "name", "prefix_block_tokens", "slo_classes"}
+    unknown = set(h) - {"schema_version", "name", "prefix_block_tokens", "slo_classes", "tenants"}
     if unknown:
         raise ValueError(f"{where}: unknown header key {sorted(unknown)[0]!r}")
     v = h.get("schema_version", SCHEMA_VERSION)
@@ -221,6 +223,8 @@ def frame_to_workload(df: pd.DataFrame, header: dict, where: str, name: str) -> 
         prefix_block_tokens=pbt,
         meta={"source": where},
     )
+    if header.get("tenants"):
+        w = _keep_tenant_order(w, header["tenants"], where)
     if "adapter" in df:
         names = df["adapter"].fillna("").astype(str).str.strip().to_numpy()
         order = np.argsort(cols["arrival_s"], kind="stable")
@@ -228,6 +232,25 @@ def frame_to_workload(df: pd.DataFrame, header: dict, where: str, name: str) -> 
         idx = {a: i for i, a in enumerate(adapters)}
         w = w.replace(adapter=np.array([idx.get(a, -1) for a in names[order]], np.int32), adapters=adapters)
     return w
+
+
+def _keep_tenant_order(w: Workload, tenants, where: str) -> Workload:
+    """Use the header's tenant list (order and unused names kept, as written)."""
+    if isinstance(tenants, str):
+        try:
+            tenants = json.loads(tenants)
+        except json.JSONDecodeError as e:
+            raise ValueError(f"{where}: tenants is not valid JSON ({e.msg})") from None
+    if not isinstance(tenants, list) or len(set(map(str, tenants))) != len(tenants):
+        raise ValueError(f"{where}: header tenants must be a list of distinct names")
+    idx = {str(t): i for i, t in enumerate(tenants)}
+    missing = [t for t in w.tenants if t not in idx and t != "default"]
+    if missing:
+        raise ValueError(f"{where}: tenant {missing[0]!r} is not in the header's tenants list")
+    if "default" in w.tenants and "default" not in idx:
+        return w
+    remap = np.array([idx[t] for t in w.tenants], np.int32)
+    return w.replace(tenant=remap[w.tenant], tenants=tuple(str(t) for t in tenants))
 
 
 def read_requests(path: str | Path) -> Workload:
@@ -270,7 +293,7 @@ def write_workload(w: Workload, path: str | Path) -> Path:
             df["prefix_ids"] = [" ".join(map(str, b)) for b in df["prefix_ids"]]
         with p.open("w", encoding="utf-8", newline="") as f:
             for k, v in header.items():
-                f.write(f"# {k}: {json.dumps(v) if k == 'slo_classes' else v}\n")
+                f.write(f"# {k}: {json.dumps(v) if isinstance(v, list) else v}\n")
             df.to_csv(f, index=False, lineterminator="\n")
     elif suffix == ".jsonl":
         with p.open("w", encoding="utf-8") as f:

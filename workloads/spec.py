@@ -79,6 +79,11 @@ def _check_keys(d: Any, allowed: tuple[str, ...], where: str) -> dict:
 
 
 def _num(v: Any, where: str, *, integer: bool = False) -> float | int:
+    if isinstance(v, str):  # YAML 1.1 reads 5e7 (no dot) as a string
+        try:
+            v = float(v.strip())
+        except ValueError:
+            raise _Err(f"{where}={v!r} is not a number") from None
     if isinstance(v, bool) or not isinstance(v, int | float):
         raise _Err(f"{where}={v!r} is not a number")
     if integer:

@@ -29,6 +29,10 @@ class SLOClass:
     def __post_init__(self) -> None:
         if not self.name:
             raise ValueError("SLO class needs a name")
+        for f in ("ttft_ms", "tpot_ms"):  # 300 and 300.0 are one class (same repr, same content hash)
+            v = getattr(self, f)
+            if isinstance(v, int | float) and not isinstance(v, bool):
+                object.__setattr__(self, f, float(v))
         if not (self.ttft_ms > 0 and self.tpot_ms > 0):
             raise ValueError(f"SLO class {self.name!r}: ttft_ms and tpot_ms must be > 0")
 
