@@ -96,9 +96,30 @@ def _transfer_sarathi(rows: list[ProfileRow]) -> tuple[list[float], int]:
     return ape(rows, fit_efficiency(train, engine=ENGINE), ENGINE), 1
 
 
+def speed() -> None:
+    """Microseconds per call of the simulator's hot-path methods (target: a few µs)."""
+    import timeit
+
+    from backends.sim.catalog import get_gpu, get_model
+    from backends.sim.costmodel import CostModel
+
+    print(f"\n{'cost model call (H100)':34s} {'µs/call':>8s}")
+    for name, tp in (("llama-3.1-8b", 1), ("mixtral-8x7b", 2), ("llama-3.1-70b", 4)):
+        c = CostModel(get_model(name), get_gpu("h100"), tp)
+        calls = {"iteration (mixed)": lambda c=c: c.iteration(512, 512 * 700.0, 32, 32, 32_000.0),
+                 "iteration (decode)": lambda c=c: c.iteration(0, 0.0, 32, 32, 32_000.0),
+                 "decode_segment": lambda c=c: c.decode_segment(32, 32_000.0, 50),
+                 "iters_within": lambda c=c: c.iters_within(32, 32_000.0, 0.5)}
+        for label, fn in calls.items():
+            n = 20_000
+            us = min(timeit.repeat(fn, number=n, repeat=3)) / n * 1e6
+            print(f"{f'{name} tp{tp} {label}':34s} {us:8.2f}")
+
+
 def main(argv: Sequence[str] | None = None) -> int:
     ap = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     ap.add_argument("--table", choices=(*TABLES, "vllm_v1"), action="append", help="table(s) to run (default: all)")
+    ap.add_argument("--no-speed", action="store_true", help="skip the µs/call timing of the cost model")
     args = ap.parse_args(argv)
     t0 = time.perf_counter()
     head = f"{'table':16s} {'rows':>5s}  {'evaluation':34s} {'median %':>9s} {'p90 %':>7s}"
@@ -121,6 +142,8 @@ def main(argv: Sequence[str] | None = None) -> int:
           " table is a steady-state approximation (Little's law) of real serving runs; the default"
           " efficiencies and the vllm-v1 preset were rounded from its in-sample fit, so its 'default'"
           " row is NOT out of sample.")
+    if not args.no_speed:
+        speed()
     return 0
 
 

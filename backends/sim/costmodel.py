@@ -14,7 +14,7 @@ All times are seconds, FLOPs and bytes are per GPU of the instance, tokens are t
 from __future__ import annotations
 
 import math
-from dataclasses import dataclass
+from dataclasses import dataclass, fields
 
 from backends.sim.catalog import GPUSpec, ModelSpec, dtype_bytes, kv_bytes_per_token_per_gpu
 from backends.sim.engines import EnginePreset, get_engine
@@ -45,14 +45,19 @@ class Efficiency:
     """Fraction of peak HBM bandwidth reached by memory-bound kernels."""
     comm: float = 0.80
     """Fraction of interconnect bandwidth reached by all-reduce."""
-    allreduce_latency_s: float = 5e-6
-    """Latency of one all-reduce per log2(tp) step, s (tree-like: 2 GPUs pay it once, 8 GPUs three times)."""
+    allreduce_base_s: float = 3e-6
+    """Fixed latency of one all-reduce, s."""
+    allreduce_latency_s: float = 3e-6
+    """Further latency of one all-reduce per log2(tp) step, s (2 GPUs pay it once, 8 GPUs three times)."""
     overhead_scale: float = 1.0
     """Multiplies the engine preset's CPU overheads."""
     layer_overhead_s: float = 1e-5
     """Fixed cost per layer per iteration (kernel launches not hidden by CUDA graphs), s."""
     seq_overhead_s: float = 0.0
     """Extra cost per sequence per iteration on top of the engine preset's, s."""
+    roofline_p: float = 4.0
+    """GEMMs take (t_compute^p + t_memory^p)^(1/p): a smooth max (p → ∞ is the hard roofline);
+    finite p models the slow-down near the ridge point (tile and wave quantisation)."""
     prefill_overhead_s: float = 0.0
     """Extra fixed cost of an iteration that carries prefill tokens (eager, non-graph path), s."""
     op_latency_s: float = 3e-6
@@ -63,7 +68,9 @@ class Efficiency:
             v = getattr(self, k)
             if not 0.0 < v <= 1.5:
                 raise ValueError(f"efficiency {k}={v}: must be in (0, 1.5]")
-        for k in ("allreduce_latency_s", "overhead_scale", "layer_overhead_s", "seq_overhead_s", "op_latency_s",
+        if not 1.0 <= self.roofline_p <= 64.0:
+            raise ValueError(f"efficiency roofline_p={self.roofline_p}: must be in [1, 64]")
+        for k in ("allreduce_base_s", "allreduce_latency_s", "overhead_scale", "layer_overhead_s", "seq_overhead_s", "op_latency_s",
                   "prefill_overhead_s"):
             if getattr(self, k) < 0:
                 raise ValueError(f"efficiency {k}={getattr(self, k)}: must be >= 0")
@@ -138,11 +145,13 @@ class CostModel:
         # Tensor-parallel all-reduce: 2 per layer, ring: 2(tp-1)/tp × message / bw + latency.
         if tp > 1:
             bw = gpu.interconnect_bytes_s * eff.comm
-            self._ar_lat = eff.allreduce_latency_s * math.log2(tp)
+            self._ar_lat = eff.allreduce_base_s + eff.allreduce_latency_s * math.log2(tp)
             self._ar_fixed = 2 * L * self._ar_lat
             self._ar_tok = 2 * L * 2.0 * (tp - 1) / tp * h * ACT_BYTES / bw
         else:
             self._ar_fixed = self._ar_tok = self._ar_lat = 0.0
+        self._p = eff.roofline_p
+        self._ip = 1.0 / eff.roofline_p
         e = self.engine
         self._oh = (e.iteration_overhead_s * eff.overhead_scale + L * eff.layer_overhead_s
                     + L * (len(self._ops) + (1 if m.is_moe else 0)) * eff.op_latency_s)
@@ -160,11 +169,11 @@ class CostModel:
         if T <= 0:
             return 0.0, 0.0, 0.0, 0.0, 0.0, 0.0
         t = f = b = 0.0
-        inv_pc, inv_bw = self._inv_pc, self._inv_bw
+        inv_pc, inv_bw, p, ip = self._inv_pc, self._inv_bw, self._p, self._ip
         for fo, wo, ao in self._ops:
             fl, by = fo * T, wo + ao * T
             tc, tm = fl * inv_pc, by * inv_bw
-            t += tc if tc > tm else tm
+            t += (tc ** p + tm ** p) ** ip
             f += fl
             b += by
         if self._moe:
@@ -172,7 +181,7 @@ class CostModel:
             fl = self._moe_f * T + self._moe_router * T
             by = self._moe_w * touched + self._moe_a * T
             tc, tm = fl * inv_pc, by * inv_bw
-            t += tc if tc > tm else tm
+            t += (tc ** p + tm ** p) ** ip
             f += fl
             b += by
         if prefill_tokens:
@@ -191,7 +200,7 @@ class CostModel:
         if n_sample:
             fl, by = self._lm_f * n_sample, self._lm_w + self._lm_a * n_sample
             tc, tm = fl * self._inv_pc16, by * inv_bw
-            t += tc if tc > tm else tm
+            t += (tc ** p + tm ** p) ** ip
             f += fl
             b += by
         t += self._ar_fixed + self._ar_tok * T
@@ -267,7 +276,7 @@ class CostModel:
         out = {}
         for name, (fo, wo, ao) in zip(self._op_names, self._ops, strict=True):
             tc, tm = fo * tokens * self._inv_pc, (wo + ao * tokens) * self._inv_bw
-            out[name] = (tc if tc > tm else tm) + self.model.layers * self.eff.op_latency_s
+            out[name] = (tc ** self._p + tm ** self._p) ** self._ip + self.model.layers * self.eff.op_latency_s
         return out
 
     def allreduce_time(self, nbytes: float) -> float:
@@ -285,3 +294,27 @@ class CostModel:
     def peak_flops(self) -> float:
         """Peak dense FLOP/s per GPU for this weight dtype."""
         return self.gpu.peak_flops(self.weight_dtype)
+
+    @classmethod
+    def for_deployment(cls, deployment: object, tp: int = 1, efficiency: Efficiency | None = None) -> CostModel:
+        """The cost model of one ``tp``-GPU instance of a ``backends.base.Deployment`` (model and
+        GPU by catalog name or file path, engine preset by name, dtypes)."""
+        from backends.sim.catalog import get_gpu, get_model
+
+        d = deployment
+        return cls(get_model(d.model), get_gpu(d.gpu), tp, d.weight_dtype, d.kv_dtype,  # type: ignore[attr-defined]
+                   get_engine(d.engine), efficiency)  # type: ignore[attr-defined]
+
+
+def efficiency_to_dict(eff: Efficiency) -> dict[str, float]:
+    """The fields of ``eff`` (for YAML / MLflow params)."""
+    return {f.name: float(getattr(eff, f.name)) for f in fields(eff)}
+
+
+def efficiency_from_dict(data: dict[str, object]) -> Efficiency:
+    """An Efficiency from a mapping (missing keys keep their defaults; unknown keys are an error)."""
+    known = {f.name for f in fields(Efficiency)}
+    unknown = set(data) - known
+    if unknown:
+        raise ValueError(f"efficiency: unknown keys {sorted(unknown)} (known: {', '.join(sorted(known))})")
+    return Efficiency(**{k: float(v) for k, v in data.items()})  # type: ignore[arg-type]

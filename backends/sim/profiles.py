@@ -209,12 +209,12 @@ def ape(rows: Sequence[ProfileRow], eff: Efficiency | None = None, engine: Engin
 
 
 # ---------------------------------------------------------------- fitting
-FIT_PARAMS = ("gemm", "attn", "mem", "comm", "allreduce_latency_s", "overhead_scale", "layer_overhead_s",
-              "seq_overhead_s", "op_latency_s", "prefill_overhead_s")
+FIT_PARAMS = ("gemm", "attn", "mem", "comm", "allreduce_base_s", "allreduce_latency_s", "overhead_scale", "layer_overhead_s",
+              "seq_overhead_s", "op_latency_s", "prefill_overhead_s", "roofline_p")
 _BOUNDS = {"gemm": (0.05, 1.0), "attn": (0.05, 1.0), "mem": (0.1, 1.0), "comm": (0.02, 1.0),
-           "allreduce_latency_s": (1e-6, 2e-3), "overhead_scale": (0.01, 50.0),
+           "allreduce_latency_s": (1e-7, 2e-3), "allreduce_base_s": (1e-7, 2e-3), "overhead_scale": (0.01, 50.0),
            "layer_overhead_s": (1e-7, 5e-3), "seq_overhead_s": (1e-7, 5e-3), "op_latency_s": (1e-7, 1e-4),
-           "prefill_overhead_s": (1e-7, 0.2)}
+           "prefill_overhead_s": (1e-7, 0.2), "roofline_p": (1.5, 64.0)}
 _ADDITIVE_START = {"layer_overhead_s": 2e-5, "seq_overhead_s": 2e-5, "prefill_overhead_s": 1e-3}
 """Starting points for additive terms whose default is 0 (a log-space search cannot leave 0)."""
 
@@ -264,12 +264,13 @@ def _identifiable(rows: Sequence[ProfileRow]) -> list[str]:
     """Parameters the rows can inform: all-reduce only with tp > 1, iteration terms with batches."""
     ops = {r.op for r in rows}
     if ops == {"allreduce"}:
-        return ["comm", "allreduce_latency_s"]
+        return ["comm", "allreduce_base_s", "allreduce_latency_s"]
     if ops and "" not in ops:
-        return ["gemm", "mem", "op_latency_s"]
-    out = ["gemm", "attn", "mem", "overhead_scale", "layer_overhead_s", "seq_overhead_s", "prefill_overhead_s"]
+        return ["gemm", "mem", "op_latency_s", "roofline_p"]
+    out = ["gemm", "attn", "mem", "overhead_scale", "layer_overhead_s", "seq_overhead_s", "prefill_overhead_s",
+           "roofline_p"]
     if any(r.tp > 1 for r in rows):
-        out += ["comm", "allreduce_latency_s"]
+        out += ["comm", "allreduce_base_s", "allreduce_latency_s"]
     return out
 
 

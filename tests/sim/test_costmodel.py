@@ -114,3 +114,27 @@ def test_profiles_load_predict_and_fit():
     assert eff.comm <= 1.0 and eff.gemm <= 1.0
     with pytest.raises(ValueError, match="no profile rows"):
         fit_efficiency([])
+
+
+def test_for_deployment_and_efficiency_dict():
+    from backends.base import Deployment
+    from backends.sim.costmodel import efficiency_from_dict, efficiency_to_dict
+
+    c = CostModel.for_deployment(Deployment(model="meta-llama/Llama-3.1-70B-Instruct", gpu="h100", n_gpus=4,
+                                            engine="sglang", weight_dtype="fp8"), tp=4)
+    assert c.model.name == "llama-3.1-70b" and c.tp == 4 and c.engine.name == "sglang" and c.weight_dtype == "fp8"
+    e = Efficiency(gemm=0.5, layer_overhead_s=2e-5)
+    assert efficiency_from_dict(efficiency_to_dict(e)) == e
+    with pytest.raises(ValueError, match="unknown keys"):
+        efficiency_from_dict({"gemmm": 0.5})
+
+
+def test_smooth_roofline_near_ridge():
+    hard = cm(efficiency=Efficiency(roofline_p=64.0))
+    soft = cm(efficiency=Efficiency(roofline_p=2.0))
+    ridge = 300  # tokens near the H100 ridge for bf16 GEMMs
+    assert soft.iteration(ridge, ridge * 150.5, 0, 0, 0.0).time_s > 1.2 * hard.iteration(ridge, ridge * 150.5, 0, 0, 0.0).time_s
+    far = 16384
+    assert soft.prefill_time(far) == pytest.approx(hard.prefill_time(far), rel=0.05)
+    with pytest.raises(ValueError, match="roofline_p"):
+        Efficiency(roofline_p=0.5)
