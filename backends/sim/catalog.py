@@ -265,6 +265,11 @@ def model_from_hf_config(path: str | Path) -> ModelSpec:
     heads = int(need("num_attention_heads", "n_head"))
     hidden = int(need("hidden_size", "n_embd"))
     mtype = str(cfg.get("model_type", ""))
+    if "kv_lora_rank" in cfg:
+        raise ValueError(f"{path}: multi-head latent attention (DeepSeek, kv_lora_rank) is not supported")
+    if int(cfg.get("interleave_moe_layer_step", 1) or 1) > 1 or int(cfg.get("first_k_dense_replace", 0) or 0) > 0:
+        raise ValueError(f"{path}: models mixing dense and MoE layers are not supported (interleave_moe_layer_step / "
+                         "first_k_dense_replace)")
     n_exp = int(cfg.get("num_local_experts") or cfg.get("num_experts") or 0)
     moe_ffn = shared_ffn = n_shared = 0
     if n_exp:

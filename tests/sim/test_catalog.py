@@ -136,3 +136,17 @@ def test_models_and_gpus_commands():
     assert r.exit_code == 0 and "KV blocks" in r.output
     r = CliRunner().invoke(app, ["gpus"])
     assert r.exit_code == 0 and "b200" in r.output and "l40s" in r.output
+
+
+def test_hf_config_llama4_text_config(tmp_path):
+    text = {"model_type": "llama4_text", "hidden_size": 5120, "num_hidden_layers": 48, "num_attention_heads": 40,
+            "num_key_value_heads": 8, "head_dim": 128, "intermediate_size": 8192, "intermediate_size_mlp": 16384,
+            "num_local_experts": 16, "num_experts_per_tok": 1, "vocab_size": 202048, "interleave_moe_layer_step": 1}
+    p = tmp_path / "config.json"
+    p.write_text(json.dumps({"model_type": "llama4", "text_config": text}))
+    m = get_model(p)
+    assert m.params == get_model("llama-4-scout-17b-16e").params
+    text["interleave_moe_layer_step"] = 2  # Maverick: dense and MoE layers alternate
+    p.write_text(json.dumps({"model_type": "llama4", "text_config": text}))
+    with pytest.raises(ValueError, match="not supported"):
+        get_model(p)
