@@ -150,3 +150,14 @@ def test_hf_config_llama4_text_config(tmp_path):
     p.write_text(json.dumps({"model_type": "llama4", "text_config": text}))
     with pytest.raises(ValueError, match="not supported"):
         get_model(p)
+
+
+def test_yaml_model(tmp_path):
+    p = tmp_path / "tiny.yaml"
+    p.write_text("models:\n  tiny-1b:\n    layers: 16\n    hidden: 2048\n    heads: 32\n    kv_heads: 8\n"
+                 "    ffn: 8192\n    vocab: 128256\n    tie_embeddings: true\n")
+    m = get_model(p)
+    assert m.name == "tiny-1b" and m.head_dim == 64 and m.params / 1e9 == pytest.approx(1.24, rel=0.03)
+    p.write_text("name: bad\nlayers: 2\nhidden: 64\nheads: 4\nkv_heads: 4\nffn: 128\nvocab: 100\nwat: 1\n")
+    with pytest.raises(ValueError, match="unknown keys"):
+        get_model(p)
