@@ -34,7 +34,11 @@ VIDUR_OPS = {"attn_pre_proj": "qkv", "attn_post_proj": "o", "mlp_up_proj": "mlp_
 
 @dataclass(frozen=True, slots=True)
 class ProfileRow:
-    """One measurement. ``batches`` (iteration rows) are summed; ``op`` rows time one operator."""
+    """One measurement. ``batches`` (iteration rows) are summed; ``op`` rows time one operator.
+
+    A live calibration builds rows the same way: e.g. one decode step of 32 sequences with 40,000
+    context tokens that took 21 ms is ``ProfileRow("live", "llama-3.1-8b", "h100", 1, 0.021,
+    ((0, 0.0, 0, 32, 32, 40_000.0),))``."""
 
     table: str
     model: str
@@ -47,6 +51,7 @@ class ProfileRow:
     tokens: int = 0
     nbytes: float = 0.0
     label: str = ""
+    weight_dtype: str = "bf16"
 
     @property
     def group(self) -> tuple[str, str, int]:
@@ -173,7 +178,8 @@ def vllm_v1_steady_rows(path: str | Path) -> tuple[ProfileRow, ...]:
             pf = round(rate * new * tpot)
             batch = (pf, pf * (float(r["system_prompt_len_tok"]) + new / 2.0), 1, n, n, n * ctx)
             rows.append(ProfileRow("vllm_v1", str(r["model_hf"]), "h100-sxm", int(r["tp"]), tpot, (batch,),
-                                   label=f"{wd} {r['model_hf'].split('/')[-1]} tp{r['tp']} {r['workload']} stage{i}"))
+                                   label=f"{r['model_hf'].split('/')[-1]} tp{r['tp']} {r['workload']} stage{i}",
+                                   weight_dtype=wd))
     return tuple(rows)
 
 
@@ -195,7 +201,7 @@ def _cm(model: str, gpu: str, tp: int, weight_dtype: str, engine: EnginePreset |
 
 def predict(row: ProfileRow, eff: Efficiency | None = None, engine: EnginePreset | None = None) -> float:
     """The cost model's time for ``row``, s."""
-    cm = _cm(row.model, row.gpu, row.tp, "fp8" if row.label.startswith("fp8 ") else "bf16", engine, eff or Efficiency())
+    cm = _cm(row.model, row.gpu, row.tp, row.weight_dtype, engine, eff or Efficiency())
     if row.op == "allreduce":
         return cm.allreduce_time(row.nbytes)
     if row.op:

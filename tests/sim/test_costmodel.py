@@ -138,3 +138,13 @@ def test_smooth_roofline_near_ridge():
     assert soft.prefill_time(far) == pytest.approx(hard.prefill_time(far), rel=0.05)
     with pytest.raises(ValueError, match="roofline_p"):
         Efficiency(roofline_p=0.5)
+
+
+def test_profile_row_like_a_live_calibration():
+    from backends.sim.profiles import ProfileRow, predict
+
+    row = ProfileRow("live", "llama-3.1-70b", "h100", 4, 0.021, ((0, 0.0, 0, 32, 32, 40_000.0),))
+    fp8 = ProfileRow("live", "llama-3.1-70b", "h100", 4, 0.021, ((0, 0.0, 0, 32, 32, 40_000.0),), weight_dtype="fp8")
+    direct = cm("llama-3.1-70b", tp=4).iteration(0, 0.0, 32, 32, 40_000.0).time_s
+    assert predict(row) == pytest.approx(direct, rel=1e-12)
+    assert predict(fp8) < 0.75 * predict(row)  # decode reads half the weight bytes
