@@ -13,7 +13,7 @@ from __future__ import annotations
 import math
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, replace
-from functools import cache
+from functools import cache, lru_cache
 from pathlib import Path
 
 from backends.sim.catalog import get_gpu, get_model
@@ -194,7 +194,7 @@ def load_rows(table: str) -> tuple[ProfileRow, ...]:
 
 
 # ---------------------------------------------------------------- prediction
-@cache
+@lru_cache(maxsize=256)  # a memo of immutable cost models, bounded for long fits
 def _cm(model: str, gpu: str, tp: int, weight_dtype: str, engine: EnginePreset | None, eff: Efficiency) -> CostModel:
     return CostModel(get_model(model), get_gpu(gpu), tp, weight_dtype, "bf16", engine, eff)
 
