@@ -286,6 +286,20 @@ class CostModel:
         bw = self.gpu.interconnect_bytes_s * self.eff.comm
         return self._ar_lat + 2.0 * (self.tp - 1) / self.tp * nbytes / bw
 
+    def swap_time(self, tokens: float) -> float:
+        """Moving the KV of ``tokens`` tokens between GPU and CPU memory over PCIe (each GPU
+        moves its own shard in parallel), s."""
+        return tokens * self.kv_bytes_per_token / self.gpu.pcie_bytes_s
+
+    def kv_transfer_time(self, tokens: float, link_bytes_s: float | None = None, latency_s: float = 20e-6) -> float:
+        """Sending the KV of ``tokens`` tokens to another instance (disaggregated prefill →
+        decode), each GPU its shard over a link of ``link_bytes_s`` per direction (default: the
+        GPU's NVLink, i.e. both instances in one node; e.g. 50e9 for 400 Gb/s InfiniBand), s."""
+        bw = link_bytes_s or self.gpu.interconnect_bytes_s
+        if bw <= 0:
+            raise ValueError(f"kv_transfer_time: link_bytes_s={bw} must be > 0")
+        return latency_s + tokens * self.kv_bytes_per_token / (bw * self.eff.comm)
+
     def blocks_per_gib(self, block_size: int = 16) -> float:
         """KV blocks per GiB of GPU memory."""
         return (1 << 30) / (block_size * self.kv_bytes_per_token)

@@ -148,3 +148,12 @@ def test_profile_row_like_a_live_calibration():
     direct = cm("llama-3.1-70b", tp=4).iteration(0, 0.0, 32, 32, 40_000.0).time_s
     assert predict(row) == pytest.approx(direct, rel=1e-12)
     assert predict(fp8) < 0.75 * predict(row)  # decode reads half the weight bytes
+
+
+def test_swap_and_kv_transfer_times():
+    c = cm("llama-3.1-8b")
+    assert c.swap_time(1000) == pytest.approx(1000 * 131072 / 64e9)
+    nvlink = c.kv_transfer_time(4096)
+    ib = c.kv_transfer_time(4096, link_bytes_s=50e9)
+    assert 0 < nvlink < ib
+    assert cm("llama-3.1-8b", tp=2).swap_time(1000) == pytest.approx(c.swap_time(1000) / 2)
