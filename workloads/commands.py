@@ -51,8 +51,11 @@ def inspect_cmd(
     first: int | None = typer.Option(None, "--first", help="Keep only the first N requests (after --rate)."),
     seed: int | None = typer.Option(None, "--seed", help="Seed for generated workloads (ServeGen, synthetic specs); default: the spec's own, else 0."),
 ) -> None:
-    """Print a workload's statistics: count, span, mean and peak 1-min rate, prompt/output length
-    mean/p50/p90/p99, tenants, SLO classes and prefix-block reuse; optionally save a plot."""
+    """Print a workload's statistics; optionally save a plot.
+
+    Shows the request count, span, mean and peak 1-min rate, prompt/output length mean/p50/p90/p99,
+    tenants with counts, SLO classes and prefix-block reuse (infinite cache).
+    """
     from workloads import stats
     from workloads.registry import BUNDLED
 
