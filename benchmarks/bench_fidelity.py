@@ -103,17 +103,18 @@ def speed() -> None:
     from backends.sim.catalog import get_gpu, get_model
     from backends.sim.costmodel import CostModel
 
-    print(f"\n{'cost model call (H100)':34s} {'µs/call':>8s}")
+    print(f"\n{'cost model call (H100)':44s} {'µs/call':>8s}")
     for name, tp in (("llama-3.1-8b", 1), ("mixtral-8x7b", 2), ("llama-3.1-70b", 4)):
         c = CostModel(get_model(name), get_gpu("h100"), tp)
         calls = {"iteration (mixed)": lambda c=c: c.iteration(512, 512 * 700.0, 32, 32, 32_000.0),
-                 "iteration (decode)": lambda c=c: c.iteration(0, 0.0, 32, 32, 32_000.0),
+                 "iteration (decode, memo hit)": lambda c=c: c.iteration(0, 0.0, 32, 32, 32_000.0),
+                 "iteration (decode, cold)": lambda c=c: (c._memo.clear(), c.iteration(0, 0.0, 32, 32, 32_000.0)),
                  "decode_segment": lambda c=c: c.decode_segment(32, 32_000.0, 50),
                  "iters_within": lambda c=c: c.iters_within(32, 32_000.0, 0.5)}
         for label, fn in calls.items():
             n = 20_000
             us = min(timeit.repeat(fn, number=n, repeat=3)) / n * 1e6
-            print(f"{f'{name} tp{tp} {label}':34s} {us:8.2f}")
+            print(f"{f'{name} tp{tp} {label}':44s} {us:8.2f}")
 
 
 def main(argv: Sequence[str] | None = None) -> int:

@@ -150,6 +150,7 @@ class CostModel:
             self._ar_tok = 2 * L * 2.0 * (tp - 1) / tp * h * ACT_BYTES / bw
         else:
             self._ar_fixed = self._ar_tok = self._ar_lat = 0.0
+        self._memo: dict[tuple[int, int], tuple[float, float, float, float, float, float]] = {}
         self._p = eff.roofline_p
         self._ip = 1.0 / eff.roofline_p
         e = self.engine
@@ -226,9 +227,23 @@ class CostModel:
                   decode_tokens: int, decode_ctx: float, *, prefill_seqs: int = 1) -> IterCost:
         """Cost of one iteration (see module doc). ``prefill_seqs`` = sequences with a prefill
         chunk this iteration (their last-chunk tokens are sampled; default 1)."""
-        t, f, b, ts, fs, bs = self._fixed(prefill_tokens, prefill_attn_pairs, decode_seqs,
-                                          decode_tokens, prefill_seqs)
+        if prefill_tokens:
+            t, f, b, ts, fs, bs = self._fixed(prefill_tokens, prefill_attn_pairs, decode_seqs,
+                                              decode_tokens, prefill_seqs)
+        else:
+            t, f, b, ts, fs, bs = self._decode_terms(decode_seqs, decode_tokens)
         return IterCost(t + ts * decode_ctx, f + fs * decode_ctx, b + bs * decode_ctx)
+
+    def _decode_terms(self, decode_seqs: int, decode_tokens: int) -> tuple[float, float, float, float, float, float]:
+        """``_fixed`` of a decode-only batch, memoised per (seqs, tokens) on this instance (the
+        simulator's most frequent call; the memo is bounded)."""
+        key = (decode_seqs, decode_tokens)
+        hit = self._memo.get(key)
+        if hit is None:
+            if len(self._memo) >= 8192:
+                self._memo.clear()
+            hit = self._memo[key] = self._fixed(0, 0.0, decode_seqs, decode_tokens, 0)
+        return hit
 
     def decode_segment(self, decode_seqs: int, decode_ctx: float, n_iters: int,
                        tokens_per_seq: int = 1) -> IterCost:
@@ -238,7 +253,7 @@ class CostModel:
         equal to the sum of the ``iteration`` calls."""
         if n_iters <= 0 or decode_seqs <= 0:
             return IterCost(0.0, 0.0, 0.0)
-        t, f, b, ts, fs, bs = self._fixed(0, 0.0, decode_seqs, decode_seqs * tokens_per_seq, 0)
+        t, f, b, ts, fs, bs = self._decode_terms(decode_seqs, decode_seqs * tokens_per_seq)
         ctx_sum = n_iters * decode_ctx + decode_seqs * tokens_per_seq * (n_iters * (n_iters - 1) / 2.0)
         return IterCost(n_iters * t + ts * ctx_sum, n_iters * f + fs * ctx_sum, n_iters * b + bs * ctx_sum)
 
@@ -246,7 +261,7 @@ class CostModel:
         """Most decode iterations (as in ``decode_segment``) whose total time is <= ``budget_s``."""
         if decode_seqs <= 0 or budget_s <= 0:
             return 0
-        a, _, _, ts, _, _ = self._fixed(0, 0.0, decode_seqs, decode_seqs * tokens_per_seq, 0)
+        a, _, _, ts, _, _ = self._decode_terms(decode_seqs, decode_seqs * tokens_per_seq)
         g = decode_seqs * tokens_per_seq
 
         def total(n: int) -> float:
