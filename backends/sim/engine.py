@@ -1,0 +1,592 @@
+"""The iteration loop of one simulated serving instance (event-driven, O(1) per event).
+
+Each pass of the loop is one *step* at an iteration boundary: admit arrivals (admission
+control → waiting queue), make sure the decoding sequences can get their next KV block
+(preempting victims if not), ask the BatchPlanner for prefill chunks, then either run ONE
+iteration (prefill chunks + all decodes) or, when no prefill is scheduled, a decode-only
+*segment*: the batch is fixed until the next event, so n iterations are priced in closed form
+(``CostModel`` decode time is affine in the summed context) with
+n = min(steps to the earliest finish, steps to the next arrival that could join, steps until
+the free KV blocks run out). Sequence state in the decode pool advances lazily
+(``request_state.DecodePool``), so a segment costs O(1) whatever its length and batch.
+
+Units: seconds, tokens, KV blocks. Invariants are checked every step in O(block_size)
+(KV blocks conserved, running <= max_num_seqs, token budget, monotone time); with
+``check=True`` a full recount runs every step (tests). A violation raises
+``SimInvariantError``: a broken simulation is never scored.
+"""
+
+from __future__ import annotations
+
+import heapq
+import math
+from collections import deque
+
+import numpy as np
+
+from backends.base import Deployment
+from backends.sim.admission import AdmissionControl, Verdict
+from backends.sim.batching import PLANNERS
+from backends.sim.catalog import default_activation_reserve, get_gpu, get_model, kv_budget
+from backends.sim.chrome_trace import TraceWriter
+from backends.sim.costmodel import CostModel
+from backends.sim.engines import get_engine
+from backends.sim.memory import BlockManager, SwapTier
+from backends.sim.queue import make_queue
+from backends.sim.request_state import DECODE, PREFILL, SWAPPED, WAITING, DecodePool, Req
+from backends.sim.telemetry import TelemetryRecorder
+from tuner.policy import Policy
+from workloads.workload import Workload
+
+SWAP_SPACE_BYTES = 4 * (1 << 30)  # vLLM's default swap_space per GPU
+ARRIVAL_CHUNK = 8192
+
+
+class SimInvariantError(AssertionError):
+    """The simulation broke one of its own invariants (a bug, never a result)."""
+
+
+class Simulation:
+    """One run of one policy on one workload on one instance (tp GPUs). Use ``run()`` once."""
+
+    def __init__(self, policy: Policy, workload: Workload, deployment: Deployment, *, seed: int = 0,
+                 check: bool = False, trace: bool = False, max_sim_time_s: float | None = None) -> None:
+        self.policy, self.w, self.dep = policy, workload, deployment
+        self.check_full = check
+        self.rng = np.random.default_rng(seed)
+        model, gpu = get_model(deployment.model), get_gpu(deployment.gpu)
+        tp = policy.tp
+        self.cm = cm = CostModel(model, gpu, tp=tp, weight_dtype=deployment.weight_dtype,
+                                 kv_dtype=deployment.kv_dtype, engine=get_engine(deployment.engine))
+        bs = self.bs = policy.block_size
+        B = policy.max_num_batched_tokens
+        total = kv_budget(model, gpu, tp, policy.gpu_memory_utilization, deployment.weight_dtype,
+                          deployment.kv_dtype, bs, activation_reserve=default_activation_reserve(model, tp, B))
+        caching = policy.prefix_caching and workload.prefix_offsets is not None
+        self.pbt = workload.prefix_block_tokens if caching else 0
+        self.mem = BlockManager(total, bs, self.pbt)
+        self.swap = SwapTier(int(SWAP_SPACE_BYTES // (bs * cm.kv_bytes_per_token)), bs * cm.kv_bytes_per_token * tp,
+                             gpu.pcie_bytes_s)
+        self.reserve = policy.preemption == "request" or policy.batching == "static"
+        self.swap_mode = policy.preemption_mode == "swap" and not self.reserve
+        self.pool = DecodePool(bs, grow=not self.reserve)
+        self.budget = B
+        self.chunk_cap = policy.long_prefill_token_threshold or (1 << 60)
+        self.seat_cap = min(policy.max_num_seqs, B) if policy.batching in ("chunked", "decode_maximal") \
+            else policy.max_num_seqs
+        self.watermark = int(policy.kv_watermark * total)
+        self.planner = PLANNERS[policy.batching]
+        self.waiting = make_queue(policy.queue, workload, self.rng)
+        self.admission = AdmissionControl(policy, cm, total)
+        self.max_len = deployment.max_model_len or model.max_position
+        self.max_t = math.inf if max_sim_time_s is None else float(max_sim_time_s)
+        # running state
+        self.prefilling: list[Req] = []
+        self.swapped: deque[Req] = deque()
+        self.priv_explicit = 0      # Σ Req.priv of running sequences (blocks)
+        self.t = 0.0
+        self.pending_s = 0.0        # swap transfer time to add to the next iteration
+        self.queued_tokens = 0      # Σ prefill tokens of waiting requests (admission's TTFT guess)
+        self.retry: list[tuple[float, int, Req]] = []
+        self._adm = 0
+        self._seq = 0
+        self._next = 0              # index of the next arrival
+        self._c0 = 0
+        self._ca: list[float] = []
+        self._ran = False
+        self._last_t = 0.0
+        self.n_done = 0
+        self.stopped = 0
+        self.static = policy.batching == "static"
+        self._coef: dict[int, tuple[float, float, float, float, float, float]] = {}
+        # records
+        n = workload.n
+        self.first_tok = np.full(n, np.nan)
+        self.finish = np.full(n, np.nan)
+        self.out_done = np.zeros(n, np.int64)
+        self.preempts = np.zeros(n, np.int64)
+        self.cached = np.zeros(n, np.int64)
+        self.rejected = np.zeros(n, bool)
+        self.failed = np.zeros(n, bool)
+        self.tel = TelemetryRecorder(total, bs)
+        self.trace = TraceWriter() if trace else None
+        self.c_preempt = self.c_swapped = self.c_pq = self.c_ph = self.c_defer = 0
+
+    # ================================================================ queries
+    def n_running(self) -> int:
+        return len(self.prefilling) + self.pool.n
+
+    def seats_free(self) -> bool:
+        return len(self.prefilling) + self.pool.n < self.seat_cap
+
+    def _blocks_for(self, tokens: int) -> int:
+        return -(-tokens // self.bs) if tokens > 0 else 0
+
+    # ============================================================== admission
+    def admit(self, req: Req, limit: int, first: bool, whole: bool = False) -> int:
+        """Move the waiting head ``req`` into the running set with a first chunk of at most
+        ``limit`` tokens (``whole``: its whole prefill, which may exceed ``limit`` only when
+        ``first``). Returns the chunk, or 0 (nothing changed) when seats, budget or KV memory
+        (keeping the watermark free) do not allow it."""
+        mem = self.mem
+        ids = req.ids
+        cached = 0
+        if ids:
+            cached = min(mem.hits(ids) * self.pbt, req.num_tokens - 1)
+        c = req.num_tokens - cached
+        if whole:
+            if c > limit and not first:
+                return 0
+        elif c > limit:
+            c = limit
+        if self.reserve:
+            priv = self._blocks_for(req.prompt + req.max_out - req.shared)
+        else:
+            priv = self._blocks_for(cached + c - req.shared)
+        need = priv + (mem.claim_blocks(ids) if ids else 0)
+        wm = self.watermark if self.n_running() else 0
+        if mem.avail - need < wm:
+            return 0
+        self.waiting.pop()
+        self.queued_tokens -= req.num_tokens
+        if ids:
+            mem.acquire(ids)
+            self.c_pq += req.prompt
+            self.c_ph += cached
+        mem.take(priv)
+        req.priv = priv
+        self.priv_explicit += priv
+        req.computed = cached
+        if not req.preemptions:
+            self.cached[req.rid] = cached
+        req.state = PREFILL
+        self._adm += 1
+        req.adm = self._adm
+        self.prefilling.append(req)
+        return c
+
+    def grow_chunk(self, req: Req, c: int) -> int:
+        """Allocate KV for a running prefill's next chunk of ``c`` tokens; shrink it to what
+        the free blocks allow (0: none)."""
+        if self.reserve or c <= 0:
+            return max(c, 0)
+        mem = self.mem
+        new = self._blocks_for(req.computed + c - req.shared)
+        d = new - req.priv
+        if d > 0:
+            avail = mem.avail
+            if d > avail:
+                c = (req.priv + avail) * self.bs + req.shared - req.computed
+                if c <= 0:
+                    return 0
+                new = self._blocks_for(req.computed + c - req.shared)
+                d = new - req.priv
+            mem.take(d)
+            req.priv = new
+            self.priv_explicit += d
+        return c
+
+    def swap_in(self) -> None:
+        """Bring swapped-out sequences back (oldest first) while seats and blocks allow."""
+        mem, swapped = self.mem, self.swapped
+        while swapped and self.seats_free():
+            req = swapped[0]
+            kv = self._blocks_for(req.computed)
+            if mem.avail - kv < (self.watermark if self.n_running() else 0):
+                return
+            swapped.popleft()
+            mem.take(kv)
+            self.swap.used -= kv
+            self.pending_s += self.swap.transfer_s(kv)
+            self.c_swapped += kv
+            req.priv = kv
+            self.priv_explicit += kv
+            if req.gen and req.computed == req.num_tokens - 1:
+                self.priv_explicit -= kv
+                req.priv = 0
+                self.pool.add(req)
+            else:
+                req.state = PREFILL
+                self.prefilling.append(req)
+
+    # ============================================================= preemption
+    def _victim(self) -> Req:
+        cands = self.prefilling + self.pool.members()
+        return max(cands, key=Req.victim_key.fget)
+
+    def preempt(self, req: Req) -> None:
+        """Evict ``req`` from the running set: swap its KV to CPU or drop it for recompute."""
+        mem = self.mem
+        if req.state == DECODE:
+            blocks = self.pool.remove(req)
+            if self.reserve:
+                blocks = req.priv
+                self.priv_explicit -= blocks
+        else:
+            self.prefilling.remove(req)
+            blocks = req.priv
+            self.priv_explicit -= blocks
+        mem.give(blocks)
+        req.priv = 0
+        if req.ids:
+            mem.release(req.ids)
+        req.preemptions += 1
+        self.c_preempt += 1
+        kv = self._blocks_for(req.computed)
+        if self.swap_mode and kv and self.swap.fits(kv):
+            self.swap.used += kv
+            self.pending_s += self.swap.transfer_s(kv)
+            self.c_swapped += kv
+            req.ids, req.shared = (), 0   # its whole KV comes back as private blocks
+            req.state = SWAPPED
+            self.swapped.append(req)
+        else:
+            req.computed = 0
+            req.state = WAITING
+            self.waiting.push_front(req)
+            self.queued_tokens += req.num_tokens
+
+    def _fail(self, req: Req) -> None:
+        """Drop a running request that can never fit (alone, it outgrows the KV pool)."""
+        self.preempt(req)
+        self.c_preempt -= 1
+        if req.state == WAITING:
+            self.waiting.pop()
+            self.queued_tokens -= req.num_tokens
+        else:
+            self.swapped.pop()
+            self.swap.used -= self._blocks_for(req.computed)
+        self.failed[req.rid] = True
+        self.preempts[req.rid] = req.preemptions - 1
+        self.out_done[req.rid] = req.gen
+
+    def _make_room_for_decodes(self) -> int:
+        """Preempt until every decoding sequence can get its next block; returns that need."""
+        pool, mem = self.pool, self.mem
+        while True:
+            g = pool.g
+            need = pool.blocks(g + 1) - pool.blocks(g)
+            if need <= mem.avail:
+                return need
+            if self.n_running() == 1:
+                self._fail(self.pool.members()[0])
+                return 0
+            self.preempt(self._victim())
+
+
+    # ============================================================== arrivals
+    def _load_chunk(self, i0: int) -> None:
+        w, i1 = self.w, min(self.w.n, i0 + ARRIVAL_CHUNK)
+        self._c0 = i0
+        self._ca = w.arrival_s[i0:i1].tolist()
+        self._cp = w.prompt_len[i0:i1].tolist()
+        self._co = w.output_len[i0:i1].tolist()
+        self._cm = w.max_output[i0:i1].tolist()
+        self._cr = w.priority[i0:i1].tolist()
+        self._cs = (self.w.ttft_slo_ms()[i0:i1] / 1e3).tolist()
+
+    def _new_req(self, i: int) -> Req | None:
+        k = i - self._c0
+        prompt, out, max_out = self._cp[k], self._co[k], self._cm[k]
+        room = self.max_len - prompt
+        if room < 1:
+            self.failed[i] = True
+            return None
+        if out > room:
+            out = room
+        if max_out > room:
+            max_out = room
+        ids: tuple[int, ...] = ()
+        if self.pbt:
+            off = self.w.prefix_offsets
+            full = min(int(off[i + 1] - off[i]), prompt // self.pbt)
+            if full:
+                ids = tuple(dict.fromkeys(self.w.prefix_ids[off[i]: off[i] + full].tolist()))
+        req = Req(i, self._ca[k], prompt, out, max_out, self._cr[k], ids, len(ids) * self.pbt)
+        req.key = self._cs[k]  # TTFT SLO, s (admission's target)
+        return req
+
+    def _arrive(self, req: Req) -> None:
+        v = self.admission.decide(req.prompt, req.key, len(self.waiting), self.mem.avail,
+                                  self.queued_tokens, req.retries)
+        if v is Verdict.ACCEPT:
+            self.waiting.push(req)
+            self.queued_tokens += req.num_tokens
+        elif v is Verdict.DEFER:
+            req.retries += 1
+            self.c_defer += 1
+            self._seq += 1
+            heapq.heappush(self.retry, (max(self.t, req.arrival) + self.policy.defer_s, self._seq, req))
+        else:
+            self.rejected[req.rid] = True
+
+    def _arrivals(self) -> None:
+        """Admission decisions for every arrival and deferral retry due by now, in time order."""
+        t, n, retry = self.t, self.w.n, self.retry
+        while True:
+            i = self._next
+            ta = self._ca[i - self._c0] if i < n else math.inf
+            tr = retry[0][0] if retry else math.inf
+            if ta <= tr:
+                if ta > t:
+                    return
+                self._next = i + 1
+                if i + 1 < n and i + 1 - self._c0 >= len(self._ca):
+                    self._load_chunk(i + 1)
+                req = self._new_req(i)
+                if req is not None:
+                    self._arrive(req)
+            else:
+                if tr > t:
+                    return
+                self._arrive(heapq.heappop(retry)[2])
+
+    def _next_event(self) -> float:
+        i = self._next
+        ta = self._ca[i - self._c0] if i < self.w.n else math.inf
+        tr = self.retry[0][0] if self.retry else math.inf
+        return ta if ta < tr else tr
+
+    # ============================================================ completion
+    def _done(self, req: Req, t: float) -> None:
+        rid = req.rid
+        if self.finish[rid] == self.finish[rid]:  # not NaN
+            raise SimInvariantError(f"request {rid} finished twice")
+        if req.ids:
+            self.mem.release(req.ids)
+        self.finish[rid] = t
+        self.out_done[rid] = req.gen
+        self.preempts[rid] = req.preemptions
+        self.n_done += 1
+        if self.trace is not None:
+            self.trace.request(rid, req.arrival, req.first_token, t, req.prompt, req.gen, req.preemptions)
+
+    def _sampled(self, req: Req, t: float) -> None:
+        """A prefill (or recompute) caught up: one token is sampled at time t."""
+        req.gen += 1
+        req.num_tokens += 1
+        if req.first_token < 0:
+            req.first_token = t
+            self.first_tok[req.rid] = t
+        if req.ids:
+            self.mem.mark_ready(req.ids)
+        self.prefilling.remove(req)
+        if req.gen >= req.out:
+            self.mem.give(req.priv)
+            self.priv_explicit -= req.priv
+            req.priv = 0
+            self._done(req, t)
+        else:
+            if self.pool.grow:
+                self.priv_explicit -= req.priv
+                req.priv = 0
+            self.pool.add(req)
+
+    def _pool_finished(self, t: float) -> None:
+        mem = self.mem
+        for req in self.pool.pop_finished():
+            blocks = req.priv if self.reserve else 0
+            mem.give(blocks + (0 if self.reserve else self._blocks_for(req.computed - req.shared)))
+            self.priv_explicit -= blocks
+            req.priv = 0
+            self._done(req, t)
+
+    # ============================================================ iterations
+    def _coef_of(self, r: int) -> tuple[float, float, float, float, float, float]:
+        """Decode-only iteration of r sequences: (time, FLOPs, bytes) = x0 + x1 × context."""
+        c = self._coef.get(r)
+        if c is None:
+            z, o = self.cm.decode_segment(r, 0.0, 1), self.cm.decode_segment(r, 1.0, 1)
+            c = self._coef[r] = (z.time_s, o.time_s - z.time_s, z.flops, o.flops - z.flops,
+                                 z.hbm_bytes, o.hbm_bytes - z.hbm_bytes)
+        return c
+
+    def _iteration(self, chunks: list[tuple[Req, int]], decodes: bool) -> None:
+        """One iteration: prefill chunks (+ one token for every decoding sequence)."""
+        pool = self.pool
+        r = pool.n if decodes else 0
+        ctx = pool.ctx() if r else 0
+        pf, pairs = 0, 0.0
+        for req, c in chunks:
+            pf += c
+            pairs += c * (req.computed + (c + 1) * 0.5)
+        if pf + r > self.budget and self.policy.batching in ("chunked", "decode_maximal"):
+            raise SimInvariantError(f"token budget exceeded: {pf + r} > {self.budget}")
+        cost = self.cm.iteration(pf, pairs, r, r, ctx, prefill_seqs=len(chunks))
+        t0 = self.t
+        dt = cost.time_s + self.pending_s
+        self.pending_s = 0.0
+        t = self.t = t0 + dt
+        if r:
+            pool.g += 1
+        for req, c in chunks:
+            req.computed += c
+            if req.computed == req.num_tokens:
+                self._sampled(req, t)
+        if r:
+            self._pool_finished(t)
+        self._record(t0, dt, cost.flops, cost.hbm_bytes, 1, r + len(chunks), r + pf)
+        if self.trace is not None:
+            self.trace.iteration(t0, dt, 1, r, pf, len(chunks))
+
+    def _steps_until(self, dt: float, r: int, ctx: int, a: float, ts: float) -> int:
+        """Smallest n >= 1 whose n decode iterations last at least ``dt`` seconds."""
+        if dt <= 0:
+            return 1
+        qa = ts * r * 0.5
+        qb = a + ts * ctx - qa
+        n = int((-qb + math.sqrt(qb * qb + 4.0 * qa * dt)) / (2.0 * qa)) if qa > 0 else int(dt / qb)
+        n = max(n, 1)
+
+        def total(k: int) -> float:
+            return k * a + ts * (k * ctx + r * k * (k - 1) * 0.5)
+
+        while total(n) < dt:
+            n += 1
+        while n > 1 and total(n - 1) >= dt:
+            n -= 1
+        return n
+
+    def _segment(self) -> None:
+        """Decode-only iterations of the fixed pool until the next event (closed form)."""
+        pool, mem = self.pool, self.mem
+        r, g, ctx, t0 = pool.n, pool.g, pool.ctx(), self.t
+        a, ts, fa, fs, ba, bb = self._coef_of(r)
+        n = pool.next_finish() - g
+        if self.seats_free() and not self.waiting and not self.static:
+            te = self._next_event()
+            if te < math.inf:
+                n = min(n, self._steps_until(te - t0 - self.pending_s, r, ctx, a, ts))
+        if self.max_t < math.inf:
+            n = min(n, self._steps_until(self.max_t - t0 - self.pending_s, r, ctx, a, ts))
+        if pool.grow:
+            n = pool.steps_fitting(mem.avail, n)
+            if n < 1:
+                raise SimInvariantError("decode segment of 0 steps: blocks were not reserved")
+            mem.take(pool.blocks(g + n) - pool.blocks(g))
+        csum = n * ctx + r * n * (n - 1) * 0.5
+        dt = n * a + ts * csum + self.pending_s
+        self.pending_s = 0.0
+        t = self.t = t0 + dt
+        pool.g = g + n
+        self._pool_finished(t)
+        self._record(t0, dt, n * fa + fs * csum, n * ba + bb * csum, n, r * n, r)
+        if self.trace is not None:
+            self.trace.iteration(t0, dt, n, r, 0, 0)
+
+    def _record(self, t0: float, dt: float, flops: float, nbytes: float, iters: int, seqs: int,
+                tokens: int) -> None:
+        mem, pool = self.mem, self.pool
+        if self.check_full:
+            self.check()
+        elif mem.free + self.priv_explicit + pool.blocks(pool.g) + mem.cached != mem.total or mem.free < 0:
+            self.check()
+            raise SimInvariantError("KV blocks not conserved")
+        used_blocks = mem.total - mem.free - mem.evictable
+        used_tok = pool.priv_tokens() + (mem.cached - mem.evictable) // max(mem.entry_blocks, 1) * self.pbt
+        for req in self.prefilling:
+            if req.computed > req.shared:
+                used_tok += req.computed - req.shared
+        self.tel.step(t0, dt, flops, nbytes, iters, seqs, tokens, used_blocks, used_tok,
+                      self.n_running(), len(self.waiting))
+
+    # ================================================================= checks
+    def check(self) -> None:
+        """Full recount of every invariant (O(running + cache)); raises SimInvariantError."""
+        mem, pool = self.mem, self.pool
+        try:
+            mem.check()
+        except AssertionError as e:
+            raise SimInvariantError(str(e)) from None
+        members = pool.members()
+        if len(members) != pool.n:
+            raise SimInvariantError(f"decode pool holds {len(members)} members, counts {pool.n}")
+        priv = sum(r.priv for r in self.prefilling) + (sum(r.priv for r in members) if self.reserve else 0)
+        if priv != self.priv_explicit:
+            raise SimInvariantError(f"explicit private blocks {priv} != counter {self.priv_explicit}")
+        dec = 0
+        if pool.grow:
+            dec = sum(self._blocks_for(m.b + pool.g) for m in members)
+            if dec != pool.blocks(pool.g):
+                raise SimInvariantError(f"decode pool blocks {pool.blocks(pool.g)} != recount {dec}")
+        if mem.free + priv + dec + mem.cached != mem.total:
+            raise SimInvariantError(f"KV blocks not conserved: free {mem.free} + private {priv + dec} + "
+                                    f"cached {mem.cached} != total {mem.total}")
+        if self.n_running() > self.policy.max_num_seqs:
+            raise SimInvariantError(f"{self.n_running()} running > max_num_seqs {self.policy.max_num_seqs}")
+        if self.t < self._last_t:
+            raise SimInvariantError(f"time went back from {self._last_t} to {self.t}")
+        self._last_t = self.t
+        for m in members:
+            if m.fin_g < pool.g:
+                raise SimInvariantError(f"request {m.rid} stayed after its last token")
+
+    # ================================================================== run
+    def run(self) -> Simulation:
+        """Serve the whole workload (or until ``max_sim_time_s``)."""
+        if self._ran:
+            raise RuntimeError("a Simulation runs once; make a new one")
+        self._ran = True
+        w, pool, mem = self.w, self.pool, self.mem
+        if w.n:
+            self._load_chunk(0)
+        else:
+            self._ca = []
+        planner = self.planner
+        grow = pool.grow
+        while True:
+            if self._next_event() <= self.t:
+                self._arrivals()
+            if self.t >= self.max_t:
+                break
+            need = 0
+            if grow and pool.n:
+                need = self._make_room_for_decodes()
+                mem.take(need)
+            chunks, decodes = planner(self)
+            if need and not (chunks and decodes):
+                mem.give(need)
+            if chunks:
+                self._iteration(chunks, decodes)
+                continue
+            if pool.n:
+                self._segment()
+                continue
+            if self.prefilling:  # prefills blocked on memory and nothing decodes
+                if len(self.prefilling) == 1:
+                    self._fail(self.prefilling[0])
+                else:
+                    self.preempt(self._victim())
+                continue
+            if self.waiting:  # the head cannot fit even in an empty instance
+                req = self.waiting.pop()
+                self.queued_tokens -= req.num_tokens
+                self.failed[req.rid] = True
+                self.out_done[req.rid] = req.gen
+                self.preempts[req.rid] = req.preemptions
+                continue
+            if self.swapped:
+                raise SimInvariantError("swapped requests cannot come back into an empty instance")
+            te = self._next_event()
+            if te == math.inf:
+                break
+            te = min(te, self.max_t)
+            self.tel.idle(self.t, te - self.t)
+            self.t = te
+        self._finish_run()
+        return self
+
+    def _finish_run(self) -> None:
+        """Mark what never finished (time limit) and check that nothing was lost."""
+        fin = np.isfinite(self.finish)
+        if self.t >= self.max_t:
+            lost = ~fin & ~self.rejected & ~self.failed
+            self.stopped = int(lost.sum())
+            self.failed |= lost
+        ok = fin.astype(int) + self.rejected + self.failed
+        if np.any(ok != 1):
+            i = int(np.flatnonzero(ok != 1)[0])
+            raise SimInvariantError(f"request {i}: finished={fin[i]} rejected={self.rejected[i]} "
+                                    f"failed={self.failed[i]} (must be exactly one)")
+        if self.check_full:
+            self.check()

@@ -1,0 +1,106 @@
+"""QueueManager: a pure ordering of the waiting queue (admission is ``admission.py``).
+
+Orders (``Policy.queue``):
+  fcfs        arrival order (a deque: O(1)).
+  sjf         shortest prompt first (ties: arrival).
+  sjf_output  shortest *predicted* output first. The predictor is imperfect on purpose:
+              predicted = output_len × exp(σ·z), z ~ N(0, 1) per request, σ = 0.5, drawn from
+              the run's own RNG (so a seed fixes it). A perfect oracle would overstate SJF.
+  priority    lowest ``priority`` value first, then arrival (vLLM's convention).
+  edf         earliest deadline first: arrival + the request's TTFT SLO.
+  vtc         not simulated yet: the engine falls back to fcfs and says so in the notes.
+Preempted requests re-enter at the FRONT (vLLM: ``waiting.prepend_request``), most recently
+preempted first, ahead of every order's key.
+"""
+
+from __future__ import annotations
+
+import heapq
+from collections import deque
+from collections.abc import Callable
+
+import numpy as np
+
+from backends.sim.request_state import Req
+from workloads.workload import Workload
+
+SJF_OUTPUT_SIGMA = 0.5
+
+
+class FCFSQueue:
+    """Arrival order; preempted requests go to the front."""
+
+    __slots__ = ("_q",)
+
+    def __init__(self) -> None:
+        self._q: deque[Req] = deque()
+
+    def __len__(self) -> int:
+        return len(self._q)
+
+    def push(self, req: Req) -> None:
+        self._q.append(req)
+
+    def push_front(self, req: Req) -> None:
+        self._q.appendleft(req)
+
+    def peek(self) -> Req:
+        return self._q[0]
+
+    def pop(self) -> Req:
+        return self._q.popleft()
+
+    def __iter__(self):
+        return iter(self._q)
+
+
+class KeyedQueue:
+    """A heap ordered by ``key(req)`` (smaller first); preempted requests ahead of all."""
+
+    __slots__ = ("_h", "_key", "_seq")
+
+    def __init__(self, key: Callable[[Req], object]) -> None:
+        self._h: list[tuple[int, object, int, Req]] = []
+        self._key = key
+        self._seq = 0
+
+    def __len__(self) -> int:
+        return len(self._h)
+
+    def push(self, req: Req) -> None:
+        self._seq += 1
+        heapq.heappush(self._h, (1, self._key(req), self._seq, req))
+
+    def push_front(self, req: Req) -> None:
+        self._seq += 1
+        heapq.heappush(self._h, (0, (), -self._seq, req))
+
+    def peek(self) -> Req:
+        return self._h[0][3]
+
+    def pop(self) -> Req:
+        return heapq.heappop(self._h)[3]
+
+    def __iter__(self):
+        return (e[3] for e in self._h)
+
+
+def make_queue(order: str, workload: Workload, rng: np.random.Generator) -> FCFSQueue | KeyedQueue:
+    """The waiting queue for ``order`` (a ``Policy.queue`` value; vtc → fcfs, noted by the engine).
+
+    Keys read the workload's columns by request id, so they cost nothing per request.
+    """
+    if order in ("fcfs", "vtc"):
+        return FCFSQueue()
+    if order == "sjf":
+        return KeyedQueue(lambda r: (r.prompt, r.arrival))
+    if order == "sjf_output":
+        noise = np.exp(SJF_OUTPUT_SIGMA * rng.standard_normal(workload.n))
+        pred = (workload.output_len * noise).tolist()
+        return KeyedQueue(lambda r: pred[r.rid])
+    if order == "priority":
+        return KeyedQueue(lambda r: (r.prio, r.arrival))
+    if order == "edf":
+        slo_s = (workload.ttft_slo_ms() / 1e3).tolist()
+        return KeyedQueue(lambda r: r.arrival + slo_s[r.rid])
+    raise ValueError(f"policy knob queue={order!r}: unknown queue order")

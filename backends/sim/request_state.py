@@ -1,0 +1,176 @@
+"""Per-request state of one simulation, and the lazily advanced pool of decoding sequences.
+
+vLLM V1's single rule: each request has ``num_tokens`` known tokens (prompt + generated) and
+``computed`` tokens whose KV exists; every step computes a chunk so that ``computed`` catches
+up with ``num_tokens``; when it does, one token is sampled (``gen`` += 1, ``num_tokens`` += 1).
+A prefill, a recompute after preemption and a decode step are the same thing at different
+chunk sizes.
+
+``DecodePool`` holds the sequences that are past their prefill. In a decode step every one of
+them computes one token, so their state is kept relative to a global step counter ``G``:
+sequence i has ``computed = b_i + S_i + G`` and finishes when ``G`` reaches ``fin_G``. Sums
+(context, private KV blocks) are O(1) (blocks: O(block_size) worst case) at any ``G``, so many
+decode iterations can be skipped in one step without touching each sequence.
+"""
+
+from __future__ import annotations
+
+import heapq
+
+WAITING, PREFILL, DECODE, SWAPPED, DONE = range(5)
+
+
+class Req:
+    """Mutable state of one request while it is inside the simulation (plain class, slotted)."""
+
+    __slots__ = (
+        "rid", "arrival", "prompt", "out", "max_out", "prio", "key", "num_tokens", "computed",
+        "gen", "first_token", "preemptions", "ids", "shared", "priv", "state", "b", "q", "r",
+        "fin_g", "ver", "retries", "adm",
+    )
+
+    def __init__(self, rid: int, arrival: float, prompt: int, out: int, max_out: int, prio: int,
+                 ids: tuple[int, ...], shared: int) -> None:
+        self.rid = rid
+        self.arrival = arrival          # s
+        self.prompt = prompt            # tokens
+        self.out = out                  # output tokens this request will produce
+        self.max_out = max_out          # its max_tokens (what a request-level reservation sees)
+        self.prio = prio
+        self.key = 0.0                  # queue sort key (set by the queue)
+        self.num_tokens = prompt        # known tokens: prompt + generated
+        self.computed = 0               # tokens with KV on the GPU
+        self.gen = 0                    # generated tokens
+        self.first_token = -1.0         # s, -1 until the first token
+        self.preemptions = 0
+        self.ids = ids                  # prefix-cache block ids of full prompt blocks (may be empty)
+        self.shared = shared            # tokens held in prefix-cache entries (len(ids) × block tokens)
+        self.priv = 0                   # private KV blocks held explicitly (not in the DecodePool)
+        self.state = WAITING
+        self.b = self.q = self.r = 0    # DecodePool offsets (see DecodePool)
+        self.fin_g = 0                  # DecodePool step at which the last token is sampled
+        self.ver = 0                    # bumps when leaving the pool (lazy heap deletion)
+        self.retries = 0                # admission deferrals so far
+        self.adm = 0                    # admission order (running-list position)
+
+    @property
+    def victim_key(self) -> tuple[int, float, int]:
+        """Preemption order: the largest key is preempted first (priority value, then arrival)."""
+        return (self.prio, self.arrival, self.rid)
+
+
+class DecodePool:
+    """Decoding sequences advanced by a global step counter (see module doc).
+
+    For sequence i with private KV tokens ``p_i(G) = b_i + G`` (``b_i = computed − shared − G``
+    when it joined), private blocks are ceil(p_i/bs) = q_i + g + [r_i ≥ bs − h] with
+    ``q_i, r_i = divmod(b_i + bs − 1, bs)`` and ``g, h = divmod(G, bs)``. Keeping Σq and a
+    histogram of r makes Σ blocks O(bs). ``grow=False`` (request-level reservation) keeps
+    no block accounting: the reservation is held explicitly in ``Req.priv``.
+    """
+
+    __slots__ = ("bs", "grow", "g", "n", "sum_b", "sum_s", "sum_q", "cnt", "heap", "_seq")
+
+    def __init__(self, block_size: int, grow: bool) -> None:
+        self.bs = block_size
+        self.grow = grow
+        self.g = 0              # global decode step counter G
+        self.n = 0              # sequences in the pool
+        self.sum_b = 0          # Σ b_i
+        self.sum_s = 0          # Σ shared_i
+        self.sum_q = 0          # Σ q_i
+        self.cnt = [0] * block_size
+        self.heap: list[tuple[int, int, int, Req]] = []  # (fin_g, order, ver, req)
+        self._seq = 0
+
+    # -------------------------------------------------------------- queries
+    def ctx(self, g: int | None = None) -> int:
+        """Σ KV tokens (computed) of the pool's sequences at step g (default: now)."""
+        return self.sum_b + self.sum_s + self.n * (self.g if g is None else g)
+
+    def priv_tokens(self) -> int:
+        """Σ private KV tokens now."""
+        return self.sum_b + self.n * self.g
+
+    def blocks(self, g: int) -> int:
+        """Σ private KV blocks of the pool's sequences at step g (0 without growth)."""
+        if not self.grow or not self.n:
+            return 0
+        gg, h = divmod(g, self.bs)
+        extra = sum(self.cnt[self.bs - h:]) if h else 0
+        return self.sum_q + self.n * gg + extra
+
+    def steps_fitting(self, avail: int, limit: int) -> int:
+        """Largest n <= limit with blocks(G+n) − blocks(G) <= avail."""
+        if not self.grow or not self.n:
+            return limit
+        n, bs, g0 = self.n, self.bs, self.g
+        k = avail // n
+        if k * bs >= limit:
+            return limit
+        base = self.blocks(g0)
+        lo, hi = k * bs, min(limit, (k + 1) * bs)  # need(lo) <= avail; search (lo, hi]
+        while lo < hi:
+            mid = (lo + hi + 1) // 2
+            if self.blocks(g0 + mid) - base <= avail:
+                lo = mid
+            else:
+                hi = mid - 1
+        return lo
+
+    def next_finish(self) -> int:
+        """Step count G at which the earliest pool member samples its last token (or -1)."""
+        heap = self.heap
+        while heap and heap[0][2] != heap[0][3].ver:
+            heapq.heappop(heap)
+        return heap[0][0] if heap else -1
+
+    def pop_finished(self) -> list[Req]:
+        """Remove and return members whose last token was sampled at or before the current G."""
+        heap, g, out = self.heap, self.g, []
+        while heap and heap[0][0] <= g:
+            _, _, ver, req = heapq.heappop(heap)
+            if ver == req.ver:
+                self.remove(req)
+                out.append(req)
+        return out
+
+    # ------------------------------------------------------------ mutation
+    def add(self, req: Req) -> None:
+        """Join after the sample that followed the request's last prefill chunk."""
+        b = req.computed - req.shared - self.g
+        req.b = b
+        self.n += 1
+        self.sum_b += b
+        self.sum_s += req.shared
+        if self.grow:
+            q, r = divmod(b + self.bs - 1, self.bs)
+            req.q, req.r = q, r
+            self.sum_q += q
+            self.cnt[r] += 1
+        req.fin_g = self.g + req.out - req.gen
+        req.state = DECODE
+        self._seq += 1
+        heapq.heappush(self.heap, (req.fin_g, self._seq, req.ver, req))
+
+    def remove(self, req: Req) -> int:
+        """Leave the pool: bring ``computed``/``gen``/``num_tokens`` up to date; returns the
+        private blocks the sequence holds now (0 without growth)."""
+        g = self.g
+        self.n -= 1
+        self.sum_b -= req.b
+        self.sum_s -= req.shared
+        req.computed = req.b + req.shared + g
+        req.gen = req.out - (req.fin_g - g)
+        req.num_tokens = req.prompt + req.gen
+        req.ver += 1
+        if not self.grow:
+            return 0
+        self.sum_q -= req.q
+        self.cnt[req.r] -= 1
+        p = req.b + g
+        return -(-p // self.bs) if p > 0 else 0
+
+    def members(self) -> list[Req]:
+        """Current members (O(pool); for checks and preemption scans)."""
+        return [e[3] for e in self.heap if e[2] == e[3].ver]

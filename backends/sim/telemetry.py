@@ -1,0 +1,128 @@
+"""Telemetry of one simulated run: totals, slot-second integrals and a bounded timeline.
+
+The engine calls ``step`` once per iteration or decode segment (and ``idle`` for gaps).
+The timeline keeps at most ``MAX_ROWS`` samples: when full, every other row is dropped and
+the sampling stride doubles, so a million-request run costs the same few hundred kB.
+KV slot-seconds integrate allocated (private + referenced cache blocks × block size) and used
+(KV tokens) slots with the trapezoid rule between step ends; fragmentation = 1 − used/allocated.
+"""
+
+from __future__ import annotations
+
+import numpy as np
+import pandas as pd
+
+from backends.base import Telemetry
+
+MAX_ROWS = 4096
+
+
+class TelemetryRecorder:
+    """Accumulates one run's telemetry (all units: s, FLOPs/bytes per GPU, blocks, tokens)."""
+
+    __slots__ = ("total", "bs", "busy", "flops", "bytes", "iters", "batch_sum", "alloc_ss", "used_ss",
+                 "peak_used", "peak_running", "peak_waiting", "_last_alloc", "_last_used", "_rows",
+                 "_stride", "_skip", "t_end")
+
+    def __init__(self, total_blocks: int, block_size: int) -> None:
+        self.total, self.bs = total_blocks, block_size
+        self.busy = self.flops = self.bytes = 0.0
+        self.iters = self.batch_sum = 0
+        self.alloc_ss = self.used_ss = 0.0
+        self.peak_used = self.peak_running = self.peak_waiting = 0
+        self._last_alloc = self._last_used = 0.0
+        self._rows: list[tuple[float, float, int, int, int]] = []
+        self._stride, self._skip = 1, 0
+        self.t_end = 0.0
+
+    def step(self, t0: float, dt: float, flops: float, nbytes: float, iters: int, seqs: int, tokens: int,
+             used_blocks: int, used_tokens: int, running: int, waiting: int) -> None:
+        """One iteration (or ``iters`` decode iterations) from t0 lasting dt seconds; state after it."""
+        self.busy += dt
+        self.flops += flops
+        self.bytes += nbytes
+        self.iters += iters
+        self.batch_sum += seqs
+        alloc = used_blocks * self.bs
+        self.alloc_ss += dt * 0.5 * (self._last_alloc + alloc)
+        self.used_ss += dt * 0.5 * (self._last_used + used_tokens)
+        self._last_alloc, self._last_used = alloc, used_tokens
+        if used_blocks > self.peak_used:
+            self.peak_used = used_blocks
+        if running > self.peak_running:
+            self.peak_running = running
+        if waiting > self.peak_waiting:
+            self.peak_waiting = waiting
+        t = t0 + dt
+        self.t_end = t
+        self._skip += 1
+        if self._skip >= self._stride:
+            self._skip = 0
+            rows = self._rows
+            rows.append((t, used_blocks / self.total, running, waiting, tokens))
+            if len(rows) >= MAX_ROWS:
+                del rows[1::2]
+                self._stride *= 2
+
+    def idle(self, t0: float, dt: float) -> None:
+        """Nothing runs from t0 for dt seconds (allocations stay as they are)."""
+        self.alloc_ss += dt * self._last_alloc
+        self.used_ss += dt * self._last_used
+        self.t_end = t0 + dt
+
+    def timeline(self) -> pd.DataFrame:
+        a = np.array(self._rows, dtype=float).reshape(-1, 5)
+        return pd.DataFrame({
+            "t_s": a[:, 0], "kv_used_frac": a[:, 1], "running": a[:, 2].astype(np.int64),
+            "waiting": a[:, 3].astype(np.int64), "batch_tokens": a[:, 4].astype(np.int64)})
+
+    def build(self, *, makespan_s: float, tp: int, peak_flops: float, peak_bw: float, kv_capacity_tokens: int,
+              price: float, spot_price: float, offload_bytes: float, offload_bw: float,
+              counters: dict[str, float]) -> Telemetry:
+        """The contract's Telemetry (FLOPs and bytes summed over the tp GPUs)."""
+        c = {"iterations": float(self.iters), "batch_size_sum": float(self.batch_sum),
+             "kv_allocated_slot_s": self.alloc_ss, "kv_used_slot_s": self.used_ss,
+             "peak_kv_blocks": float(self.peak_used), "peak_running": float(self.peak_running),
+             "peak_waiting": float(self.peak_waiting)}
+        c.update(counters)
+        return Telemetry(
+            makespan_s=makespan_s, busy_s=self.busy, n_gpus=tp, instances=1, flops=self.flops * tp,
+            hbm_bytes=self.bytes * tp, peak_flops_per_gpu=peak_flops, peak_hbm_bytes_s_per_gpu=peak_bw,
+            offload_bytes=offload_bytes, offload_bytes_s_capacity=offload_bw,
+            kv_capacity_tokens=kv_capacity_tokens, gpu_hour_usd=price, spot_gpu_hour_usd=spot_price,
+            timeline=self.timeline(), counters=c)
+
+
+def build_result(sim, policy, notes: tuple[str, ...]):
+    """The RunResult of a finished ``engine.Simulation`` (records from ``empty_records``)."""
+    from backends.base import RunResult, empty_records
+
+    rec = empty_records(sim.w)
+    served = np.isfinite(sim.finish)
+    rec["first_token_s"] = sim.first_tok
+    rec["finish_s"] = sim.finish
+    rec["output_len"] = sim.out_done
+    rec["rejected"] = sim.rejected
+    rec["failed"] = sim.failed
+    rec["preemptions"] = sim.preempts
+    rec["cached_tokens"] = sim.cached
+    rec["replica"] = np.where(served | sim.failed & np.isfinite(sim.first_tok), 0, -1).astype(np.int64)
+    t_first = float(sim.w.arrival_s[0]) if sim.w.n else 0.0
+    t_end = max(sim.tel.t_end, float(np.nanmax(sim.finish)) if served.any() else 0.0)
+    makespan = max(t_end - t_first, 0.0)
+    cm, gpu = sim.cm, sim.cm.gpu
+    swap_bytes = sim.c_swapped * sim.swap.block_bytes
+    counters = {"preemptions": float(sim.c_preempt), "swapped_blocks": float(sim.c_swapped),
+                "prefix_query_tokens": float(sim.c_pq), "prefix_hit_tokens": float(sim.c_ph),
+                "cache_evictions": float(sim.mem.evictions), "kv_capacity_blocks": float(sim.mem.total),
+                "deferrals": float(sim.c_defer)}
+    tel = sim.tel.build(
+        makespan_s=makespan, tp=cm.tp, peak_flops=cm.peak_flops, peak_bw=gpu.hbm_bytes_s,
+        kv_capacity_tokens=sim.mem.total * sim.bs, price=gpu.price_hour, spot_price=gpu.spot_price_hour,
+        offload_bytes=swap_bytes, offload_bw=gpu.pcie_bytes_s * cm.tp if sim.swap_mode else 0.0,
+        counters=counters)
+    if sim.stopped:
+        notes = (*notes, f"stopped at max_sim_time_s={sim.max_t:g}: {sim.stopped} unfinished requests marked failed")
+    meta = {"engine": sim.dep.engine, "model": cm.model.name, "gpu": gpu.name, "tp": str(cm.tp),
+            "kv_blocks": str(sim.mem.total), "workload": sim.w.name}
+    return RunResult(records=rec, telemetry=tel, policy=policy, backend="sim", notes=tuple(notes), meta=meta)
