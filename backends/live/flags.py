@@ -1,0 +1,393 @@
+"""Map a servetune Policy to an engine's own launch flags (vLLM, SGLang).
+
+``vllm_args`` / ``sglang_args`` return a :class:`FlagMapping`: the argv that follows
+``python -m vllm.entrypoints.openai.api_server`` (or ``python -m sglang.launch_server``),
+the knobs the engine cannot express (each with the value asked for and why), and the
+*effective* Policy (those knobs reset to their defaults), which is the policy a live trial
+really ran. Nothing is silently dropped: every knob that differs from its default is either
+mapped to a flag or listed in ``unsupported``.
+
+Flag names are those of vLLM 0.32 (``vllm/engine/arg_utils.py``; checked against the
+installed parser by ``backends.live.vllm_python.check_vllm_args``) and SGLang's
+``sglang/srt/server_args.py`` (checked in tests against the wheel's add_argument calls).
+A deployment whose ``gpu`` is ``"cpu"`` targets vLLM's CPU build: KV memory is given in
+bytes (``--kv-cache-memory-bytes``) and blocks are multiples of 32 tokens.
+"""
+
+from __future__ import annotations
+
+import json
+from collections.abc import Callable
+from dataclasses import dataclass, fields
+from typing import Any
+
+from backends.base import Deployment
+from tuner.policy import Policy
+
+DEFAULT_CPU_KV_BYTES = 512 * 2**20
+"""KV-cache memory of a CPU server when the caller gives none, bytes (512 MiB)."""
+
+_DEFAULT = Policy()
+
+# Knobs that describe the simulator's world, not an engine flag; reported when changed.
+_SIM_ONLY = {
+    "spec_acceptance": "a simulator assumption: the live engine measures acceptance itself",
+}
+_OUTSIDE_ENGINE = {
+    "max_queue_depth": "admission control is not an engine flag (put a gateway in front of the server)",
+    "min_kv_headroom": "admission control is not an engine flag (put a gateway in front of the server)",
+    "ttft_admission": "admission control is not an engine flag (put a gateway in front of the server)",
+    "admission_action": "admission control is not an engine flag (put a gateway in front of the server)",
+    "defer_s": "admission control is not an engine flag (put a gateway in front of the server)",
+    "replicas": "replica count is a deployment choice: start that many servers behind a router",
+    "routing": "routing happens in a router in front of the servers, not in the engine",
+    "migration": "live migration between replicas (Llumnix) is not in the engine",
+    "autoscale": "autoscaling is done by the orchestrator, not the engine",
+    "spot_fraction": "spot capacity is an orchestration choice, not an engine flag",
+    "vtc_input_weight": "VTC fairness is not implemented by the engine",
+    "vtc_output_weight": "VTC fairness is not implemented by the engine",
+    "tenant_weights": "per-tenant fairness weights are not implemented by the engine",
+    "tenant_cap_tokens_s": "per-tenant rate caps are not implemented by the engine",
+}
+
+
+@dataclass(frozen=True, slots=True)
+class FlagMapping:
+    """The engine flags for one policy.
+
+    ``args``: argv after the module (``--flag value`` pairs, no shell quoting needed);
+    ``unsupported``: ``(knob, value asked for, reason)`` for each knob the engine cannot honour;
+    ``effective``: the Policy with those knobs reset (what the engine really runs);
+    ``notes``: what a real deployment needs beyond these flags (one line each).
+    """
+
+    args: list[str]
+    unsupported: tuple[tuple[str, Any, str], ...]
+    effective: Policy
+    notes: tuple[str, ...] = ()
+
+    def command(self, engine: str = "vllm", python: str = "python") -> list[str]:
+        """The whole argv: ``python -m <engine entry point> <args>``."""
+        module = {"vllm": "vllm.entrypoints.openai.api_server", "sglang": "sglang.launch_server"}[engine]
+        return [python, "-m", module, *self.args]
+
+
+def is_cpu(deployment: Deployment) -> bool:
+    """True when the deployment targets a CPU build of the engine (``gpu: cpu``)."""
+    return deployment.gpu.strip().lower() == "cpu"
+
+
+class _Builder:
+    """Collects args, unsupported knobs and the effective-policy resets of one mapping."""
+
+    def __init__(self, policy: Policy) -> None:
+        self.policy = policy
+        self.args: list[str] = []
+        self.unsupported: list[tuple[str, Any, str]] = []
+        self.resets: dict[str, Any] = {}
+        self.notes: list[str] = []
+        self.seen: set[str] = set()
+
+    def flag(self, name: str, value: Any = None) -> None:
+        self.args.append(name)
+        if value is not None:
+            self.args.append(_text(value))
+
+    def handled(self, *knobs: str) -> None:
+        self.seen.update(knobs)
+
+    def refuse(self, knob: str, reason: str, reset_to: Any = None) -> None:
+        """Report ``knob`` as unsupported and reset it (to its default unless given)."""
+        self.seen.add(knob)
+        value = getattr(self.policy, knob)
+        self.unsupported.append((knob, value, reason))
+        self.resets[knob] = getattr(_DEFAULT, knob) if reset_to is None else reset_to
+
+    def refuse_if_changed(self, knob: str, reason: str) -> None:
+        self.seen.add(knob)
+        if getattr(self.policy, knob) != getattr(_DEFAULT, knob):
+            self.refuse(knob, reason)
+
+    def finish(self, engine: str) -> FlagMapping:
+        for knob, reason in {**_SIM_ONLY, **_OUTSIDE_ENGINE}.items():
+            if knob not in self.seen:
+                self.refuse_if_changed(knob, reason)
+        left = {f.name for f in fields(Policy)} - self.seen - {"schema_version"}
+        for knob in sorted(left):  # a knob added to Policy but not to this mapping: never drop it
+            self.refuse_if_changed(knob, f"servetune does not map this knob to {engine} yet")
+        effective = self.policy.replace(**self.resets) if self.resets else self.policy
+        return FlagMapping(list(self.args), tuple(self.unsupported), effective, tuple(self.notes))
+
+
+def _text(value: Any) -> str:
+    if isinstance(value, bool):
+        return "true" if value else "false"
+    if isinstance(value, float) and value.is_integer():
+        return str(int(value))
+    if isinstance(value, dict):
+        return json.dumps(value, separators=(",", ":"), sort_keys=True)
+    return str(value)
+
+
+def _dtype(d: str) -> str:
+    return {"bf16": "bfloat16", "fp16": "float16", "fp8": "auto"}[d]
+
+
+# --------------------------------------------------------------------------------- vLLM
+def vllm_args(
+    policy: Policy,
+    deployment: Deployment,
+    *,
+    model_path: str | None = None,
+    port: int | None = None,
+    host: str | None = None,
+    kv_cache_bytes: int | None = None,
+) -> FlagMapping:
+    """vLLM (V1, 0.32) flags for ``policy`` on ``deployment``.
+
+    ``model_path``: what ``--model`` gets (default ``deployment.model``); ``kv_cache_bytes``:
+    KV memory on CPU, bytes (default :data:`DEFAULT_CPU_KV_BYTES`; on GPU it replaces
+    ``--gpu-memory-utilization`` when given).
+    """
+    b = _Builder(policy)
+    p = policy
+    cpu = is_cpu(deployment)
+    b.flag("--model", model_path or deployment.model)
+    if host:
+        b.flag("--host", host)
+    if port is not None:
+        b.flag("--port", port)
+    if deployment.max_model_len > 0:
+        b.flag("--max-model-len", deployment.max_model_len)
+    b.flag("--dtype", _dtype(deployment.weight_dtype))
+    if deployment.weight_dtype == "fp8":
+        b.flag("--quantization", "fp8")
+    if deployment.kv_dtype == "fp8":
+        b.flag("--kv-cache-dtype", "fp8")
+
+    # batch planner
+    b.handled("batching", "max_num_seqs", "max_num_batched_tokens", "long_prefill_token_threshold", "tp")
+    if p.batching in ("static", "decode_maximal"):
+        b.refuse("batching", f"vLLM has no {p.batching} batching (only chunked prefill on or off)")
+    chunked = b.resets.get("batching", p.batching) == "chunked"
+    b.flag("--enable-chunked-prefill" if chunked else "--no-enable-chunked-prefill")
+    b.flag("--max-num-seqs", p.max_num_seqs)
+    mbt = p.max_num_batched_tokens
+    if not chunked and deployment.max_model_len > mbt:
+        b.refuse("max_num_batched_tokens", "without chunked prefill vLLM needs a token budget of at "
+                 "least max_model_len; raised to it", reset_to=deployment.max_model_len)
+        mbt = deployment.max_model_len
+    b.flag("--max-num-batched-tokens", mbt)
+    if p.long_prefill_token_threshold > 0:
+        b.flag("--long-prefill-token-threshold", p.long_prefill_token_threshold)
+    b.flag("--tensor-parallel-size", p.tp)
+    if not cpu:
+        dp = _data_parallel(p, deployment)
+        if dp > 1:
+            b.flag("--data-parallel-size", dp)
+            b.handled("replicas")
+
+    # memory manager
+    b.handled("block_size", "gpu_memory_utilization", "prefix_caching", "cpu_offload_gb")
+    if cpu and p.block_size % 32:
+        b.refuse("block_size", "vLLM's CPU attention needs a multiple of 32 tokens; raised to 32", reset_to=32)
+    b.flag("--block-size", b.resets.get("block_size", p.block_size))
+    if cpu:
+        b.flag("--kv-cache-memory-bytes", int(kv_cache_bytes or DEFAULT_CPU_KV_BYTES))
+        b.refuse_if_changed("gpu_memory_utilization", "on CPU the KV cache is sized in bytes "
+                            "(--kv-cache-memory-bytes), not as a memory fraction")
+    elif kv_cache_bytes:
+        b.flag("--kv-cache-memory-bytes", int(kv_cache_bytes))
+        b.refuse_if_changed("gpu_memory_utilization", "kv_cache_bytes was given: it overrides the fraction")
+    else:
+        b.flag("--gpu-memory-utilization", p.gpu_memory_utilization)
+    b.flag("--enable-prefix-caching" if p.prefix_caching else "--no-enable-prefix-caching")
+    b.refuse_if_changed("kv_watermark", "vLLM V1 has no free-block watermark flag")
+    if p.preemption == "request":
+        b.refuse("preemption", "vLLM V1 always allocates KV as tokens grow and preempts at step boundaries")
+    if p.preemption_mode == "swap":
+        b.refuse("preemption_mode", "vLLM V1 preempts by recompute only (no swap space)")
+    if p.cpu_offload_gb > 0:
+        b.flag("--kv-offloading-size", p.cpu_offload_gb)
+        b.flag("--kv-offloading-backend", "native")
+    b.refuse_if_changed("ssd_offload_gb", "an SSD KV tier needs LMCache (--kv-offloading-backend lmcache "
+                        "plus an LMCache config file), not expressible as flags")
+    b.refuse_if_changed("offload_threshold", "vLLM's offloading connector has no paging threshold")
+
+    # queue
+    b.handled("queue")
+    if p.queue in ("fcfs", "priority"):
+        b.flag("--scheduling-policy", p.queue)
+    else:
+        b.refuse("queue", f"vLLM schedules fcfs or priority only (no {p.queue})")
+        b.flag("--scheduling-policy", "fcfs")
+
+    # speculation
+    _vllm_speculation(b, p)
+
+    # disaggregation
+    b.handled("disaggregated", "prefill_instances", "decode_instances", "disagg_min_prompt", "disagg_min_queue")
+    if p.disaggregated and cpu:
+        b.refuse("disaggregated", "prefill/decode disaggregation needs GPU KV transfer (NIXL); not on CPU")
+    elif p.disaggregated:
+        b.flag("--kv-transfer-config", {"kv_connector": "NixlConnector", "kv_role": "kv_both"})
+        b.notes.append(
+            f"disaggregation: start {p.prefill_instances} prefill and {p.decode_instances} decode servers "
+            "with these flags (each on its own GPUs, NIXL side-channel port per server) and a P/D proxy "
+            "in front (vLLM's disagg proxy example or llm-d); the proxy sends each prompt to a prefill "
+            "server with max_tokens=1, then to a decode server with the returned kv_transfer_params")
+        for knob in ("disagg_min_prompt", "disagg_min_queue"):
+            b.refuse_if_changed(knob, "conditional disaggregation is a proxy decision, not an engine flag")
+    else:
+        for knob in ("prefill_instances", "decode_instances", "disagg_min_prompt", "disagg_min_queue"):
+            b.seen.add(knob)  # inert without disaggregation
+
+    b.handled("max_loras")
+    b.refuse_if_changed("max_loras", "LoRA needs --enable-lora and --lora-modules NAME=PATH for real "
+                        "adapters; servetune does not know their paths")
+    if cpu:
+        b.flag("--enforce-eager")
+    return b.finish("vLLM")
+
+
+def _data_parallel(p: Policy, d: Deployment) -> int:
+    fit = max(1, d.n_gpus // p.tp)
+    return min(p.replicas, fit) if p.replicas > 0 else fit
+
+
+def _vllm_speculation(b: _Builder, p: Policy) -> None:
+    b.handled("speculation", "spec_k", "spec_dynamic", "spec_draft_model")
+    if p.speculation == "off":
+        return
+    if p.speculation == "ngram":
+        cfg: dict[str, Any] = {"method": "ngram", "num_speculative_tokens": p.spec_k,
+                               "prompt_lookup_max": 4, "prompt_lookup_min": 2}
+    else:
+        cfg = {"model": p.spec_draft_model, "num_speculative_tokens": p.spec_k}
+        b.notes.append(f"draft model {p.spec_draft_model!r}: pass its Hugging Face id or local path")
+    b.flag("--speculative-config", cfg)
+    if p.spec_dynamic:
+        b.refuse("spec_dynamic", "vLLM uses a fixed num_speculative_tokens")
+
+
+# ------------------------------------------------------------------------------- SGLang
+def sglang_args(
+    policy: Policy,
+    deployment: Deployment,
+    *,
+    model_path: str | None = None,
+    port: int | None = None,
+    host: str | None = None,
+    kv_cache_bytes: int | None = None,
+) -> FlagMapping:
+    """SGLang (``sglang.launch_server``) flags for ``policy`` on ``deployment``."""
+    b = _Builder(policy)
+    p = policy
+    b.flag("--model-path", model_path or deployment.model)
+    if host:
+        b.flag("--host", host)
+    if port is not None:
+        b.flag("--port", port)
+    if deployment.max_model_len > 0:
+        b.flag("--context-length", deployment.max_model_len)
+    b.flag("--dtype", _dtype(deployment.weight_dtype))
+    if deployment.weight_dtype == "fp8":
+        b.flag("--quantization", "fp8")
+    if deployment.kv_dtype == "fp8":
+        b.flag("--kv-cache-dtype", "fp8_e4m3")
+
+    b.handled("batching", "max_num_seqs", "max_num_batched_tokens", "long_prefill_token_threshold", "tp")
+    if p.batching in ("static", "decode_maximal"):
+        b.refuse("batching", f"SGLang has no {p.batching} batching (chunked prefill on or off)")
+    chunked = b.resets.get("batching", p.batching) == "chunked"
+    b.flag("--max-running-requests", p.max_num_seqs)
+    b.flag("--chunked-prefill-size", p.max_num_batched_tokens if chunked else -1)
+    b.flag("--max-prefill-tokens", p.max_num_batched_tokens)
+    b.refuse_if_changed("long_prefill_token_threshold", "SGLang caps every prefill chunk by "
+                        "--chunked-prefill-size; there is no separate per-request cap")
+    b.flag("--tp-size", p.tp)
+    dp = _data_parallel(p, deployment)
+    if dp > 1:
+        b.flag("--dp-size", dp)
+        b.handled("replicas")
+
+    b.handled("block_size", "gpu_memory_utilization", "prefix_caching", "cpu_offload_gb")
+    b.flag("--page-size", p.block_size)
+    if kv_cache_bytes:
+        b.refuse_if_changed("gpu_memory_utilization", "kv_cache_bytes was given; SGLang sizes the pool "
+                            "by --max-total-tokens instead")
+        b.notes.append("SGLang sizes the KV pool in tokens: set --max-total-tokens from kv_cache_bytes")
+    else:
+        b.flag("--mem-fraction-static", p.gpu_memory_utilization)
+        b.notes.append("--mem-fraction-static is the fraction for weights + KV pool (SGLang keeps the "
+                       "rest for activations), close to but not the same as vLLM's memory utilisation")
+    if not p.prefix_caching:
+        b.flag("--disable-radix-cache")
+    b.refuse_if_changed("kv_watermark", "SGLang has no free-block watermark (--schedule-conservativeness "
+                        "is a different knob)")
+    if p.preemption == "request":
+        b.refuse("preemption", "SGLang retracts running requests under memory pressure; no reservation mode")
+    if p.preemption_mode == "swap":
+        b.refuse("preemption_mode", "SGLang retracts by recompute (no swap of preempted KV)")
+    if p.cpu_offload_gb > 0:
+        b.flag("--enable-hierarchical-cache")
+        b.flag("--hicache-size", p.cpu_offload_gb)
+    b.refuse_if_changed("ssd_offload_gb", "an SSD tier needs --hicache-storage-backend with its own "
+                        "config; not mapped")
+    b.refuse_if_changed("offload_threshold", "HiCache has write policies, not a paging threshold")
+
+    b.handled("queue")
+    if p.queue == "fcfs":
+        b.flag("--schedule-policy", "fcfs")
+    elif p.queue == "priority":
+        b.flag("--schedule-policy", "fcfs")
+        b.flag("--enable-priority-scheduling")
+    else:
+        why = {
+            "sjf": "SGLang orders by lpm/dfs-weight/fcfs/lof/random; none is shortest-prompt-first "
+                   "(lof is longest OUTPUT first, the opposite of sjf_output)",
+            "sjf_output": "SGLang's lof is longest-output-first, the opposite; no shortest-output order",
+        }.get(p.queue, f"SGLang has no {p.queue} order")
+        b.refuse("queue", why)
+        b.flag("--schedule-policy", "fcfs")
+
+    b.handled("speculation", "spec_k", "spec_dynamic", "spec_draft_model")
+    if p.speculation == "ngram":
+        b.flag("--speculative-algorithm", "NGRAM")
+        b.flag("--speculative-num-draft-tokens", p.spec_k)
+    elif p.speculation == "draft":
+        b.flag("--speculative-algorithm", "STANDALONE")
+        b.flag("--speculative-draft-model-path", p.spec_draft_model)
+        b.flag("--speculative-num-steps", p.spec_k)
+        b.flag("--speculative-eagle-topk", 1)
+        b.flag("--speculative-num-draft-tokens", p.spec_k + 1)
+        b.notes.append(f"draft model {p.spec_draft_model!r}: pass its Hugging Face id or local path")
+    if p.speculation != "off" and p.spec_dynamic:
+        b.refuse("spec_dynamic", "SGLang uses fixed speculative steps")
+
+    b.handled("disaggregated", "prefill_instances", "decode_instances", "disagg_min_prompt", "disagg_min_queue")
+    if p.disaggregated:
+        b.notes.append(
+            f"disaggregation: start {p.prefill_instances} servers with --disaggregation-mode prefill and "
+            f"{p.decode_instances} with --disaggregation-mode decode (these args carry neither; add one), "
+            "--disaggregation-transfer-backend mooncake|nixl, and the router "
+            "(python -m sglang_router.launch_router --pd-disaggregation --prefill URL --decode URL)")
+        for knob in ("disagg_min_prompt", "disagg_min_queue"):
+            b.refuse_if_changed(knob, "conditional disaggregation is a router decision, not an engine flag")
+
+    b.handled("max_loras")
+    if p.max_loras != _DEFAULT.max_loras:
+        b.flag("--max-loras-per-batch", p.max_loras)
+    return b.finish("SGLang")
+
+
+MAPPERS: dict[str, Callable[..., FlagMapping]] = {"vllm": vllm_args, "sglang": sglang_args}
+
+
+def engine_args(engine: str, policy: Policy, deployment: Deployment, **kw: Any) -> FlagMapping:
+    """``vllm_args`` or ``sglang_args`` by engine name (ValueError for another name)."""
+    try:
+        mapper = MAPPERS[engine]
+    except KeyError:
+        raise ValueError(f"engine {engine!r}: must be one of {', '.join(MAPPERS)}") from None
+    return mapper(policy, deployment, **kw)
