@@ -28,7 +28,7 @@ from pathlib import Path
 import numpy as np
 import pandas as pd
 
-from workloads.workload import DEFAULT_SLO, SCHEMA_VERSION, SLOClass, Workload, build_workload
+from workloads.workload import DEFAULT_SLO, SCHEMA_VERSION, SLOClass, Workload
 
 REQUIRED = ("arrival_s", "prompt_len", "output_len")
 OPTIONAL = ("max_output", "tenant", "priority", "slo_class", "adapter", "prefix_ids")
@@ -88,7 +88,8 @@ def _read_csv(path: Path) -> tuple[pd.DataFrame, dict]:
             if sep:
                 header[key.strip()] = value.strip()
     try:
-        df = pd.read_csv(path, skiprows=skip, dtype=str, keep_default_na=False, skipinitialspace=True)
+        df = pd.read_csv(path, skiprows=skip, keep_default_na=False, skipinitialspace=True,
+                         dtype={c: str for c in ("tenant", "slo_class", "adapter", "prefix_ids")})
     except pd.errors.EmptyDataError:
         raise ValueError(f"{path}: no header row (expected columns {', '.join(REQUIRED)}, ...)") from None
     except pd.errors.ParserError as e:
@@ -141,26 +142,32 @@ def _read_jsonl(path: Path) -> tuple[pd.DataFrame | Workload, dict]:
     return pd.DataFrame(rows), header
 
 
+def _show(v) -> str:
+    """A cell as the user wrote it: numbers plain (-10, 10.5), text quoted ('abc')."""
+    v = v.item() if isinstance(v, np.generic) else v
+    return repr(v)
+
+
 def _column(df: pd.DataFrame, col: str, where: str, *, integer: bool) -> np.ndarray:
     s = df[col]
     num = pd.to_numeric(s, errors="coerce")
     bad = num.isna().to_numpy()
     if bad.any():
         k = int(np.flatnonzero(bad)[0])
-        raise ValueError(f"{where} row {k + 1}: {col}={s.iloc[k]!r} is not a number")
+        raise ValueError(f"{where} row {k + 1}: {col}={_show(s.iloc[k])} is not a number")
     x = num.to_numpy(np.float64)
     if not np.isfinite(x).all():
         k = int(np.flatnonzero(~np.isfinite(x))[0])
-        raise ValueError(f"{where} row {k + 1}: {col}={s.iloc[k]!r} is not a finite number")
+        raise ValueError(f"{where} row {k + 1}: {col}={_show(s.iloc[k])} is not a finite number")
     if integer:
         frac = x != np.round(x)
         if frac.any():
             k = int(np.flatnonzero(frac)[0])
-            raise ValueError(f"{where} row {k + 1}: {col}={s.iloc[k]!r} is not an integer")
+            raise ValueError(f"{where} row {k + 1}: {col}={_show(s.iloc[k])} is not an integer")
         big = np.abs(x) > 2**31 - 1
         if big.any():
             k = int(np.flatnonzero(big)[0])
-            raise ValueError(f"{where} row {k + 1}: {col}={s.iloc[k]!r} is out of range")
+            raise ValueError(f"{where} row {k + 1}: {col}={_show(s.iloc[k])} is out of range")
         return x.astype(np.int64)
     return x
 
@@ -189,18 +196,29 @@ def frame_to_workload(df: pd.DataFrame, header: dict, where: str, name: str) -> 
         if mask.any():
             k = int(np.flatnonzero(mask)[0])
             extra = f" (output_len={cols['output_len'][k]})" if col == "max_output" else ""
-            raise ValueError(f"{where} row {k + 1}: {col}={df[col].iloc[k]!r} {why}{extra}")
-    known = {c.name for c in classes}
-    slo = None
+            raise ValueError(f"{where} row {k + 1}: {col}={_show(df[col].iloc[k])} {why}{extra}")
+    n = len(df)
+    order = np.argsort(cols["arrival_s"], kind="stable")  # unsorted files are sorted by arrival
+    slo = np.zeros(n, np.int32)
     if "slo_class" in df:
-        slo = df["slo_class"].astype(str).str.strip().to_numpy()
-        slo = np.where(slo == "", classes[0].name, slo)
-        bad = ~np.isin(slo, list(known))
-        if bad.any():
-            k = int(np.flatnonzero(bad)[0])
-            raise ValueError(f"{where} row {k + 1}: slo_class={slo[k]!r} is not a defined SLO class (known: {', '.join(sorted(known))})")
-    tenant = df["tenant"].astype(str).str.strip().replace("", "default").to_numpy() if "tenant" in df else None
-    blocks = None
+        names = df["slo_class"].fillna("").astype(str).str.strip()
+        names = names.where(names != "", classes[0].name)
+        slo = _codes(names, [c.name for c in classes], where, "slo_class", "is not a defined SLO class")
+    fixed = _json_list(header.get("tenants"), where, "tenants")
+    tenants: tuple[str, ...] = ("default",)
+    tenant = np.zeros(n, np.int32)
+    if "tenant" in df:
+        names = df["tenant"].fillna("").astype(str).str.strip()
+        names = names.where(names != "", "default")
+        tenants = tuple(fixed) if fixed else tuple(sorted(pd.unique(names)))
+        tenant = _codes(names, list(tenants), where, "tenant", "is not in the header's tenants list")
+    adapters: tuple[str, ...] = ()
+    adapter = None
+    if "adapter" in df:
+        names = df["adapter"].fillna("").astype(str).str.strip()
+        adapters = tuple(sorted(set(pd.unique(names)) - {""}))
+        adapter = _codes(names, ["", *adapters], where, "adapter", "is not an adapter") - 1
+    kw = {}
     if "prefix_ids" in df:
         blocks = []
         for k, v in enumerate(df["prefix_ids"]):
@@ -209,48 +227,55 @@ def frame_to_workload(df: pd.DataFrame, header: dict, where: str, name: str) -> 
                 blocks.append([] if empty else [int(x) for x in (v.split() if isinstance(v, str) else v)])
             except (TypeError, ValueError):
                 raise ValueError(f"{where} row {k + 1}: prefix_ids={v!r} is not a list of integers") from None
-    w = build_workload(
-        str(hname or name),
-        cols["arrival_s"],
-        cols["prompt_len"],
-        cols["output_len"],
-        max_output=cols.get("max_output"),
-        tenant=tenant,
-        priority=cols.get("priority"),
-        slo_class=slo,
+        nblk = np.array([len(b) for b in blocks], np.int64)
+        ids = np.fromiter((x for b in blocks for x in b), np.int64, int(nblk.sum()))
+        off = np.r_[0, np.cumsum(nblk)].astype(np.int64)
+        lens = nblk[order]
+        new_off = np.r_[0, np.cumsum(lens)].astype(np.int64)
+        src = np.repeat(off[:-1][order] - new_off[:-1], lens) + np.arange(new_off[-1], dtype=np.int64)
+        kw = {"prefix_offsets": new_off, "prefix_ids": ids[src], "prefix_block_tokens": pbt}
+    out = cols["output_len"]
+    return Workload(
+        name=str(hname or name),
+        arrival_s=cols["arrival_s"][order],
+        prompt_len=cols["prompt_len"][order],
+        output_len=out[order],
+        max_output=cols.get("max_output", out)[order],
+        tenant=tenant[order],
+        priority=cols["priority"][order] if "priority" in cols else np.zeros(n, np.int32),
+        slo_class=slo[order],
+        tenants=tenants,
         slo_classes=classes,
-        prefix_blocks=blocks,
-        prefix_block_tokens=pbt,
+        adapter=None if adapter is None else adapter[order],
+        adapters=adapters,
         meta={"source": where},
+        **kw,
     )
-    if header.get("tenants"):
-        w = _keep_tenant_order(w, header["tenants"], where)
-    if "adapter" in df:
-        names = df["adapter"].fillna("").astype(str).str.strip().to_numpy()
-        order = np.argsort(cols["arrival_s"], kind="stable")
-        adapters = tuple(sorted(set(names) - {""}))
-        idx = {a: i for i, a in enumerate(adapters)}
-        w = w.replace(adapter=np.array([idx.get(a, -1) for a in names[order]], np.int32), adapters=adapters)
-    return w
 
 
-def _keep_tenant_order(w: Workload, tenants, where: str) -> Workload:
-    """Use the header's tenant list (order and unused names kept, as written)."""
-    if isinstance(tenants, str):
+def _codes(names: pd.Series, categories: list[str], where: str, col: str, why: str) -> np.ndarray:
+    """Index of each name in ``categories``; the first unknown name is a one-line error."""
+    local, uniques = pd.factorize(names)  # hash once; map the few distinct names
+    pos = {c: i for i, c in enumerate(categories)}
+    codes = np.array([pos.get(str(u), -1) for u in uniques], np.int32)[local]
+    if (codes < 0).any():
+        k = int(np.flatnonzero(codes < 0)[0])
+        raise ValueError(f"{where} row {k + 1}: {col}={names.iloc[k]!r} {why} (known: {', '.join(categories[:10])}"
+                         f"{', ...' if len(categories) > 10 else ''})")
+    return codes
+
+
+def _json_list(v, where: str, key: str) -> list[str] | None:
+    if v is None or v == "":
+        return None
+    if isinstance(v, str):
         try:
-            tenants = json.loads(tenants)
+            v = json.loads(v)
         except json.JSONDecodeError as e:
-            raise ValueError(f"{where}: tenants is not valid JSON ({e.msg})") from None
-    if not isinstance(tenants, list) or len(set(map(str, tenants))) != len(tenants):
-        raise ValueError(f"{where}: header tenants must be a list of distinct names")
-    idx = {str(t): i for i, t in enumerate(tenants)}
-    missing = [t for t in w.tenants if t not in idx and t != "default"]
-    if missing:
-        raise ValueError(f"{where}: tenant {missing[0]!r} is not in the header's tenants list")
-    if "default" in w.tenants and "default" not in idx:
-        return w
-    remap = np.array([idx[t] for t in w.tenants], np.int32)
-    return w.replace(tenant=remap[w.tenant], tenants=tuple(str(t) for t in tenants))
+            raise ValueError(f"{where}: {key} is not valid JSON ({e.msg})") from None
+    if not isinstance(v, list) or len(set(map(str, v))) != len(v):
+        raise ValueError(f"{where}: header {key} must be a list of distinct names")
+    return [str(x) for x in v]
 
 
 def read_requests(path: str | Path) -> Workload:

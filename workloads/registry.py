@@ -28,8 +28,8 @@ BUNDLED: dict[str, Bundled] = {
         Bundled("mooncake-conv", "trace", "Mooncake FAST'25 conversation: 12,031 req, 512-token prefix blocks (Apache-2.0)"),
         Bundled("mooncake-synthetic", "trace", "Mooncake FAST'25 synthetic: 3,993 req, heavy prefix reuse (Apache-2.0)"),
         Bundled("vtc-lmsys", "trace", "VTC LMSYS multi-client: 1,500 req, 27 skewed tenants over 600 s (Apache-2.0)"),
-        Bundled("servegen-reason", "servegen", "ServeGen DeepSeek-R1 client fits, 73 clients x 24 h; default noon hour (Apache-2.0)"),
-        Bundled("servegen-mm", "servegen", "ServeGen multimodal image client fits, 35 clients x 24 h; default noon hour (Apache-2.0)"),
+        Bundled("servegen-reason", "servegen", "ServeGen DeepSeek-R1 client fits, 73 clients x 24 h; default: 1 h from 12 h (Apache-2.0)"),
+        Bundled("servegen-mm", "servegen", "ServeGen multimodal image client fits, 35 clients x 24 h; default: 1 h from 12 h (Apache-2.0)"),
         Bundled("sharegpt", "lengths", "ShareGPT-8k length table (Sarathi-Serve), 30,731 prompt/output pairs (Apache-2.0)"),
         Bundled("arxiv", "lengths", "arXiv summarisation length table (Vidur), 28,257 prompt/output pairs (MIT)"),
     )

@@ -205,8 +205,12 @@ def _source(raw: Any, base: Path, seed: int) -> Workload:
     from workloads.registry import load_workload
 
     if isinstance(raw, str):
-        return load_workload(raw if not _looks_like_path(raw) else str(_resolve(raw, base)), seed=seed)
+        if not _looks_like_path(raw):
+            return load_workload(raw, seed=seed)
+        raw = {"path": raw}
     d = _check_keys(raw, SOURCE_KEYS, "source")
+    if Path(str(d.get("path", ""))).suffix.lower() in (".yaml", ".yml"):
+        raise _Err("source: a spec cannot source another spec (export it first: servetune workloads export)")
     if ("trace" in d) == ("path" in d):
         raise _Err("source: give exactly one of trace (a bundled name) or path (a requests file)")
     opts = {k: d[k] for k in ("clients", "top", "start_s", "duration_s") if k in d}

@@ -134,10 +134,10 @@ def _keys(w: Workload, by: str) -> tuple[np.ndarray, dict]:
     raise ValueError(f"rule by={by!r}: expected one of tenant, priority, prompt_len, output_len, all")
 
 
-def _map_values(w: Workload, by: str, mapping: Mapping, default: int | None, what: str) -> np.ndarray:
-    """Per-request index from mapping[key] (values already converted to ints); -1 where unmapped."""
+def _map_values(w: Workload, by: str, mapping: Mapping, what: str) -> np.ndarray:
+    """Per-request mapping[key] (values already ints); -1 where the key is not mapped."""
     keys, names = _keys(w, by)
-    out = np.full(w.n, -1 if default is None else default, np.int64)
+    out = np.full(w.n, -1, np.int64)
     for k, v in mapping.items():
         if names is not None:
             if str(k) not in names:
@@ -197,7 +197,7 @@ def assign_slo(
         if not mapping:
             raise ValueError(f"assign_slo by={by}: needs map (a {by} → class table)")
         m = {k: cls(v, f"map[{k!r}]") for k, v in mapping.items()}
-        slo = _map_values(w, by, m, None, "assign_slo")
+        slo = _map_values(w, by, m, "assign_slo")
         slo = np.where(slo < 0, current if d is None else d, slo)
     return w.replace(slo_class=slo.astype(np.int32), slo_classes=new, meta=_meta(w, f"assign_slo({by})"))
 

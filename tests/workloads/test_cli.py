@@ -51,8 +51,8 @@ def test_export_then_inspect_file(run_cli, tmp_path):
     [
         ("prompt_len,output_len\n1,1\n", "missing column 'arrival_s'"),
         ("arrival_s,prompt_len,output_len\n0,10,1\n1,x,1\n", "row 2: prompt_len='x' is not a number"),
-        ("arrival_s,prompt_len,output_len\n0,-10,1\n", "row 1: prompt_len='-10' must be >= 1"),
-        ("arrival_s,prompt_len,output_len,max_output\n0,10,9,3\n", "row 1: max_output='3' is below output_len"),
+        ("arrival_s,prompt_len,output_len\n0,-10,1\n", "row 1: prompt_len=-10 must be >= 1"),
+        ("arrival_s,prompt_len,output_len,max_output\n0,10,9,3\n", "row 1: max_output=3 is below output_len"),
         ("arrival_s,prompt_len,output_len,slo_class\n0,10,9,vip\n", "row 1: slo_class='vip' is not a defined SLO class"),
     ],
 )
