@@ -1,7 +1,8 @@
 """Analytical (roofline) cost of one engine iteration on one tensor-parallel instance.
 
 Time of an iteration = Σ over operators of max(FLOPs / (peak × eff), bytes / (HBM bw × eff))
-+ tensor-parallel all-reduce (2 per layer, ring over NVLink) + the engine's CPU overhead.
+(a smooth max for GEMMs, see ``Efficiency.roofline_p``) + tensor-parallel all-reduce (2 per
+layer, ring over NVLink/PCIe) + fixed costs (engine CPU overhead, kernel launches).
 Linear layers read their weights once per iteration (MoE: the experts the batch's tokens touch);
 prefill attention is quadratic (query-key pairs); decode attention reads each sequence's KV and
 is its own roofline term, so a decode-only iteration's time is AFFINE in the summed context —
@@ -33,9 +34,10 @@ class IterCost:
 
 @dataclass(frozen=True, slots=True)
 class Efficiency:
-    """Achieved fractions of peak, and fixed costs. Defaults: rounded from a fit to real vLLM V1
-    (v0.15.1) serving runs on H100 (``benchmarks/bench_fidelity.py``, table vllm_v1) with the
-    ``vllm-v1`` preset; refit them for another engine/GPU with ``profiles.fit_efficiency``."""
+    """Achieved fractions of peak, and fixed costs. Defaults: rounded from fits to real vLLM V1
+    (v0.15.1) serving runs on H100 with the ``vllm-v1`` preset and to Vidur's per-operator GEMM
+    profiles (``benchmarks/bench_fidelity.py``); refit them for another engine/GPU with
+    ``profiles.fit_efficiency``."""
 
     gemm: float = 0.70
     """Fraction of peak dense FLOP/s reached by large GEMMs."""
@@ -70,8 +72,8 @@ class Efficiency:
                 raise ValueError(f"efficiency {k}={v}: must be in (0, 1.5]")
         if not 1.0 <= self.roofline_p <= 64.0:
             raise ValueError(f"efficiency roofline_p={self.roofline_p}: must be in [1, 64]")
-        for k in ("allreduce_base_s", "allreduce_latency_s", "overhead_scale", "layer_overhead_s", "seq_overhead_s", "op_latency_s",
-                  "prefill_overhead_s"):
+        for k in ("allreduce_base_s", "allreduce_latency_s", "overhead_scale", "layer_overhead_s",
+                  "seq_overhead_s", "op_latency_s", "prefill_overhead_s"):
             if getattr(self, k) < 0:
                 raise ValueError(f"efficiency {k}={getattr(self, k)}: must be >= 0")
 
