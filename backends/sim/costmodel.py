@@ -247,6 +247,12 @@ class CostModel:
             hit = self._memo[key] = self._fixed(0, 0.0, decode_seqs, decode_tokens, 0)
         return hit
 
+    def decode_affine(self, decode_seqs: int, tokens_per_seq: int = 1) -> tuple[IterCost, IterCost]:
+        """A decode-only iteration of ``decode_seqs`` sequences costs ``base + per_ctx × decode_ctx``:
+        returns (base, per_ctx), per_ctx being the cost per token of summed context."""
+        t, f, b, ts, fs, bs = self._decode_terms(decode_seqs, decode_seqs * tokens_per_seq)
+        return IterCost(t, f, b), IterCost(ts, fs, bs)
+
     def decode_segment(self, decode_seqs: int, decode_ctx: float, n_iters: int,
                        tokens_per_seq: int = 1) -> IterCost:
         """Total cost of ``n_iters`` decode-only iterations of a fixed set of ``decode_seqs``

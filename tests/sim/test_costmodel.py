@@ -157,3 +157,12 @@ def test_swap_and_kv_transfer_times():
     ib = c.kv_transfer_time(4096, link_bytes_s=50e9)
     assert 0 < nvlink < ib
     assert cm("llama-3.1-8b", tp=2).swap_time(1000) == pytest.approx(c.swap_time(1000) / 2)
+
+
+def test_decode_affine_matches_iteration():
+    c = cm("mixtral-8x7b", tp=2)
+    base, per = c.decode_affine(24)
+    it = c.iteration(0, 0.0, 24, 24, 30_000.0)
+    assert base.time_s + per.time_s * 30_000.0 == pytest.approx(it.time_s, rel=1e-12)
+    assert base.hbm_bytes + per.hbm_bytes * 30_000.0 == pytest.approx(it.hbm_bytes, rel=1e-12)
+    assert per.time_s > 0 and c.decode_affine(0)[0].time_s == 0.0
