@@ -93,11 +93,13 @@ class Simulation:
         self._next = 0              # index of the next arrival
         self._c0 = 0
         self._ca: list[float] = []
+        self._ta = math.inf         # time of the next arrival
         self._ran = False
         self._last_t = 0.0
         self.n_done = 0
         self.stopped = 0
         self.static = policy.batching == "static"
+        self.chunked = policy.batching in ("chunked", "decode_maximal")
         self._coef: dict[int, tuple[float, float, float, float, float, float]] = {}
         # records
         n = workload.n
@@ -192,8 +194,8 @@ class Simulation:
         while swapped and self.seats_free():
             req = swapped[0]
             kv = self._blocks_for(req.computed)
-            if mem.avail - kv < (self.watermark if self.n_running() else 0):
-                return
+            if mem.avail - kv - 1 < (self.watermark if self.n_running() else 0):
+                return  # (+1: room for its next block)
             swapped.popleft()
             mem.take(kv)
             self.swap.used -= kv
@@ -264,9 +266,8 @@ class Simulation:
         """Preempt until every decoding sequence can get its next block; returns that need."""
         pool, mem = self.pool, self.mem
         while True:
-            g = pool.g
-            need = pool.blocks(g + 1) - pool.blocks(g)
-            if need <= mem.avail:
+            need = pool.next_step_blocks()
+            if need <= mem.free + mem.evictable:
                 return need
             if self.n_running() == 1:
                 self._fail(self.pool.members()[0])
@@ -307,6 +308,10 @@ class Simulation:
         return req
 
     def _arrive(self, req: Req) -> None:
+        if not self.admission.active:
+            self.waiting.push(req)
+            self.queued_tokens += req.num_tokens
+            return
         v = self.admission.decide(req.prompt, req.key, len(self.waiting), self.mem.avail,
                                   self.queued_tokens, req.retries)
         if v is Verdict.ACCEPT:
@@ -325,14 +330,18 @@ class Simulation:
         t, n, retry = self.t, self.w.n, self.retry
         while True:
             i = self._next
-            ta = self._ca[i - self._c0] if i < n else math.inf
+            ta = self._ta
             tr = retry[0][0] if retry else math.inf
             if ta <= tr:
                 if ta > t:
                     return
                 self._next = i + 1
-                if i + 1 < n and i + 1 - self._c0 >= len(self._ca):
-                    self._load_chunk(i + 1)
+                if i + 1 < n:
+                    if i + 1 - self._c0 >= len(self._ca):
+                        self._load_chunk(i + 1)
+                    self._ta = self._ca[i + 1 - self._c0]
+                else:
+                    self._ta = math.inf
                 req = self._new_req(i)
                 if req is not None:
                     self._arrive(req)
@@ -342,10 +351,10 @@ class Simulation:
                 self._arrive(heapq.heappop(retry)[2])
 
     def _next_event(self) -> float:
-        i = self._next
-        ta = self._ca[i - self._c0] if i < self.w.n else math.inf
-        tr = self.retry[0][0] if self.retry else math.inf
-        return ta if ta < tr else tr
+        if self.retry:
+            tr = self.retry[0][0]
+            return tr if tr < self._ta else self._ta
+        return self._ta
 
     # ============================================================ completion
     def _done(self, req: Req, t: float) -> None:
@@ -384,11 +393,12 @@ class Simulation:
 
     def _pool_finished(self, t: float) -> None:
         mem = self.mem
-        for req in self.pool.pop_finished():
-            blocks = req.priv if self.reserve else 0
-            mem.give(blocks + (0 if self.reserve else self._blocks_for(req.computed - req.shared)))
-            self.priv_explicit -= blocks
-            req.priv = 0
+        for req, blocks in self.pool.pop_finished():
+            if req.priv:  # request-level reservation
+                blocks += req.priv
+                self.priv_explicit -= req.priv
+                req.priv = 0
+            mem.give(blocks)
             self._done(req, t)
 
     # ============================================================ iterations
@@ -405,72 +415,75 @@ class Simulation:
         """One iteration: prefill chunks (+ one token for every decoding sequence)."""
         pool = self.pool
         r = pool.n if decodes else 0
-        ctx = pool.ctx() if r else 0
         pf, pairs = 0, 0.0
         for req, c in chunks:
             pf += c
             pairs += c * (req.computed + (c + 1) * 0.5)
-        if pf + r > self.budget and self.policy.batching in ("chunked", "decode_maximal"):
+        if pf + r > self.budget and self.chunked:
             raise SimInvariantError(f"token budget exceeded: {pf + r} > {self.budget}")
-        cost = self.cm.iteration(pf, pairs, r, r, ctx, prefill_seqs=len(chunks))
+        cost = self.cm.iteration(pf, pairs, r, r, pool.ctx() if r else 0, prefill_seqs=len(chunks))
         t0 = self.t
         dt = cost.time_s + self.pending_s
         self.pending_s = 0.0
         t = self.t = t0 + dt
         if r:
-            pool.g += 1
+            self.mem.take(pool.advance(1))
         for req, c in chunks:
             req.computed += c
             if req.computed == req.num_tokens:
                 self._sampled(req, t)
-        if r:
+        if r and pool.heap[0][0] <= pool.g:
             self._pool_finished(t)
         self._record(t0, dt, cost.flops, cost.hbm_bytes, 1, r + len(chunks), r + pf)
         if self.trace is not None:
             self.trace.iteration(t0, dt, 1, r, pf, len(chunks))
 
-    def _steps_until(self, dt: float, r: int, ctx: int, a: float, ts: float) -> int:
-        """Smallest n >= 1 whose n decode iterations last at least ``dt`` seconds."""
+    @staticmethod
+    def _steps_until(dt: float, r: int, ctx: int, a: float, ts: float) -> int:
+        """Smallest n >= 1 whose n decode iterations (time n·a + ts·(n·ctx + r·n(n−1)/2)) last
+        at least ``dt`` seconds."""
         if dt <= 0:
             return 1
         qa = ts * r * 0.5
         qb = a + ts * ctx - qa
         n = int((-qb + math.sqrt(qb * qb + 4.0 * qa * dt)) / (2.0 * qa)) if qa > 0 else int(dt / qb)
-        n = max(n, 1)
-
-        def total(k: int) -> float:
-            return k * a + ts * (k * ctx + r * k * (k - 1) * 0.5)
-
-        while total(n) < dt:
+        if n < 1:
+            n = 1
+        while n * a + ts * (n * ctx + r * n * (n - 1) * 0.5) < dt:
             n += 1
-        while n > 1 and total(n - 1) >= dt:
+        while n > 1 and (n - 1) * a + ts * ((n - 1) * ctx + r * (n - 1) * (n - 2) * 0.5) >= dt:
             n -= 1
         return n
 
     def _segment(self) -> None:
         """Decode-only iterations of the fixed pool until the next event (closed form)."""
         pool, mem = self.pool, self.mem
-        r, g, ctx, t0 = pool.n, pool.g, pool.ctx(), self.t
-        a, ts, fa, fs, ba, bb = self._coef_of(r)
+        r, g, t0 = pool.n, pool.g, self.t
+        ctx = pool.sum_b + pool.sum_s + r * g
+        c = self._coef.get(r) or self._coef_of(r)
+        a, ts = c[0], c[1]
         n = pool.next_finish() - g
-        if self.seats_free() and not self.waiting and not self.static:
+        if not self.waiting and not self.static and len(self.prefilling) + r < self.seat_cap:
             te = self._next_event()
             if te < math.inf:
-                n = min(n, self._steps_until(te - t0 - self.pending_s, r, ctx, a, ts))
+                k = self._steps_until(te - t0 - self.pending_s, r, ctx, a, ts)
+                if k < n:
+                    n = k
         if self.max_t < math.inf:
             n = min(n, self._steps_until(self.max_t - t0 - self.pending_s, r, ctx, a, ts))
         if pool.grow:
-            n = pool.steps_fitting(mem.avail, n)
+            n = pool.steps_fitting(mem.free + mem.evictable, n)
             if n < 1:
                 raise SimInvariantError("decode segment of 0 steps: blocks were not reserved")
-            mem.take(pool.blocks(g + n) - pool.blocks(g))
+            mem.take(pool.advance(n))
+        else:
+            pool.g = g + n
         csum = n * ctx + r * n * (n - 1) * 0.5
         dt = n * a + ts * csum + self.pending_s
         self.pending_s = 0.0
         t = self.t = t0 + dt
-        pool.g = g + n
         self._pool_finished(t)
-        self._record(t0, dt, n * fa + fs * csum, n * ba + bb * csum, n, r * n, r)
+        self._record(t0, dt, n * c[2] + c[3] * csum, n * c[4] + c[5] * csum, n, r * n, r)
         if self.trace is not None:
             self.trace.iteration(t0, dt, n, r, 0, 0)
 
@@ -479,16 +492,17 @@ class Simulation:
         mem, pool = self.mem, self.pool
         if self.check_full:
             self.check()
-        elif mem.free + self.priv_explicit + pool.blocks(pool.g) + mem.cached != mem.total or mem.free < 0:
+        elif mem.free + self.priv_explicit + pool.cur + mem.cached != mem.total or mem.free < 0:
             self.check()
             raise SimInvariantError("KV blocks not conserved")
-        used_blocks = mem.total - mem.free - mem.evictable
-        used_tok = pool.priv_tokens() + (mem.cached - mem.evictable) // max(mem.entry_blocks, 1) * self.pbt
+        used_tok = pool.sum_b + pool.n * pool.g
+        if mem.cached:
+            used_tok += (mem.cached - mem.evictable) // mem.entry_blocks * self.pbt
         for req in self.prefilling:
             if req.computed > req.shared:
                 used_tok += req.computed - req.shared
-        self.tel.step(t0, dt, flops, nbytes, iters, seqs, tokens, used_blocks, used_tok,
-                      self.n_running(), len(self.waiting))
+        self.tel.step(t0, dt, flops, nbytes, iters, seqs, tokens, mem.total - mem.free - mem.evictable, used_tok,
+                      len(self.prefilling) + pool.n, len(self.waiting))
 
     # ================================================================= checks
     def check(self) -> None:
@@ -507,8 +521,8 @@ class Simulation:
         dec = 0
         if pool.grow:
             dec = sum(self._blocks_for(m.b + pool.g) for m in members)
-            if dec != pool.blocks(pool.g):
-                raise SimInvariantError(f"decode pool blocks {pool.blocks(pool.g)} != recount {dec}")
+            if dec != pool.blocks(pool.g) or dec != pool.cur:
+                raise SimInvariantError(f"decode pool blocks {pool.blocks(pool.g)} (kept {pool.cur}) != recount {dec}")
         if mem.free + priv + dec + mem.cached != mem.total:
             raise SimInvariantError(f"KV blocks not conserved: free {mem.free} + private {priv + dec} + "
                                     f"cached {mem.cached} != total {mem.total}")
@@ -530,21 +544,29 @@ class Simulation:
         w, pool, mem = self.w, self.pool, self.mem
         if w.n:
             self._load_chunk(0)
-        else:
-            self._ca = []
+            self._ta = self._ca[0]
         planner = self.planner
         grow = pool.grow
+        bs = self.bs
+        retry, prefilling, waiting, swapped = self.retry, self.prefilling, self.waiting, self.swapped
         while True:
-            if self._next_event() <= self.t:
+            t = self.t
+            if self._ta <= t or (retry and retry[0][0] <= t):
                 self._arrivals()
-            if self.t >= self.max_t:
+            if t >= self.max_t:
                 break
             need = 0
             if grow and pool.n:
-                need = self._make_room_for_decodes()
-                mem.take(need)
-            chunks, decodes = planner(self)
-            if need and not (chunks and decodes):
+                need = pool.cnt[bs - 1 - pool.g % bs]
+                if need > mem.free + mem.evictable:
+                    need = self._make_room_for_decodes()
+                if need:
+                    mem.take(need)  # the decodes' next blocks, held while prefills are planned
+            if prefilling or waiting or swapped:
+                chunks, decodes = planner(self)
+            else:
+                chunks = None
+            if need:
                 mem.give(need)
             if chunks:
                 self._iteration(chunks, decodes)

@@ -27,62 +27,44 @@ from workloads.workload import Workload
 SJF_OUTPUT_SIGMA = 0.5
 
 
-class FCFSQueue:
-    """Arrival order; preempted requests go to the front."""
+class FCFSQueue(deque):
+    """Arrival order; preempted requests go to the front (a deque: len/push/pop are C calls)."""
 
-    __slots__ = ("_q",)
-
-    def __init__(self) -> None:
-        self._q: deque[Req] = deque()
-
-    def __len__(self) -> int:
-        return len(self._q)
-
-    def push(self, req: Req) -> None:
-        self._q.append(req)
-
-    def push_front(self, req: Req) -> None:
-        self._q.appendleft(req)
+    __slots__ = ()
+    push = deque.append
+    push_front = deque.appendleft
+    pop = deque.popleft
 
     def peek(self) -> Req:
-        return self._q[0]
-
-    def pop(self) -> Req:
-        return self._q.popleft()
-
-    def __iter__(self):
-        return iter(self._q)
+        return self[0]
 
 
-class KeyedQueue:
+class KeyedQueue(list):
     """A heap ordered by ``key(req)`` (smaller first); preempted requests ahead of all."""
 
-    __slots__ = ("_h", "_key", "_seq")
+    __slots__ = ("_key", "_seq")
 
     def __init__(self, key: Callable[[Req], object]) -> None:
-        self._h: list[tuple[int, object, int, Req]] = []
+        super().__init__()
         self._key = key
         self._seq = 0
 
-    def __len__(self) -> int:
-        return len(self._h)
-
     def push(self, req: Req) -> None:
         self._seq += 1
-        heapq.heappush(self._h, (1, self._key(req), self._seq, req))
+        heapq.heappush(self, (1, self._key(req), self._seq, req))
 
     def push_front(self, req: Req) -> None:
         self._seq += 1
-        heapq.heappush(self._h, (0, (), -self._seq, req))
+        heapq.heappush(self, (0, (), -self._seq, req))
 
     def peek(self) -> Req:
-        return self._h[0][3]
+        return self[0][3]
 
-    def pop(self) -> Req:
-        return heapq.heappop(self._h)[3]
+    def pop(self) -> Req:  # type: ignore[override]
+        return heapq.heappop(self)[3]
 
     def __iter__(self):
-        return (e[3] for e in self._h)
+        return (e[3] for e in list.__iter__(self))
 
 
 def make_queue(order: str, workload: Workload, rng: np.random.Generator) -> FCFSQueue | KeyedQueue:

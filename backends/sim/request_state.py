@@ -69,7 +69,7 @@ class DecodePool:
     no block accounting: the reservation is held explicitly in ``Req.priv``.
     """
 
-    __slots__ = ("bs", "grow", "g", "n", "sum_b", "sum_s", "sum_q", "cnt", "heap", "_seq")
+    __slots__ = ("bs", "grow", "g", "n", "sum_b", "sum_s", "sum_q", "cnt", "heap", "_seq", "cur")
 
     def __init__(self, block_size: int, grow: bool) -> None:
         self.bs = block_size
@@ -80,6 +80,7 @@ class DecodePool:
         self.sum_s = 0          # Σ shared_i
         self.sum_q = 0          # Σ q_i
         self.cnt = [0] * block_size
+        self.cur = 0            # Σ private blocks at g (kept incrementally; = blocks(g))
         self.heap: list[tuple[int, int, int, Req]] = []  # (fin_g, order, ver, req)
         self._seq = 0
 
@@ -100,6 +101,26 @@ class DecodePool:
         extra = sum(self.cnt[self.bs - h:]) if h else 0
         return self.sum_q + self.n * gg + extra
 
+    def next_step_blocks(self) -> int:
+        """Blocks the next decode step allocates: members whose next token starts a block."""
+        if not self.grow or not self.n:
+            return 0
+        return self.cnt[self.bs - 1 - self.g % self.bs]
+
+    def advance(self, n: int) -> int:
+        """Advance G by n decode steps; returns the blocks the members allocated meanwhile."""
+        g = self.g + n
+        if not self.grow or not self.n:
+            self.g = g
+            return 0
+        if n == 1:
+            d = self.cnt[self.bs - 1 - self.g % self.bs]
+        else:
+            d = self.blocks(g) - self.cur
+        self.g = g
+        self.cur += d
+        return d
+
     def steps_fitting(self, avail: int, limit: int) -> int:
         """Largest n <= limit with blocks(G+n) − blocks(G) <= avail."""
         if not self.grow or not self.n:
@@ -108,7 +129,7 @@ class DecodePool:
         k = avail // n
         if k * bs >= limit:
             return limit
-        base = self.blocks(g0)
+        base = self.cur
         lo, hi = k * bs, min(limit, (k + 1) * bs)  # need(lo) <= avail; search (lo, hi]
         while lo < hi:
             mid = (lo + hi + 1) // 2
@@ -125,14 +146,14 @@ class DecodePool:
             heapq.heappop(heap)
         return heap[0][0] if heap else -1
 
-    def pop_finished(self) -> list[Req]:
-        """Remove and return members whose last token was sampled at or before the current G."""
+    def pop_finished(self) -> list[tuple[Req, int]]:
+        """Remove members whose last token was sampled at or before the current G; returns
+        (request, private blocks it held) pairs."""
         heap, g, out = self.heap, self.g, []
         while heap and heap[0][0] <= g:
             _, _, ver, req = heapq.heappop(heap)
             if ver == req.ver:
-                self.remove(req)
-                out.append(req)
+                out.append((req, self.remove(req)))
         return out
 
     # ------------------------------------------------------------ mutation
@@ -148,6 +169,7 @@ class DecodePool:
             req.q, req.r = q, r
             self.sum_q += q
             self.cnt[r] += 1
+            self.cur += -(-(b + self.g) // self.bs) if b + self.g > 0 else 0
         req.fin_g = self.g + req.out - req.gen
         req.state = DECODE
         self._seq += 1
@@ -169,7 +191,9 @@ class DecodePool:
         self.sum_q -= req.q
         self.cnt[req.r] -= 1
         p = req.b + g
-        return -(-p // self.bs) if p > 0 else 0
+        k = -(-p // self.bs) if p > 0 else 0
+        self.cur -= k
+        return k
 
     def members(self) -> list[Req]:
         """Current members (O(pool); for checks and preemption scans)."""

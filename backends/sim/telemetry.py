@@ -46,18 +46,18 @@ class TelemetryRecorder:
         alloc = used_blocks * self.bs
         self.alloc_ss += dt * 0.5 * (self._last_alloc + alloc)
         self.used_ss += dt * 0.5 * (self._last_used + used_tokens)
-        self._last_alloc, self._last_used = alloc, used_tokens
+        self._last_alloc = alloc
+        self._last_used = used_tokens
         if used_blocks > self.peak_used:
             self.peak_used = used_blocks
-        if running > self.peak_running:
-            self.peak_running = running
-        if waiting > self.peak_waiting:
-            self.peak_waiting = waiting
-        t = t0 + dt
-        self.t_end = t
+        self.t_end = t = t0 + dt
         self._skip += 1
         if self._skip >= self._stride:
             self._skip = 0
+            if running > self.peak_running:
+                self.peak_running = running
+            if waiting > self.peak_waiting:
+                self.peak_waiting = waiting
             rows = self._rows
             rows.append((t, used_blocks / self.total, running, waiting, tokens))
             if len(rows) >= MAX_ROWS:
@@ -82,8 +82,8 @@ class TelemetryRecorder:
         """The contract's Telemetry (FLOPs and bytes summed over the tp GPUs)."""
         c = {"iterations": float(self.iters), "batch_size_sum": float(self.batch_sum),
              "kv_allocated_slot_s": self.alloc_ss, "kv_used_slot_s": self.used_ss,
-             "peak_kv_blocks": float(self.peak_used), "peak_running": float(self.peak_running),
-             "peak_waiting": float(self.peak_waiting)}
+             "peak_kv_blocks": float(self.peak_used), "peak_running_sampled": float(self.peak_running),
+             "peak_waiting_sampled": float(self.peak_waiting)}
         c.update(counters)
         return Telemetry(
             makespan_s=makespan_s, busy_s=self.busy, n_gpus=tp, instances=1, flops=self.flops * tp,

@@ -1,0 +1,205 @@
+"""``servetune simulate``: run one policy on one workload in the simulator, print the scorecard.
+
+Every Policy knob is also a flag, generated from the Policy dataclass (``--batching``,
+``--max-num-seqs``, ``--max-num-batched-tokens`` alias ``--max-batched-tokens``, ``--queue``,
+``--prefix-caching/--no-prefix-caching``, ...); flags override ``--policy FILE``.
+"""
+
+from __future__ import annotations
+
+import ast
+import inspect
+import json
+from dataclasses import MISSING, fields
+from functools import cache
+from pathlib import Path
+
+import typer
+
+from tuner.policy import Policy, knob_choices, knob_types
+
+ALIASES = {"max_num_batched_tokens": ("--max-batched-tokens",)}
+SKIP = {"schema_version"}
+
+
+@cache
+def knob_docs() -> dict[str, str]:
+    """First line of each Policy field's docstring (read from the source, as Python drops them)."""
+    import tuner.policy as mod
+
+    tree = ast.parse(inspect.getsource(mod))
+    cls = next(n for n in tree.body if isinstance(n, ast.ClassDef) and n.name == "Policy")
+    docs: dict[str, str] = {}
+    body = cls.body
+    for a, b in zip(body, body[1:], strict=False):
+        if isinstance(a, ast.AnnAssign) and isinstance(a.target, ast.Name) and isinstance(b, ast.Expr) \
+                and isinstance(b.value, ast.Constant) and isinstance(b.value.value, str):
+            docs[a.target.id] = " ".join(b.value.value.split())
+    return docs
+
+
+def _flag(name: str) -> str:
+    return "--" + name.replace("_", "-")
+
+
+def _knob_params() -> list[inspect.Parameter]:
+    params = []
+    hints, docs = knob_types(), knob_docs()
+    for f in fields(Policy):
+        if f.name in SKIP:
+            continue
+        hint, doc = hints[f.name], docs.get(f.name, "")
+        default = f.default if f.default is not MISSING else None
+        choices = knob_choices(f.name)
+        if choices is not None:
+            typ, doc = str, f"{doc} [{'|'.join(map(str, choices))}; default {default}]"
+        elif hint is bool:
+            typ = bool
+            opt = typer.Option(None, f"{_flag(f.name)}/--no-{f.name.replace('_', '-')}", help=f"{doc} [default {default}]",
+                               rich_help_panel="Policy knobs")
+            params.append(inspect.Parameter(f"k_{f.name}", inspect.Parameter.KEYWORD_ONLY, default=opt,
+                                            annotation=bool | None))
+            continue
+        elif hint in (int, float, str):
+            typ, doc = hint, f"{doc} [default {default}]"
+        else:  # tenant_weights
+            typ, doc = str, f"{doc} Give as tenant=weight,tenant=weight."
+        opt = typer.Option(None, _flag(f.name), *ALIASES.get(f.name, ()), help=doc, rich_help_panel="Policy knobs")
+        params.append(inspect.Parameter(f"k_{f.name}", inspect.Parameter.KEYWORD_ONLY, default=opt,
+                                        annotation=typ | None))
+    return params
+
+
+def _policy_from(policy_file: Path | None, knobs: dict[str, object]) -> Policy:
+    base = Policy.from_yaml(policy_file) if policy_file is not None else Policy()
+    changes = {}
+    for k, v in knobs.items():
+        if v is None:
+            continue
+        if k == "tenant_weights":
+            try:
+                v = {a.split("=")[0].strip(): float(a.split("=")[1]) for a in str(v).split(",") if a.strip()}
+            except (IndexError, ValueError):
+                raise ValueError(f"--tenant-weights {v!r}: expected tenant=weight,tenant=weight") from None
+        changes[k] = v
+    return base.replace(**changes) if changes else base
+
+
+def load_workload_for(source: str, seed: int, rate: float | None, first: int | None):
+    """A workload by bundled name or file, rescaled to ``rate`` req/s and cut to ``first`` requests."""
+    from workloads import first_n, load_workload, scale_to_rate
+
+    w = load_workload(source, seed=seed)
+    if rate is not None:
+        w = scale_to_rate(w, rate)
+    if first is not None:
+        w = first_n(w, first)
+    return w
+
+
+SCORE_ROWS = (
+    ("requests", "n_requests", "{:.0f}"), ("completed", "n_completed", "{:.0f}"),
+    ("rejected", "n_rejected", "{:.0f}"), ("failed", "n_failed", "{:.0f}"), ("makespan s", "makespan_s", "{:.1f}"),
+    ("TTFT p50/p95/p99 ms", ("ttft_p50_ms", "ttft_p95_ms", "ttft_p99_ms"), "{:.1f}"),
+    ("TPOT p50/p95/p99 ms", ("tpot_p50_ms", "tpot_p95_ms", "tpot_p99_ms"), "{:.2f}"),
+    ("E2E p50/p99 ms", ("e2e_p50_ms", "e2e_p99_ms"), "{:.0f}"),
+    ("throughput tok/s", "throughput_tok_s", "{:.1f}"), ("requests/s", "requests_s", "{:.3f}"),
+    ("goodput tok/s", "goodput_tok_s", "{:.1f}"), ("SLO attainment", "slo_attainment", "{:.3f}"),
+    ("busy / MFU / MBU", ("busy_frac", "mfu", "mbu"), "{:.3f}"),
+    ("KV util mean/peak", ("kv_util_mean", "kv_util_peak"), "{:.3f}"), ("fragmentation", "fragmentation", "{:.3f}"),
+    ("preemptions", "preemptions", "{:.0f}"), ("prefix hit rate", "prefix_hit_rate", "{:.3f}"),
+    ("mean batch size", "mean_batch_size", "{:.1f}"), ("Jain index", "jain_index", "{:.3f}"),
+    ("$ / 1M output tokens", "usd_per_1m_tokens", "{:.3f}"),
+)
+
+
+def print_scorecard(card, title: str, notes: tuple[str, ...]) -> None:
+    from rich.console import Console
+    from rich.table import Table
+
+    d = card.as_dict()
+    table = Table(title=title, show_header=True)
+    table.add_column("metric")
+    table.add_column("value", justify="right")
+    for label, key, fmt in SCORE_ROWS:
+        keys = key if isinstance(key, tuple) else (key,)
+        table.add_row(label, " / ".join(fmt.format(d[k]) for k in keys))
+    console = Console(width=100)
+    console.print(table)
+    for n in notes:
+        console.print(f"note: {n}")
+
+
+def simulate_cmd(**kw) -> None:
+    """Run one policy on one workload in the simulator and print the scorecard."""
+    import time
+
+    from backends.base import Deployment
+    from backends.sim import simulate
+    from tuner.scorecard import score
+
+    knobs = {k[2:]: v for k, v in kw.items() if k.startswith("k_")}
+    policy = _policy_from(kw["policy"], knobs)
+    w = load_workload_for(kw["workload"], kw["seed"], kw["rate"], kw["first"])
+    dep = Deployment(model=kw["model"], gpu=kw["gpu"], n_gpus=kw["n_gpus"] or policy.tp, engine=kw["engine"],
+                     max_model_len=kw["max_model_len"])
+    for p in (kw["out"], kw["trace"]):
+        if p is not None:
+            p.parent.mkdir(parents=True, exist_ok=True)
+    t0 = time.perf_counter()
+    res = simulate(policy, w, dep, seed=kw["seed"], trace_path=kw["trace"])
+    wall = time.perf_counter() - t0
+    card = score(res, w)
+    print_scorecard(card, f"{w.name}: {w.n} requests on {dep.model} / {dep.gpu} tp={res.policy.tp} "
+                          f"(simulated in {wall:.2f} s)", res.notes)
+    out: Path | None = kw["out"]
+    if out is not None:
+        rec_path = out.with_name(out.stem + ".records.parquet")
+        pol_path = out.with_name(out.stem + ".policy.yaml")
+        res.records.to_parquet(rec_path, index=False)
+        res.policy.to_yaml(pol_path)
+        doc = {"scorecard": card.as_dict(), "policy": res.policy.to_dict(), "notes": list(res.notes),
+               "workload": {"name": w.name, "n": w.n, "hash": w.content_hash()},
+               "deployment": {"model": dep.model, "gpu": dep.gpu, "n_gpus": dep.n_gpus, "engine": dep.engine},
+               "records": rec_path.name, "policy_file": pol_path.name, "meta": dict(res.meta),
+               "counters": dict(res.telemetry.counters), "seed": kw["seed"]}
+        out.write_text(json.dumps(doc, indent=1, default=float))
+        typer.echo(f"wrote {out}, {rec_path.name}, {pol_path.name}")
+    if kw["trace"] is not None:
+        typer.echo(f"wrote trace {kw['trace']}")
+
+
+def _signature() -> inspect.Signature:
+    K = inspect.Parameter.KEYWORD_ONLY
+    base = [
+        inspect.Parameter("workload", K, annotation=str, default=typer.Option(
+            ..., "--workload", "-w", help="Bundled workload name (azure-conv, ...) or a workload file.")),
+        inspect.Parameter("model", K, annotation=str, default=typer.Option(
+            "llama-3.1-8b", "--model", "-m", help="Catalog model name or a path to config.json / model YAML.")),
+        inspect.Parameter("gpu", K, annotation=str, default=typer.Option(
+            "h100", "--gpu", "-g", help="Catalog GPU name or a GPU YAML.")),
+        inspect.Parameter("n_gpus", K, annotation=int, default=typer.Option(
+            0, "--n-gpus", help="GPUs of the deployment (0 = the policy's tp).")),
+        inspect.Parameter("engine", K, annotation=str, default=typer.Option(
+            "vllm-v1", "--engine", help="Engine preset: vllm-v1, vllm-v0, sglang, tensorrt-llm.")),
+        inspect.Parameter("max_model_len", K, annotation=int, default=typer.Option(
+            0, "--max-model-len", help="Context limit, tokens (0 = the model's).")),
+        inspect.Parameter("policy", K, annotation=Path | None, default=typer.Option(
+            None, "--policy", "-p", help="Policy YAML; knob flags override it.")),
+        inspect.Parameter("rate", K, annotation=float | None, default=typer.Option(
+            None, "--rate", help="Rescale arrivals to R req/s (before --first).")),
+        inspect.Parameter("first", K, annotation=int | None, default=typer.Option(
+            None, "--first", help="Keep the first N requests.")),
+        inspect.Parameter("seed", K, annotation=int, default=typer.Option(0, "--seed", help="Seed of the run.")),
+        inspect.Parameter("out", K, annotation=Path | None, default=typer.Option(
+            None, "--out", "-o", help="Write the scorecard JSON here, with FILE.records.parquet and FILE.policy.yaml beside.")),
+        inspect.Parameter("trace", K, annotation=Path | None, default=typer.Option(
+            None, "--trace", help="Write a Chrome trace (chrome://tracing, Perfetto) JSON here.")),
+    ]
+    return inspect.Signature(base + _knob_params())
+
+
+def register(app: typer.Typer) -> None:
+    simulate_cmd.__signature__ = _signature()
+    app.command("simulate", help=simulate_cmd.__doc__ + "\n\nEvery policy knob is a flag (see below); "
+                "flags override --policy FILE.")(simulate_cmd)
