@@ -34,6 +34,8 @@ Chunks = list[tuple["Req", int]]
 
 def plan_chunked(sim: Simulation, one_prefill: bool = False) -> tuple[Chunks, bool]:
     """Token-budget step (chunked / decode_maximal)."""
+    if sim.swapped:
+        sim.swap_in()  # resumed sequences first (they may rejoin the decodes)
     budget = sim.budget - sim.pool.n
     cap = sim.chunk_cap
     chunks: Chunks = []
@@ -51,8 +53,6 @@ def plan_chunked(sim: Simulation, one_prefill: bool = False) -> tuple[Chunks, bo
             budget -= c
             if budget <= 0 or one_prefill:
                 return chunks, True
-    if sim.swapped:
-        sim.swap_in()
     waiting = sim.waiting
     while budget > 0 and waiting and sim.seats_free():
         c = sim.admit(waiting.peek(), budget if budget < cap else cap, first=not chunks)

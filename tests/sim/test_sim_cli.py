@@ -1,0 +1,76 @@
+"""``servetune simulate`` end to end (CliRunner on the real app, real files in tmp_path)."""
+
+from __future__ import annotations
+
+import json
+
+import numpy as np
+import pandas as pd
+import pytest
+from typer.testing import CliRunner
+
+import cli
+from tuner.policy import Policy
+
+
+@pytest.fixture
+def workload_file(tmp_path):
+    rng = np.random.default_rng(0)
+    n = 80
+    df = pd.DataFrame({"arrival_s": np.cumsum(rng.exponential(0.2, n)), "prompt_len": rng.integers(100, 1500, n),
+                       "output_len": rng.integers(5, 200, n)})
+    path = tmp_path / "w.csv"
+    df.to_csv(path, index=False)
+    return path
+
+
+def test_simulate_prints_scorecard_and_writes_out_and_trace(tmp_path, workload_file):
+    out, trace = tmp_path / "res" / "run.json", tmp_path / "run.trace.json"
+    r = CliRunner().invoke(cli.app, ["simulate", "-w", str(workload_file), "--model", "llama-2-7b", "--gpu", "a100",
+                                     "--batching", "continuous", "--max-batched-tokens", "4096", "--queue", "sjf",
+                                     "--no-prefix-caching", "--out", str(out), "--trace", str(trace)])
+    assert r.exit_code == 0, r.output
+    assert "TTFT p50/p95/p99 ms" in r.output and "throughput tok/s" in r.output
+    doc = json.loads(out.read_text())
+    assert doc["scorecard"]["n_completed"] == 80
+    assert doc["policy"]["batching"] == "continuous" and doc["policy"]["max_num_batched_tokens"] == 4096
+    assert doc["policy"]["queue"] == "sjf" and doc["policy"]["prefix_caching"] is False
+    rec = pd.read_parquet(out.with_name("run.records.parquet"))
+    assert len(rec) == 80 and rec["finish_s"].notna().all()
+    pol = Policy.from_yaml(out.with_name("run.policy.yaml"))
+    assert pol.batching == "continuous"
+    tr = json.loads(trace.read_text())
+    names = {e["name"] for e in tr["traceEvents"] if e.get("ph") == "X"}
+    assert names & {"prefill", "decode", "prefill+decode"} and any(e.get("ph") == "b" for e in tr["traceEvents"])
+
+
+def test_simulate_policy_file_with_flag_override_and_rate_first(tmp_path, workload_file):
+    pfile = tmp_path / "p.yaml"
+    Policy(max_num_seqs=4, speculation="ngram").to_yaml(pfile)
+    out = tmp_path / "o.json"
+    r = CliRunner().invoke(cli.app, ["simulate", "-w", str(workload_file), "--policy", str(pfile), "--max-num-seqs", "8",
+                                     "--rate", "20", "--first", "30", "-o", str(out)])
+    assert r.exit_code == 0, r.output
+    doc = json.loads(out.read_text())
+    assert doc["policy"]["max_num_seqs"] == 8 and doc["policy"]["speculation"] == "off"
+    assert doc["workload"]["n"] == 30
+    assert any("speculation=ngram not simulated yet" in n for n in doc["notes"]) and "note: speculation" in r.output
+
+
+@pytest.mark.parametrize("args,msg", [
+    (["--model", "no-such-model"], "unknown model"),
+    (["--batching", "bogus"], "batching"),
+    (["--model", "llama-3.1-70b"], "infeasible"),
+])
+def test_simulate_user_errors_are_one_line(workload_file, args, msg, capsys):
+    with pytest.raises(SystemExit) as e:
+        cli.main(["simulate", "-w", str(workload_file), *args])
+    assert e.value.code == 2
+    err = capsys.readouterr().err
+    assert err.startswith("error: ") and msg in err and err.count("\n") == 1
+
+
+def test_bundled_workload_name_resolves():
+    r = CliRunner().invoke(cli.app, ["simulate", "-w", "azure-conv", "--first", "50"])
+    assert r.exit_code == 0, r.output
+    assert "azure-conv" in r.output
