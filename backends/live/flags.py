@@ -8,8 +8,8 @@ really ran. Nothing is silently dropped: every knob that differs from its defaul
 mapped to a flag or listed in ``unsupported``.
 
 Flag names are those of vLLM 0.32 (``vllm/engine/arg_utils.py``; checked against the
-installed parser by ``backends.live.vllm_python.check_vllm_args``) and SGLang's
-``sglang/srt/server_args.py`` (checked in tests against the wheel's add_argument calls).
+installed parser by ``backends.live.vllm_python.check_vllm_args``) and SGLang 0.5.23
+(``sglang/srt/arg_groups/fields/*.py``; checked in tests against the wheel's field definitions).
 A deployment whose ``gpu`` is ``"cpu"`` targets vLLM's CPU build: KV memory is given in
 bytes (``--kv-cache-memory-bytes``) and blocks are multiples of 32 tokens.
 """
@@ -331,7 +331,7 @@ def sglang_args(
         b.refuse("preemption_mode", "SGLang retracts by recompute (no swap of preempted KV)")
     if p.cpu_offload_gb > 0:
         b.flag("--enable-hierarchical-cache")
-        b.flag("--hicache-size", p.cpu_offload_gb)
+        b.flag("--hicache-size", max(1, round(p.cpu_offload_gb)))  # whole GB in SGLang
     b.refuse_if_changed("ssd_offload_gb", "an SSD tier needs --hicache-storage-backend with its own "
                         "config; not mapped")
     b.refuse_if_changed("offload_threshold", "HiCache has write policies, not a paging threshold")
@@ -340,14 +340,21 @@ def sglang_args(
     if p.queue == "fcfs":
         b.flag("--schedule-policy", "fcfs")
     elif p.queue == "priority":
+        # SGLang serves HIGHER values first unless told otherwise; servetune means lowest first.
         b.flag("--schedule-policy", "fcfs")
         b.flag("--enable-priority-scheduling")
+        b.flag("--schedule-low-priority-values-first")
+    elif p.queue == "sjf" and p.prefix_caching:
+        # Orders by uncached prompt tokens (shortest remaining prefill): sjf on what is left to do.
+        b.flag("--schedule-policy", "shortest-prefill-first")
+        b.notes.append("sjf -> --schedule-policy shortest-prefill-first (experimental in SGLang; orders "
+                       "by uncached prompt tokens, so cache hits count as shorter)")
     else:
         why = {
-            "sjf": "SGLang orders by lpm/dfs-weight/fcfs/lof/random; none is shortest-prompt-first "
-                   "(lof is longest OUTPUT first, the opposite of sjf_output)",
+            "sjf": "SGLang's shortest-prefill-first needs the radix (prefix) cache, which is off",
             "sjf_output": "SGLang's lof is longest-output-first, the opposite; no shortest-output order",
-        }.get(p.queue, f"SGLang has no {p.queue} order")
+        }.get(p.queue, f"SGLang has no {p.queue} order (choices: lpm, random, fcfs, dfs-weight, lof, "
+                       "priority, routing-key, hrrn, shortest-prefill-first)")
         b.refuse("queue", why)
         b.flag("--schedule-policy", "fcfs")
 
