@@ -1,0 +1,145 @@
+"""``servetune tune | export | report``: run a study, export its winner, write its HTML report.
+
+optuna, mlflow, plotly and matplotlib are imported inside the commands (fast ``--help``).
+"""
+
+from __future__ import annotations
+
+import math
+from pathlib import Path
+
+import typer
+
+STUDY_HELP = ("A study file (studies/*.yaml, docs/studies.md) or a preset name: latency-critical, "
+              "throughput-heavy, cost-sensitive, fairness-critical.")
+STORAGE_HELP = ("Optuna storage: a journal file path (default .servetune/optuna.journal), sqlite:///FILE.db, "
+                "or an RDB URL such as postgresql://user:pw@host/db (many machines).")
+MLFLOW_HELP = "MLflow tracking URI (default sqlite:///.servetune/mlflow.db, artifacts in .servetune/mlartifacts)."
+
+
+def _fmt(v: float) -> str:
+    return "-" if v is None or (isinstance(v, float) and math.isnan(v)) else f"{v:.4g}"
+
+
+def tune_cmd(
+    study_file: str = typer.Argument(..., metavar="STUDY", help=STUDY_HELP),
+    trials: int | None = typer.Option(None, "--trials", "-n", min=1,
+                                      help="TOTAL finished trials the study should reach (COMPLETE + PRUNED + FAIL); "
+                                           "rerunning resumes. Default: the study file's trials."),
+    timeout: float | None = typer.Option(None, "--timeout", min=0, help="Start no new trial after S seconds."),
+    storage: str | None = typer.Option(None, "--storage", help=STORAGE_HELP),
+    mlflow_uri: str | None = typer.Option(None, "--mlflow-uri", help=MLFLOW_HELP),
+    n_jobs: int = typer.Option(1, "--n-jobs", "-j", min=1, help="Worker PROCESSES on this machine, same storage."),
+    backend: str = typer.Option("sim", "--backend", help="sim, vllm or sglang."),
+    seed: int | None = typer.Option(None, "--seed", help="Sampler + simulation seed (default: the study file's)."),
+    retry_failed: bool = typer.Option(False, "--retry-failed", help="Re-run trials left RUNNING by a killed worker."),
+    progress: bool = typer.Option(True, "--progress/--no-progress", help="Show a progress bar."),
+) -> None:
+    """Run (or resume) a study: search the policy space, log every trial to MLflow, print the
+    best policy (or Pareto front) against the engine defaults."""
+    from backends.registry import get_backend
+    from tuner.storage import mask_url
+    from tuner.study import TuneOptions
+    from tuner.study_spec import load_study
+    from tuner.tracking import Tracker
+    from tuner.tune import log_best_artifacts, tune
+
+    spec = load_study(study_file)
+    get_backend(backend)  # fail fast (exit 2) on an unknown or missing backend
+    opts = TuneOptions(trials=trials, timeout_s=timeout, storage=storage, mlflow_uri=mlflow_uri, n_jobs=n_jobs,
+                       backend=backend, seed=seed, retry_failed=retry_failed)
+    res = tune(spec, opts, progress=progress)
+    if res.stale:
+        typer.echo(f"marked {len(res.stale)} stale trial(s) as FAIL: {res.stale}"
+                   + (" (retried)" if retry_failed else " (use --retry-failed to re-run them)"))
+    log_best_artifacts(res, opts)
+    _print_summary(res)
+    tr = Tracker(mlflow_uri)
+    typer.echo(f"study {spec.name!r}: {res.n_finished} finished trials in storage "
+               f"{mask_url(storage) if storage else '.servetune/optuna.journal'} ({res.wall_s:.1f} s this run)")
+    typer.echo(f"MLflow: {mask_url(tr.uri)} experiment {spec.name!r}; browse with "
+               f"`mlflow ui --backend-store-uri {mask_url(tr.uri)}`")
+    typer.echo(f"next: servetune export {study_file}" + (f" --storage {mask_url(storage)}" if storage else ""))
+
+
+def _print_summary(res) -> None:
+    from rich.console import Console
+    from rich.table import Table
+
+    from tuner.tune import gain_pct, is_feasible, trial_policy
+
+    spec = res.spec
+    table = Table(title=f"{spec.name}: " + ("best trial" if not spec.multi_objective else "Pareto front")
+                  + ("" if res.feasible or not res.best else " (NO trial met the constraints)"))
+    table.add_column("trial", justify="right")
+    for o in spec.objectives:
+        table.add_column(f"{o.name} ({o.direction[:3]})", justify="right")
+        table.add_column("gain", justify="right")
+    table.add_column("feasible")
+    table.add_column("knobs changed from default")
+    d = res.default
+    rows = ([d] if d is not None else []) + [t for t in res.best if d is None or t.number != d.number]
+    base = spec.base_policy()
+    for t in rows:
+        cells = [str(t.number) + (" (default)" if d is not None and t.number == d.number else "")]
+        for i, o in enumerate(spec.objectives):
+            v = t.values[i]
+            g = gain_pct(v, d.values[i], o.direction) if d is not None else float("nan")
+            cells += [_fmt(v), "-" if math.isnan(g) else f"{g:+.1f}%"]
+        feas = is_feasible(t)
+        diff = trial_policy(spec, t).diff(base)
+        cells += ["yes" if feas else "no", ", ".join(f"{k}={v}" for k, v in diff.items())[:80] or "-"]
+        table.add_row(*cells)
+    Console().print(table)
+
+
+def export_cmd(
+    study_file: str = typer.Argument(..., metavar="STUDY", help=STUDY_HELP),
+    storage: str | None = typer.Option(None, "--storage", help=STORAGE_HELP),
+    trial: int | None = typer.Option(None, "--trial", help="Export this trial (e.g. a chosen Pareto point)."),
+    out: Path = typer.Option(Path("servetune-export"), "--out", "-o", help="Output folder."),
+) -> None:
+    """Write the best trial (or --trial N) as policy.yaml plus vllm.sh and sglang.sh launch scripts."""
+    from tuner.export import export
+    from tuner.study import TuneOptions, open_study
+    from tuner.study_spec import load_study
+
+    spec = load_study(study_file)
+    study = _existing_study(spec, storage, open_study, TuneOptions)
+    choice, paths = export(spec, study, out, trial)
+    typer.echo(f"exported {choice.why}")
+    for p in paths:
+        typer.echo(f"wrote {p}")
+
+
+def _existing_study(spec, storage, open_study, TuneOptions):
+    study = open_study(spec, TuneOptions(storage=storage))
+    if not study.get_trials(deepcopy=False):
+        raise ValueError(f"study {spec.name!r} has no trials in this storage (run `servetune tune` first, "
+                         "or pass the --storage it used)")
+    return study
+
+
+def report_cmd(
+    study_file: str = typer.Argument(..., metavar="STUDY", help=STUDY_HELP),
+    storage: str | None = typer.Option(None, "--storage", help=STORAGE_HELP),
+    mlflow_uri: str | None = typer.Option(None, "--mlflow-uri", help=MLFLOW_HELP),
+    out: Path = typer.Option(Path("servetune-report"), "--out", "-o", help="Output folder."),
+    backend: str = typer.Option("sim", "--backend", help="Backend to re-run best and default for the CDFs."),
+) -> None:
+    """Write a self-contained HTML report (Pareto front or best-so-far, history, knob importances,
+    latency CDFs of best vs default, scorecards) and log it to the study's MLflow parent run."""
+    from tuner.report import write_report
+    from tuner.study import TuneOptions, open_study
+    from tuner.study_spec import load_study
+
+    spec = load_study(study_file)
+    study = _existing_study(spec, storage, open_study, TuneOptions)
+    path = write_report(spec, study, out, backend=backend, mlflow_uri=mlflow_uri)
+    typer.echo(f"wrote {path}")
+
+
+def register(app: typer.Typer) -> None:
+    app.command("tune")(tune_cmd)
+    app.command("export")(export_cmd)
+    app.command("report")(report_cmd)

@@ -1,0 +1,145 @@
+"""Where studies live: Optuna storage URLs, the project-local ``.servetune/`` folder, stale trials.
+
+Default storage is an embedded journal file ``.servetune/optuna.journal`` (many worker processes
+on one machine). ``sqlite:///path.db`` works too (WAL mode is set once on the file), and any
+RDB URL (``postgresql://user:pw@host/db``) serves workers on many machines. Passwords in URLs
+are masked (``mask_url``) before anything is printed or logged.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import fcntl
+import os
+import re
+import socket
+import sqlite3
+from collections.abc import Iterator
+from pathlib import Path
+from typing import Any
+
+WORKDIR = ".servetune"
+JOURNAL_NAME = "optuna.journal"
+HEARTBEAT_S = 30
+"""RDB heartbeat interval, s; a RUNNING trial without a heartbeat for 4x this is stale."""
+
+
+def workdir(base: str | Path | None = None) -> Path:
+    """The project-local folder (created on first use) under ``base`` (default: cwd)."""
+    d = Path(base or Path.cwd()) / WORKDIR
+    d.mkdir(parents=True, exist_ok=True)
+    return d
+
+
+def default_storage_url() -> str:
+    return str(workdir() / JOURNAL_NAME)
+
+
+def mask_url(url: str) -> str:
+    """``scheme://user:secret@host`` → ``scheme://user:***@host`` (also ``password=`` query args)."""
+    out = re.sub(r"(://[^/:@]*:)[^@/]*@", r"\1***@", url)
+    return re.sub(r"(?i)(password=)[^&;]*", r"\1***", out)
+
+
+def is_journal(url: str) -> bool:
+    return "://" not in url
+
+
+def _sqlite_path(url: str) -> Path | None:
+    if url.startswith("sqlite:///"):
+        return Path(url[len("sqlite:///"):])
+    return None
+
+
+def set_wal(db: Path) -> None:
+    """Put a SQLite file in WAL mode (persistent on the file; done once, cheap if already set)."""
+    db.parent.mkdir(parents=True, exist_ok=True)
+    con = sqlite3.connect(str(db), timeout=30)
+    try:
+        if con.execute("PRAGMA journal_mode").fetchone()[0].lower() != "wal":
+            con.execute("PRAGMA journal_mode=WAL")
+    finally:
+        con.close()
+
+
+def open_storage(url: str | None) -> Any:
+    """An Optuna storage object for a journal file path, ``sqlite:///...`` or another RDB URL."""
+    import optuna
+    from optuna.storages import JournalStorage, RDBStorage
+    from optuna.storages.journal import JournalFileBackend
+
+    url = url or default_storage_url()
+    if is_journal(url):
+        p = Path(url).expanduser()
+        p.parent.mkdir(parents=True, exist_ok=True)
+        return JournalStorage(JournalFileBackend(str(p)))
+    db = _sqlite_path(url)
+    if db is not None:
+        set_wal(db)
+        return RDBStorage(url, engine_kwargs={"connect_args": {"timeout": 60}},
+                          heartbeat_interval=HEARTBEAT_S, grace_period=4 * HEARTBEAT_S)
+    try:
+        return RDBStorage(url, heartbeat_interval=HEARTBEAT_S, grace_period=4 * HEARTBEAT_S)
+    except (ImportError, ModuleNotFoundError) as e:
+        raise ValueError(f"--storage {mask_url(url)}: database driver missing ({e}); "
+                         "for PostgreSQL: pip install 'servetune[postgres]'") from None
+    except optuna.exceptions.StorageInternalError as e:
+        raise ValueError(f"--storage {mask_url(url)}: cannot open ({str(e).splitlines()[0]})") from None
+
+
+def worker_id() -> str:
+    return f"{socket.gethostname()}:{os.getpid()}"
+
+
+def _alive(pid: int) -> bool:
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    except PermissionError:
+        return True
+    return True
+
+
+def fail_stale_trials(study: Any) -> list[int]:
+    """Mark RUNNING trials left by dead workers as FAIL; returns their numbers.
+
+    RDB storages: Optuna's heartbeat (``optuna.storages.fail_stale_trials``). Journal files
+    have no heartbeat: a RUNNING trial whose ``worker`` attr names this host and a process that
+    no longer exists is stale (workers on other hosts cannot share a journal file anyway)."""
+    import optuna
+    from optuna.trial import TrialState
+
+    storage = study._storage
+    before = {t.number for t in study.get_trials(deepcopy=False, states=(TrialState.RUNNING,))}
+    if not before:
+        return []
+    if isinstance(storage, optuna.storages.RDBStorage):
+        optuna.storages.fail_stale_trials(study)
+    host = socket.gethostname()
+    failed = []
+    for t in study.get_trials(deepcopy=False, states=(TrialState.RUNNING,)):
+        w = str(t.user_attrs.get("worker", ""))
+        h, _, pid = w.rpartition(":")
+        stale = (h == host and pid.isdigit() and not _alive(int(pid))) or (
+            not w and not isinstance(storage, optuna.storages.RDBStorage))
+        if stale:
+            storage.set_trial_system_attr(t._trial_id, "fail_reason", "stale: worker died while running")
+            storage.set_trial_state_values(t._trial_id, TrialState.FAIL)
+            failed.append(t.number)
+    gone = {t.number for t in study.get_trials(deepcopy=False, states=(TrialState.RUNNING,))}
+    return sorted(set(failed) | (before - gone))
+
+
+@contextlib.contextmanager
+def study_lock(study_name: str) -> Iterator[None]:
+    """An exclusive file lock (this machine) around 'count trials, then ask for one', so K local
+    workers reach exactly the requested total."""
+    safe = re.sub(r"[^A-Za-z0-9_.-]", "_", study_name)
+    path = workdir() / f"{safe}.lock"
+    with open(path, "a+") as f:
+        fcntl.flock(f, fcntl.LOCK_EX)
+        try:
+            yield
+        finally:
+            fcntl.flock(f, fcntl.LOCK_UN)

@@ -1,0 +1,252 @@
+"""Run a study: open/resume it in Optuna storage, enqueue the defaults, drive worker loops.
+
+``--trials N`` is the total the study should reach, counted as FINISHED trials: COMPLETE +
+PRUNED + FAIL, except FAIL trials that were retried (``--retry-failed``: their retry counts
+instead). So re-running the same command resumes an interrupted study and stops at N. Each
+worker counts and asks under a file lock (``.servetune/<study>.lock``), so K workers on one
+machine reach exactly N; workers on several machines (RDB storage) may overshoot by < K.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import subprocess
+import sys
+import threading
+import time
+from collections.abc import Callable
+from dataclasses import asdict, dataclass
+from typing import Any
+
+from tuner.evaluate import DEFAULT_ATTR, RESULT_ATTR, Evaluator, Outcome, Timings
+from tuner.space import default_params
+from tuner.storage import fail_stale_trials, mask_url, open_storage, study_lock, worker_id
+from tuner.study_spec import StudySpec, load_study
+from tuner.tracking import EXPERIMENT_ATTR, PARENT_ATTR, Tracker
+
+STALE_ATTR = "stale_trials"
+RETRIED_ATTR = "retried_trials"
+DEFAULT_ENQUEUED_ATTR = "default_enqueued"
+
+
+@dataclass(frozen=True, slots=True)
+class TuneOptions:
+    """Command-line options of ``servetune tune`` (None = the study file's value)."""
+
+    trials: int | None = None
+    timeout_s: float | None = None
+    storage: str | None = None
+    mlflow_uri: str | None = None
+    n_jobs: int = 1
+    backend: str = "sim"
+    seed: int | None = None
+    retry_failed: bool = False
+
+
+def make_sampler(spec: StudySpec, seed: int) -> Any:
+    import optuna
+
+    if spec.sampler == "random":
+        return optuna.samplers.RandomSampler(seed=seed)
+    if spec.sampler == "nsga2":
+        return optuna.samplers.NSGAIISampler(seed=seed)
+    if spec.sampler == "qmc":
+        return optuna.samplers.QMCSampler(seed=seed, warn_independent_sampling=False)
+    return optuna.samplers.TPESampler(seed=seed)
+
+
+def open_study(spec: StudySpec, opts: TuneOptions, worker_index: int = 0) -> Any:
+    """Create or load the study named in the spec (sampler seeded per worker)."""
+    import optuna
+
+    optuna.logging.set_verbosity(optuna.logging.WARNING)
+    seed = (spec.seed if opts.seed is None else opts.seed) + worker_index
+    pruner = (optuna.pruners.MedianPruner(n_startup_trials=5, n_warmup_steps=0) if spec.prunes
+              else optuna.pruners.NopPruner())
+    storage = open_storage(opts.storage)
+    try:
+        return optuna.create_study(study_name=spec.name, storage=storage, sampler=make_sampler(spec, seed),
+                                   pruner=pruner, directions=spec.directions, load_if_exists=True)
+    except ValueError as e:
+        raise ValueError(f"study {spec.name!r}: {str(e).splitlines()[0]} (the stored study has other objectives; "
+                         "rename the study)") from None
+
+
+def counts(study: Any) -> tuple[int, int]:
+    """(finished trials toward the total, running trials)."""
+    from optuna.trial import TrialState
+
+    retried = set(study.user_attrs.get(RETRIED_ATTR, []))
+    fin = run = 0
+    for t in study.get_trials(deepcopy=False):
+        if t.state in (TrialState.COMPLETE, TrialState.PRUNED) or (t.state == TrialState.FAIL and t.number not in retried):
+            fin += 1
+        elif t.state == TrialState.RUNNING:
+            run += 1
+    return fin, run
+
+
+def prepare(spec: StudySpec, opts: TuneOptions, tracker: Tracker) -> tuple[Any, list[int]]:
+    """Open/resume the study once (main process): fail stale trials, optionally retry them,
+    enqueue the engine defaults as the first trial (once), create the MLflow parent run."""
+    from optuna.trial import TrialState
+
+    study = open_study(spec, opts)
+    with study_lock(spec.name):
+        stale = fail_stale_trials(study)
+        attrs = study.user_attrs
+        if stale:
+            study.set_user_attr(STALE_ATTR, sorted(set(attrs.get(STALE_ATTR, [])) | set(stale)))
+        if opts.retry_failed:
+            retried = set(attrs.get(RETRIED_ATTR, []))
+            stale_all = set(study.user_attrs.get(STALE_ATTR, []))
+            for t in study.get_trials(deepcopy=False, states=(TrialState.FAIL,)):
+                if t.number in stale_all and t.number not in retried:
+                    study.enqueue_trial(t.params, user_attrs={"retry_of": t.number, **(
+                        {DEFAULT_ATTR: True} if t.user_attrs.get(DEFAULT_ATTR) else {})}, skip_if_exists=False)
+                    retried.add(t.number)
+            study.set_user_attr(RETRIED_ATTR, sorted(retried))
+        if not attrs.get(DEFAULT_ENQUEUED_ATTR):
+            study.enqueue_trial(default_params(spec.search, spec.base_policy()), user_attrs={DEFAULT_ATTR: True})
+            study.set_user_attr(DEFAULT_ENQUEUED_ATTR, True)
+            study.set_user_attr("study_file", spec.path)
+    d = spec.deployment
+    tracker.ensure_parent(study, {
+        "servetune.study_file": spec.path, "servetune.storage": mask_url(opts.storage or "journal:.servetune/optuna.journal"),
+        "servetune.sampler": spec.sampler, "servetune.objectives": ",".join(f"{o.name}:{o.direction}" for o in spec.objectives),
+        "servetune.model": d.model, "servetune.gpu": d.gpu, "servetune.engine": d.engine,
+        "servetune.backend": opts.backend}, spec.path)
+    return study, stale
+
+
+class Worker:
+    """One worker's loop: count → ask (under the lock) → evaluate → log to MLflow → tell."""
+
+    def __init__(self, spec: StudySpec, opts: TuneOptions, tracker: Tracker, *, index: int = 0,
+                 study: Any = None, backend: Any = None, evaluator: Evaluator | None = None) -> None:
+        from backends.registry import get_backend
+
+        self.spec, self.opts, self.tracker = spec, opts, tracker
+        self.study = study if study is not None else open_study(spec, opts, index)
+        self.backend = backend if backend is not None else get_backend(opts.backend)
+        self.ev = evaluator or Evaluator(spec, self.backend, seed=opts.seed)
+        self.target = opts.trials or spec.trials
+        self.timings = Timings()
+        attrs = self.study.user_attrs
+        self.experiment_id, self.parent_run_id = attrs[EXPERIMENT_ATTR], attrs[PARENT_ATTR]
+        self.workload_hash = self.ev.workload.content_hash()
+        self._heartbeat = hasattr(self.study._storage, "record_heartbeat") and \
+            self.study._storage.is_heartbeat_enabled()
+
+    def run(self, deadline: float | None = None, on_trial: Callable[[int, Outcome], None] | None = None) -> Timings:
+        while deadline is None or time.time() < deadline:
+            t = time.perf_counter()
+            with study_lock(self.spec.name):
+                fin, running = counts(self.study)
+                if fin + running >= self.target:
+                    break
+                trial = self.study.ask()
+                trial.set_user_attr("worker", worker_id())
+            self.timings.storage += time.perf_counter() - t
+            outcome = self._one(trial)
+            if on_trial is not None:
+                on_trial(trial.number, outcome)
+        return self.timings
+
+    def _one(self, trial: Any) -> Outcome:
+        from optuna.trial import TrialState
+
+        stop = threading.Event()
+        if self._heartbeat:
+            threading.Thread(target=self._beat, args=(trial._trial_id, stop), daemon=True).start()
+        try:
+            return self._evaluate_and_tell(trial)
+        except BaseException:  # an internal error is never scored: the trial fails, the error surfaces
+            self.study.tell(trial, state=TrialState.FAIL)
+            raise
+        finally:
+            stop.set()
+
+    def _evaluate_and_tell(self, trial: Any) -> Outcome:
+        from optuna.trial import TrialState
+
+        out = self.ev.evaluate(trial, self.timings)
+        t = time.perf_counter()
+        run_id = self._log(trial, out)
+        self.timings.mlflow += time.perf_counter() - t
+        t = time.perf_counter()
+        for name, v in out.constraints.items():
+            trial.set_constraint(name, v)
+        trial.set_user_attr(RESULT_ATTR, _result_attr(out, run_id))
+        state = {"COMPLETE": TrialState.COMPLETE, "PRUNED": TrialState.PRUNED, "FAIL": TrialState.FAIL}[out.state]
+        self.study.tell(trial, out.values if out.state == "COMPLETE" else None, state=state)
+        self.timings.storage += time.perf_counter() - t
+        self.timings.trials += 1
+        return out
+
+    def _beat(self, trial_id: int, stop: threading.Event) -> None:
+        storage = self.study._storage
+        while not stop.is_set():
+            storage.record_heartbeat(trial_id)
+            stop.wait(storage.get_heartbeat_interval() or 30)
+
+    def _log(self, trial: Any, out: Outcome) -> str:
+        spec, d = self.spec, self.spec.deployment
+        res = out.result
+        policy = res.policy if res is not None else out.policy
+        metrics: dict[str, float] = dict(out.scorecard.metrics()) if out.scorecard is not None else {}
+        for o, v in zip(spec.objectives, out.values or [], strict=False):
+            metrics[f"objective.{o.name}"] = v
+        metrics.update({f"constraint.{k}": v for k, v in out.constraints.items()})
+        if out.rate is not None:
+            metrics["max_rate_req_s"] = out.rate
+        tags = {"servetune.backend": getattr(self.backend, "name", self.opts.backend),
+                "servetune.workload_hash": self.workload_hash, "servetune.workload": self.ev.workload.name,
+                "servetune.model": d.model, "servetune.gpu": d.gpu, "servetune.engine": d.engine,
+                "servetune.sampler": spec.sampler, "optuna.study": spec.name, "optuna.state": out.state,
+                "servetune.feasible": str(out.feasible).lower(),
+                "servetune.default_policy": str(bool(trial.user_attrs.get(DEFAULT_ATTR))).lower()}
+        if res is not None and res.notes:
+            tags["servetune.notes"] = "; ".join(res.notes)[:5000]
+        if res is not None and res.meta.get("cost_model"):
+            tags["servetune.cost_model"] = str(res.meta["cost_model"])[:500]
+        if out.error:
+            tags["servetune.error"] = out.error[:5000]
+        status = {"COMPLETE": "FINISHED", "PRUNED": "KILLED", "FAIL": "FAILED"}[out.state]
+        return self.tracker.log_trial(self.experiment_id, self.parent_run_id, trial.number,
+                                      params=policy.to_dict() if policy is not None else {}, metrics=metrics,
+                                      tags=tags, status=status)
+
+
+def _result_attr(out: Outcome, run_id: str) -> dict[str, Any]:
+    d: dict[str, Any] = {"mlflow_run_id": run_id, "state": out.state}
+    if out.policy is not None:
+        d["policy"] = out.policy.to_dict()
+    if out.scorecard is not None:
+        d["scorecard"] = out.scorecard.metrics()
+    if out.rate is not None:
+        d["rate"] = out.rate
+    if out.error:
+        d["error"] = out.error
+    if out.result is not None and out.result.notes:
+        d["notes"] = list(out.result.notes)
+    return d
+
+
+def spawn_workers(spec: StudySpec, opts: TuneOptions, deadline: float | None) -> list[subprocess.Popen]:
+    """K worker processes (``python -m tuner.worker``) on the same storage and MLflow store."""
+    payload = json.dumps({**asdict(opts), "deadline": deadline})
+    return [subprocess.Popen([sys.executable, "-m", "tuner.worker", spec.path, payload, str(i)],
+                             cwd=os.getcwd(), env={**os.environ, "PYTHONUNBUFFERED": "1"})
+            for i in range(opts.n_jobs)]
+
+
+def worker_main(argv: list[str]) -> int:
+    """Entry of one spawned worker process."""
+    spec_path, payload, index = argv[0], json.loads(argv[1]), int(argv[2])
+    deadline = payload.pop("deadline")
+    opts = TuneOptions(**payload)
+    spec = load_study(spec_path)
+    Worker(spec, opts, Tracker(opts.mlflow_uri), index=index).run(deadline)
+    return 0

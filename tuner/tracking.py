@@ -1,0 +1,156 @@
+"""MLflow logging for studies: one parent run per study, one nested run per trial.
+
+Default store: SQLite ``.servetune/mlflow.db`` (WAL mode, set once) with artifacts in
+``.servetune/mlartifacts`` — never the same file as Optuna's storage. Browse it with::
+
+    mlflow ui --backend-store-uri sqlite:///.servetune/mlflow.db
+
+Each trial costs three store calls (create run with its tags, one ``log_batch`` with the
+effective policy as params and the scorecard as metrics, set terminated), ~20-40 ms on SQLite.
+The parent run id is kept as an Optuna study user attr, so resumed studies and workers in other
+processes log their trials under the same parent (``mlflow.parentRunId`` tag).
+"""
+
+from __future__ import annotations
+
+import contextlib
+import io
+import math
+import subprocess
+import time
+from collections.abc import Mapping
+from functools import cached_property
+from pathlib import Path
+from typing import Any
+
+from tuner.storage import set_wal, workdir
+
+PARENT_ATTR = "mlflow_parent_run_id"
+EXPERIMENT_ATTR = "mlflow_experiment_id"
+
+
+def default_mlflow_uri() -> str:
+    return f"sqlite:///{(workdir() / 'mlflow.db').resolve()}"
+
+
+def code_version() -> str:
+    """``servetune <version>`` plus ``+g<sha>`` (and ``-dirty``) when run from a git checkout."""
+    from cli import _version
+
+    v = _version()
+    root = Path(__file__).resolve().parents[1]
+    try:
+        sha = subprocess.run(["git", "-C", str(root), "rev-parse", "--short", "HEAD"], capture_output=True,
+                             text=True, timeout=5).stdout.strip()
+    except (OSError, subprocess.SubprocessError):
+        sha = ""
+    return f"{v}+g{sha}" if sha else v
+
+
+def _param(v: Any) -> str:
+    if isinstance(v, Mapping):
+        return ",".join(f"{k}={w:g}" for k, w in v.items()) or "{}"
+    if isinstance(v, float):
+        return f"{v:.6g}"
+    return str(v)
+
+
+class Tracker:
+    """Logs a study to one MLflow tracking store (``uri``; default the project-local SQLite)."""
+
+    def __init__(self, uri: str | None = None) -> None:
+        self.uri = uri or default_mlflow_uri()
+        self._db = Path(self.uri[len("sqlite:///"):]) if self.uri.startswith("sqlite:///") else None
+
+    @cached_property
+    def client(self) -> Any:
+        with _quiet():
+            from mlflow import MlflowClient
+        _quiet_loggers()
+
+        if self._db is not None:
+            set_wal(self._db)
+        return MlflowClient(tracking_uri=self.uri)
+
+    @cached_property
+    def code_version(self) -> str:
+        return code_version()
+
+    # ------------------------------------------------------------ parent
+    def experiment_id(self, name: str) -> str:
+        exp = self.client.get_experiment_by_name(name)
+        if exp is not None:
+            return exp.experiment_id
+        loc = (self._db.parent / "mlartifacts" / name).resolve().as_uri() if self._db is not None else None
+        try:
+            return self.client.create_experiment(name, artifact_location=loc)
+        except Exception:  # noqa: BLE001 - another worker created it first
+            exp = self.client.get_experiment_by_name(name)
+            if exp is None:
+                raise
+            return exp.experiment_id
+
+    def ensure_parent(self, study: Any, tags: Mapping[str, str], study_file: str | None = None) -> tuple[str, str]:
+        """The study's parent run (created once, id kept as a study user attr) → (experiment id, run id)."""
+        attrs = study.user_attrs
+        if PARENT_ATTR in attrs:
+            run_id = attrs[PARENT_ATTR]
+            try:
+                self.client.get_run(run_id)
+                return attrs[EXPERIMENT_ATTR], run_id
+            except Exception:  # noqa: BLE001 - a different/emptied MLflow store: start a new parent
+                pass
+        exp = self.experiment_id(study.study_name)
+        run = self.client.create_run(exp, run_name=study.study_name,
+                                     tags={**tags, "servetune.code_version": self.code_version,
+                                           "servetune.role": "study"})
+        run_id = run.info.run_id
+        if study_file and Path(study_file).is_file():
+            self.client.log_artifact(run_id, study_file)
+        study.set_user_attr(EXPERIMENT_ATTR, exp)
+        study.set_user_attr(PARENT_ATTR, run_id)
+        return exp, run_id
+
+    # ------------------------------------------------------------ trials
+    def log_trial(self, experiment_id: str, parent_run_id: str, number: int, *, params: Mapping[str, Any],
+                  metrics: Mapping[str, float], tags: Mapping[str, str], status: str = "FINISHED") -> str:
+        """One nested run for one trial (three store calls) → its run id."""
+        from mlflow.entities import Metric, Param
+
+        now = int(time.time() * 1000)
+        all_tags = {"mlflow.parentRunId": parent_run_id, "servetune.code_version": self.code_version,
+                    "optuna.trial": str(number), **tags}
+        run = self.client.create_run(experiment_id, run_name=f"trial-{number:04d}", tags=all_tags, start_time=now)
+        rid = run.info.run_id
+        ms = [Metric(k, float(v), now, 0) for k, v in metrics.items() if isinstance(v, int | float) and math.isfinite(v)]
+        ps = [Param(k, _param(v)[:6000]) for k, v in params.items()]
+        for i in range(0, max(len(ps), 1), 100):  # MLflow takes <= 100 params per batch
+            self.client.log_batch(rid, metrics=ms if i == 0 else (), params=ps[i:i + 100])
+        self.client.set_terminated(rid, status=status)
+        return rid
+
+    def log_artifacts(self, run_id: str, paths: list[Path], artifact_path: str | None = None) -> None:
+        for p in paths:
+            self.client.log_artifact(run_id, str(p), artifact_path)
+
+    def finish(self, run_id: str) -> None:
+        self.client.set_terminated(run_id, status="FINISHED")
+
+    def child_runs(self, experiment_id: str, parent_run_id: str) -> list[Any]:
+        return self.client.search_runs([experiment_id], filter_string=f"tags.mlflow.parentRunId = '{parent_run_id}'",
+                                       max_results=10000)
+
+
+@contextlib.contextmanager
+def _quiet():
+    """MLflow prints migration chatter on first use of a store; keep the terminal clean."""
+    _quiet_loggers()
+    with contextlib.redirect_stdout(io.StringIO()):
+        yield
+
+
+def _quiet_loggers() -> None:
+    import logging
+
+    for name in ("alembic", "mlflow"):
+        logging.getLogger(name).setLevel(logging.WARNING)
