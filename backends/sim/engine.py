@@ -462,27 +462,50 @@ class Simulation:
         ctx = pool.sum_b + pool.sum_s + r * g
         c = self._coef.get(r) or self._coef_of(r)
         a, ts = c[0], c[1]
-        n = pool.next_finish() - g
+        heap = pool.heap
+        while heap[0][2] != heap[0][3].ver:  # drop entries of members that left
+            heapq.heappop(heap)
+        n = heap[0][0] - g
         if not self.waiting and not self.static and len(self.prefilling) + r < self.seat_cap:
-            te = self._next_event()
-            if te < math.inf:
-                k = self._steps_until(te - t0 - self.pending_s, r, ctx, a, ts)
+            te = self._ta
+            if self.retry and self.retry[0][0] < te:
+                te = self.retry[0][0]
+            if te < math.inf:  # (inline _steps_until: the hottest path)
+                dt = te - t0 - self.pending_s
+                k = 1
+                if dt > 0:
+                    qa = ts * r * 0.5
+                    qb = a + ts * ctx - qa
+                    k = int((-qb + math.sqrt(qb * qb + 4.0 * qa * dt)) / (2.0 * qa)) if qa > 0 else int(dt / qb)
+                    if k < 1:
+                        k = 1
+                    while k * a + ts * (k * ctx + r * k * (k - 1) * 0.5) < dt:
+                        k += 1
+                    while k > 1 and (k - 1) * a + ts * ((k - 1) * ctx + r * (k - 1) * (k - 2) * 0.5) >= dt:
+                        k -= 1
                 if k < n:
                     n = k
         if self.max_t < math.inf:
             n = min(n, self._steps_until(self.max_t - t0 - self.pending_s, r, ctx, a, ts))
         if pool.grow:
-            n = pool.steps_fitting(mem.free + mem.evictable, n)
-            if n < 1:
-                raise SimInvariantError("decode segment of 0 steps: blocks were not reserved")
-            mem.take(pool.advance(n))
+            avail = mem.free + mem.evictable
+            if (avail // r) * self.bs < n:
+                n = pool.steps_fitting(avail, n)
+                if n < 1:
+                    raise SimInvariantError("decode segment of 0 steps: blocks were not reserved")
+            d = pool.advance(n)
+            if d <= mem.free:
+                mem.free -= d
+            else:
+                mem.take(d)
         else:
             pool.g = g + n
         csum = n * ctx + r * n * (n - 1) * 0.5
         dt = n * a + ts * csum + self.pending_s
         self.pending_s = 0.0
         t = self.t = t0 + dt
-        self._pool_finished(t)
+        if heap[0][0] <= g + n:
+            self._pool_finished(t)
         self._record(t0, dt, n * c[2] + c[3] * csum, n * c[4] + c[5] * csum, n, r * n, r)
         if self.trace is not None:
             self.trace.iteration(t0, dt, n, r, 0, 0)
@@ -498,11 +521,13 @@ class Simulation:
         used_tok = pool.sum_b + pool.n * pool.g
         if mem.cached:
             used_tok += (mem.cached - mem.evictable) // mem.entry_blocks * self.pbt
-        for req in self.prefilling:
-            if req.computed > req.shared:
-                used_tok += req.computed - req.shared
+        prefilling = self.prefilling
+        if prefilling:
+            for req in prefilling:
+                if req.computed > req.shared:
+                    used_tok += req.computed - req.shared
         self.tel.step(t0, dt, flops, nbytes, iters, seqs, tokens, mem.total - mem.free - mem.evictable, used_tok,
-                      len(self.prefilling) + pool.n, len(self.waiting))
+                      len(prefilling) + pool.n, len(self.waiting))
 
     # ================================================================= checks
     def check(self) -> None:
@@ -560,14 +585,14 @@ class Simulation:
                 need = pool.cnt[bs - 1 - pool.g % bs]
                 if need > mem.free + mem.evictable:
                     need = self._make_room_for_decodes()
+            if prefilling or waiting or swapped:
                 if need:
                     mem.take(need)  # the decodes' next blocks, held while prefills are planned
-            if prefilling or waiting or swapped:
                 chunks, decodes = planner(self)
+                if need:
+                    mem.give(need)
             else:
                 chunks = None
-            if need:
-                mem.give(need)
             if chunks:
                 self._iteration(chunks, decodes)
                 continue
