@@ -68,6 +68,9 @@ def simulate(policy: Policy, workload: Workload, deployment: Deployment, *, seed
     sim = Simulation(eff, workload, deployment, seed=seed, check=check, trace=trace_path is not None,
                      max_sim_time_s=max_sim_time_s)
     sim.run()
+    if deployment.n_gpus > eff.tp:
+        notes = (*notes, f"deployment has {deployment.n_gpus} GPUs: simulated ONE instance of tp={eff.tp} "
+                         "(replicas and routing not simulated yet)")
     if trace_path is not None:
         sim.trace.write(trace_path)
     return build_result(sim, eff, notes)

@@ -65,7 +65,8 @@ class Simulation:
         caching = policy.prefix_caching and workload.prefix_offsets is not None
         self.pbt = workload.prefix_block_tokens if caching else 0
         self.mem = BlockManager(total, bs, self.pbt)
-        self.swap = SwapTier(int(SWAP_SPACE_BYTES // (bs * cm.kv_bytes_per_token)), bs * cm.kv_bytes_per_token * tp,
+        # per GPU: each GPU moves its own shard of a block over its own PCIe link, in parallel
+        self.swap = SwapTier(int(SWAP_SPACE_BYTES // (bs * cm.kv_bytes_per_token)), bs * cm.kv_bytes_per_token,
                              gpu.pcie_bytes_s)
         self.reserve = policy.preemption == "request" or policy.batching == "static"
         self.swap_mode = policy.preemption_mode == "swap" and not self.reserve
@@ -515,9 +516,13 @@ class Simulation:
         mem, pool = self.mem, self.pool
         if self.check_full:
             self.check()
-        elif mem.free + self.priv_explicit + pool.cur + mem.cached != mem.total or mem.free < 0:
-            self.check()
-            raise SimInvariantError("KV blocks not conserved")
+        else:  # the O(1) checks of every step
+            if mem.free + self.priv_explicit + pool.cur + mem.cached != mem.total or mem.free < 0:
+                self.check()
+                raise SimInvariantError("KV blocks not conserved")
+            if len(self.prefilling) + pool.n > self.seat_cap or dt < 0:
+                raise SimInvariantError(f"running {len(self.prefilling) + pool.n} > {self.seat_cap} seats "
+                                        f"or time went back (dt={dt})")
         used_tok = pool.sum_b + pool.n * pool.g
         if mem.cached:
             used_tok += (mem.cached - mem.evictable) // mem.entry_blocks * self.pbt

@@ -152,7 +152,8 @@ class BlockManager:
 
 class SwapTier:
     """CPU swap space for preempted sequences (vLLM's ``swap_space``, 4 GiB per GPU by default).
-    Units: blocks; time in s = bytes / PCIe bandwidth."""
+    Units: blocks; ``block_bytes`` is one GPU's shard of a block (the tp GPUs copy in parallel,
+    each over its own PCIe link), so time in s = blocks × block_bytes / PCIe bandwidth."""
 
     __slots__ = ("capacity", "used", "block_bytes", "pcie_bytes_s")
 

@@ -111,7 +111,7 @@ def build_result(sim, policy, notes: tuple[str, ...]):
     t_end = max(sim.tel.t_end, float(np.nanmax(sim.finish)) if served.any() else 0.0)
     makespan = max(t_end - t_first, 0.0)
     cm, gpu = sim.cm, sim.cm.gpu
-    swap_bytes = sim.c_swapped * sim.swap.block_bytes
+    swap_bytes = sim.c_swapped * sim.swap.block_bytes * sim.cm.tp  # all GPUs
     counters = {"preemptions": float(sim.c_preempt), "swapped_blocks": float(sim.c_swapped),
                 "prefix_query_tokens": float(sim.c_pq), "prefix_hit_tokens": float(sim.c_ph),
                 "cache_evictions": float(sim.mem.evictions), "kv_capacity_blocks": float(sim.mem.total),
