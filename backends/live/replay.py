@@ -1,0 +1,230 @@
+"""Replay a Workload against an OpenAI-compatible server (streaming ``/v1/completions``).
+
+Each request is sent at its arrival time (times scaled by ``time_scale``) as a token-id
+prompt of exactly ``prompt_len`` tokens, with ``max_tokens = output_len`` and
+``ignore_eos`` so outputs have exact lengths. Requests sharing prefix-block ids share those
+token ids, so the engine's prefix cache can hit. Measured per request, in seconds from the
+replay start: the scheduled arrival, the first streamed content chunk (TTFT) and the finish;
+the output length comes from ``usage.completion_tokens`` (one SSE chunk may carry several
+tokens). Failed or timed-out requests are recorded with ``failed=True``, never dropped.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import time
+from collections.abc import Awaitable, Callable, Sequence
+from dataclasses import dataclass, field
+
+import numpy as np
+import pandas as pd
+
+from backends.base import empty_records
+from backends.live.metrics import Snapshot
+from workloads.workload import Workload
+
+
+@dataclass(frozen=True, slots=True)
+class ReplayConfig:
+    """How to replay. ``time_scale`` multiplies arrival times (0.5 = twice the rate);
+    ``max_concurrency`` bounds requests in flight; ``request_timeout_s`` bounds each request;
+    ``metrics_interval_s`` is the /metrics scrape period (0 = start and end only)."""
+
+    model: str
+    token_range: tuple[int, int]
+    time_scale: float = 1.0
+    max_concurrency: int = 256
+    request_timeout_s: float = 120.0
+    use_priority: bool = False
+    metrics_interval_s: float = 0.5
+    extra_body: dict = field(default_factory=dict)
+
+    def __post_init__(self) -> None:
+        if self.time_scale < 0:
+            raise ValueError(f"replay time_scale={self.time_scale}: must be >= 0")
+        if self.max_concurrency < 1:
+            raise ValueError(f"replay max_concurrency={self.max_concurrency}: must be >= 1")
+        lo, hi = self.token_range
+        if not 0 <= lo < hi:
+            raise ValueError(f"replay token_range={self.token_range}: need 0 <= lo < hi")
+
+
+@dataclass(frozen=True, slots=True)
+class ReplayOutput:
+    """Records (``RECORD_COLUMNS``), /metrics snapshots, the wall time and error samples."""
+
+    records: pd.DataFrame
+    snapshots: tuple[Snapshot, ...]
+    wall_s: float
+    errors: tuple[str, ...] = ()
+
+
+def prompt_tokens(workload: Workload, seed: int, token_range: tuple[int, int]) -> list[list[int]]:
+    """Token ids of every prompt (exactly ``prompt_len`` each), deterministic in ``seed``.
+
+    A prefix block id always maps to the same ``prefix_block_tokens`` ids, so requests whose
+    block lists start alike share a token prefix; the rest of each prompt is unique.
+    """
+    lo, hi = token_range
+    blk_tokens = workload.prefix_block_tokens
+    cache: dict[int, np.ndarray] = {}
+    out: list[list[int]] = []
+    for i in range(workload.n):
+        n = int(workload.prompt_len[i])
+        parts: list[np.ndarray] = []
+        have = 0
+        for b in workload.blocks_of(i):
+            if have >= n:
+                break
+            b = int(b)
+            if b not in cache:
+                cache[b] = np.random.default_rng([seed, 0, b]).integers(lo, hi, blk_tokens)
+            parts.append(cache[b][: n - have])
+            have += len(parts[-1])
+        if have < n:
+            parts.append(np.random.default_rng([seed, 1, i]).integers(lo, hi, n - have))
+        out.append(np.concatenate(parts).astype(int).tolist() if parts else [])
+    return out
+
+
+def replay(url: str, workload: Workload, cfg: ReplayConfig, *, seed: int = 0,
+           check_alive: Callable[[], None] | None = None) -> ReplayOutput:
+    """Replay ``workload`` against the server at ``url`` (blocking). ``check_alive`` is called
+    about once a second and may raise (e.g. EngineError when the server died): the replay is
+    then cancelled and the error propagates."""
+    prompts = prompt_tokens(workload, seed, cfg.token_range)
+    return asyncio.run(_replay(url, workload, prompts, cfg, check_alive))
+
+
+async def _replay(url: str, w: Workload, prompts: Sequence[list[int]], cfg: ReplayConfig,
+                  check_alive: Callable[[], None] | None) -> ReplayOutput:
+    import aiohttp
+
+    n = w.n
+    first = np.full(n, np.nan)
+    finish = np.full(n, np.nan)
+    out_len = np.zeros(n, np.int64)
+    cached = np.zeros(n, np.int64)
+    failed = np.zeros(n, bool)
+    errors: list[str] = []
+    snaps: list[Snapshot] = []
+    sem = asyncio.Semaphore(cfg.max_concurrency)
+    arrival = w.arrival_s.astype(np.float64) * cfg.time_scale
+    conn = aiohttp.TCPConnector(limit=cfg.max_concurrency + 4)
+    async with aiohttp.ClientSession(connector=conn) as session:
+        t0 = time.monotonic()
+
+        def now() -> float:
+            return time.monotonic() - t0
+
+        async def scrape() -> None:
+            try:
+                async with session.get(url + "/metrics", timeout=aiohttp.ClientTimeout(total=5)) as r:
+                    snaps.append(Snapshot.from_text(now(), await r.text()))
+            except (TimeoutError, aiohttp.ClientError):
+                pass
+
+        async def one(i: int) -> None:
+            await asyncio.sleep(max(0.0, arrival[i] - now()))
+            async with sem:
+                body = {"model": cfg.model, "prompt": prompts[i], "max_tokens": int(w.output_len[i]),
+                        "ignore_eos": True, "temperature": 0.0, "stream": True,
+                        "stream_options": {"include_usage": True}, **cfg.extra_body}
+                if cfg.use_priority:
+                    body["priority"] = int(w.priority[i])
+                try:
+                    await asyncio.wait_for(_stream(session, url, body, i, now, first, finish, out_len, cached),
+                                           cfg.request_timeout_s)
+                except (TimeoutError, aiohttp.ClientError, ValueError) as e:
+                    failed[i] = True
+                    finish[i] = np.nan
+                    if len(errors) < 5:
+                        errors.append(f"request {i}: {type(e).__name__}: {e}"[:300])
+
+        async def watch(stop: asyncio.Event) -> None:
+            last_scrape = -1e9
+            while not stop.is_set():
+                if check_alive is not None:
+                    check_alive()
+                if cfg.metrics_interval_s > 0 and now() - last_scrape >= cfg.metrics_interval_s:
+                    last_scrape = now()
+                    await scrape()
+                with_timeout = min(1.0, cfg.metrics_interval_s or 1.0)
+                try:
+                    await asyncio.wait_for(stop.wait(), with_timeout)
+                except TimeoutError:
+                    pass
+
+        await scrape()
+        stop = asyncio.Event()
+        watcher = asyncio.create_task(watch(stop))
+        tasks = [asyncio.create_task(one(i)) for i in range(n)]
+        try:
+            await _gather_or_fail(tasks, watcher)
+        finally:
+            stop.set()
+            for t in tasks:
+                t.cancel()
+            await asyncio.gather(*tasks, return_exceptions=True)
+            if not watcher.done():
+                await watcher
+        wall = now()
+        await scrape()
+        if check_alive is not None:
+            check_alive()
+
+    rec = empty_records(w)
+    rec["arrival_s"] = arrival
+    rec["first_token_s"] = first
+    rec["finish_s"] = finish
+    rec["output_len"] = out_len
+    rec["failed"] = failed
+    rec["cached_tokens"] = cached
+    rec["replica"] = np.where(failed & np.isnan(first), -1, 0).astype(np.int64)
+    return ReplayOutput(rec, tuple(snaps), wall, tuple(errors))
+
+
+async def _gather_or_fail(tasks: list[asyncio.Task], watcher: Awaitable) -> None:
+    """Wait for all requests; if the watcher raises (server died), raise that at once."""
+    everything = asyncio.gather(*tasks)
+    done, _ = await asyncio.wait([everything, watcher], return_when=asyncio.FIRST_COMPLETED)
+    if watcher in done and watcher.exception() is not None:  # type: ignore[union-attr]
+        everything.cancel()
+        raise watcher.exception()  # type: ignore[union-attr,misc]
+    await everything
+
+
+async def _stream(session, url: str, body: dict, i: int, now: Callable[[], float], first: np.ndarray,
+                  finish: np.ndarray, out_len: np.ndarray, cached: np.ndarray) -> None:
+    async with session.post(url + "/v1/completions", json=body) as r:
+        if r.status != 200:
+            text = (await r.text())[:200]
+            raise ValueError(f"HTTP {r.status}: {text}")
+        buf = b""
+        usage = None
+        async for chunk in r.content.iter_any():
+            buf += chunk
+            while b"\n" in buf:
+                line, buf = buf.split(b"\n", 1)
+                line = line.strip()
+                if not line.startswith(b"data:"):
+                    continue
+                data = line[5:].strip()
+                if data == b"[DONE]":
+                    continue
+                msg = json.loads(data)
+                if "error" in msg:
+                    raise ValueError(f"server error: {str(msg['error'])[:200]}")
+                if msg.get("choices") and np.isnan(first[i]):
+                    first[i] = now()
+                if msg.get("usage"):
+                    usage = msg["usage"]
+        finish[i] = now()
+    if usage is None:
+        raise ValueError("stream ended without usage (stream_options.include_usage ignored?)")
+    out_len[i] = int(usage.get("completion_tokens") or 0)
+    details = usage.get("prompt_tokens_details") or {}
+    cached[i] = int(details.get("cached_tokens") or 0)
+    if out_len[i] < int(body["max_tokens"]):
+        raise ValueError(f"got {out_len[i]} of {body['max_tokens']} tokens")
