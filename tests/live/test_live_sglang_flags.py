@@ -13,10 +13,10 @@ import os
 from pathlib import Path
 
 import pytest
+from sglang_fields import flags_from_sources, flags_from_wheel
 
 from backends.base import Deployment
 from backends.live.flags import sglang_args
-from sglang_fields import flags_from_sources, flags_from_wheel
 from tuner.policy import Policy
 
 FIXTURE = Path(__file__).parent / "data" / "sglang_flags.json"
