@@ -64,6 +64,8 @@ def simulate(policy: Policy, workload: Workload, deployment: Deployment, *, seed
     from backends.sim.engine import Simulation
     from backends.sim.telemetry import build_result
 
+    if policy.tp > deployment.n_gpus:
+        raise ValueError(f"policy knob tp={policy.tp}: needs {policy.tp} GPUs, the deployment has {deployment.n_gpus}")
     eff, notes = effective_policy(policy, workload)
     sim = Simulation(eff, workload, deployment, seed=seed, check=check, trace=trace_path is not None,
                      max_sim_time_s=max_sim_time_s)

@@ -19,6 +19,7 @@ from backends.sim.costmodel import CostModel
 from tuner.policy import Policy
 
 MAX_DEFERRALS = 64
+RATE_WINDOW = 32
 
 
 class Verdict(enum.Enum):
@@ -43,22 +44,26 @@ class AdmissionControl:
         self.cm = cm
         self._prefill_s: dict[int, float] = {}
 
-    def predicted_ttft_s(self, prompt: int, queued_tokens: int) -> float:
-        """Predicted TTFT (s) of a prompt arriving behind ``queued_tokens`` prefill tokens."""
+    def predicted_ttft_s(self, prompt: int, queued_tokens: int, waiting: int = 0, done_rate: float = 0.0) -> float:
+        """Predicted TTFT (s) of a prompt arriving behind ``queued_tokens`` prefill tokens of
+        ``waiting`` requests, with requests completing at ``done_rate`` per s (0 = unknown)."""
         own = self._prefill_s.get(prompt)
         if own is None:
             own = self._prefill_s[prompt] = self.cm.prefill_time(prompt)
-        return queued_tokens * self.s_per_token + own
+        wait = queued_tokens * self.s_per_token
+        if waiting and done_rate > 0 and waiting / done_rate > wait:
+            wait = waiting / done_rate
+        return wait + own
 
     def decide(self, prompt: int, ttft_slo_s: float, waiting: int, avail_blocks: int,
-               queued_tokens: int, retries: int) -> Verdict:
+               queued_tokens: int, retries: int, done_rate: float = 0.0) -> Verdict:
         """The verdict for one arrival given the instance's state now."""
         if not self.active:
             return Verdict.ACCEPT
         refuse = (
             (self.depth and waiting >= self.depth)
             or (self.headroom and avail_blocks < self.headroom)
-            or (self.ttft and self.predicted_ttft_s(prompt, queued_tokens) > ttft_slo_s)
+            or (self.ttft and self.predicted_ttft_s(prompt, queued_tokens, waiting, done_rate) > ttft_slo_s)
         )
         if not refuse:
             return Verdict.ACCEPT

@@ -25,7 +25,7 @@ from collections import deque
 import numpy as np
 
 from backends.base import Deployment
-from backends.sim.admission import AdmissionControl, Verdict
+from backends.sim.admission import RATE_WINDOW, AdmissionControl, Verdict
 from backends.sim.batching import PLANNERS
 from backends.sim.catalog import default_activation_reserve, get_gpu, get_model, kv_budget
 from backends.sim.chrome_trace import TraceWriter
@@ -98,6 +98,7 @@ class Simulation:
         self._ran = False
         self._last_t = 0.0
         self.n_done = 0
+        self.recent_done: deque[float] = deque(maxlen=RATE_WINDOW + 1)  # finish times (admission's rate)
         self.stopped = 0
         self.static = policy.batching == "static"
         self.chunked = policy.batching in ("chunked", "decode_maximal")
@@ -313,8 +314,10 @@ class Simulation:
             self.waiting.push(req)
             self.queued_tokens += req.num_tokens
             return
+        recent = self.recent_done
+        rate = (len(recent) - 1) / (self.t - recent[0]) if len(recent) > 1 and self.t > recent[0] else 0.0
         v = self.admission.decide(req.prompt, req.key, len(self.waiting), self.mem.avail,
-                                  self.queued_tokens, req.retries)
+                                  self.queued_tokens, req.retries, rate)
         if v is Verdict.ACCEPT:
             self.waiting.push(req)
             self.queued_tokens += req.num_tokens
@@ -368,6 +371,7 @@ class Simulation:
         self.out_done[rid] = req.gen
         self.preempts[rid] = req.preemptions
         self.n_done += 1
+        self.recent_done.append(t)
         if self.trace is not None:
             self.trace.request(rid, req.arrival, req.first_token, t, req.prompt, req.gen, req.preemptions)
 

@@ -132,7 +132,7 @@ def test_admission_control_rejects_under_overload_and_survivors_ttft_drops():
     res1, adm = run(w, max_num_seqs=32, ttft_admission=True)
     assert base.n_rejected == 0 and adm.n_rejected > 0
     assert res1.records["rejected"].sum() == adm.n_rejected
-    assert adm.ttft_p50_ms < 0.5 * base.ttft_p50_ms
+    assert adm.ttft_p50_ms < 0.25 * base.ttft_p50_ms and adm.ttft_attainment > base.ttft_attainment
     assert adm.n_completed + adm.n_rejected == w.n
     _, depth = run(w, max_num_seqs=32, max_queue_depth=10)
     assert depth.n_rejected > 0 and depth.ttft_p50_ms < base.ttft_p50_ms

@@ -138,6 +138,10 @@ def test_infeasible_deployment_is_a_value_error():
     w = poisson_workload(5, 1.0, 100, 10)
     with pytest.raises(ValueError, match="infeasible"):
         simulate(Policy(), w, Deployment("llama-3.1-70b", "h100"))
+    with pytest.raises(ValueError, match="tp=2: needs 2 GPUs"):
+        simulate(Policy(tp=2), w, Deployment("llama-3.1-8b", "h100"))
+    res = simulate(Policy(tp=2), w, Deployment("llama-3.1-70b", "h100", n_gpus=4))
+    assert res.telemetry.n_gpus == 2 and any("simulated ONE instance of tp=2" in n for n in res.notes)
     with pytest.raises(ValueError, match="unknown gpu"):
         simulate(Policy(), w, Deployment("llama-3.1-8b", "nope-gpu"))
 
