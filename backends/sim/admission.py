@@ -7,7 +7,8 @@ Three independent tests (each off by default), any of which refuses the request:
                 predicted = (prefill tokens queued ahead) × (s per prefill token at a full
                 token budget) + CostModel.prefill_time(own prompt).
 A refused request is rejected, or deferred (``admission_action``): it arrives again after
-``defer_s`` and is tested again, up to ``MAX_DEFERRALS`` times, then rejected.
+``defer_s`` and is tested again, up to ``MAX_DEFERRALS`` times (a client's retry budget: 8 s at
+the default 0.5 s back-off), then rejected.
 Ordering (which waiting request goes first) is ``queue.py``'s business, not this module's.
 """
 
@@ -18,7 +19,7 @@ import enum
 from backends.sim.costmodel import CostModel
 from tuner.policy import Policy
 
-MAX_DEFERRALS = 64
+MAX_DEFERRALS = 16
 RATE_WINDOW = 32
 
 

@@ -4,8 +4,9 @@ A planner returns the prefill chunks of the next iteration as ``[(req, tokens), 
 whether the decoding sequences run in it; it admits waiting requests through
 ``sim.admit`` (which checks seats and KV memory) and grows running prefills through
 ``sim.grow_chunk``. Decodes always take one token each, first (the engine has already
-reserved their KV blocks). When a planner returns no chunks, the engine runs a decode-only
-segment (many iterations in closed form) until the next event.
+brought swapped-out sequences back and reserved the decodes' next KV blocks). When a planner
+returns no chunks, the engine runs a decode-only segment (many iterations in closed form)
+until the next event.
 
   static          FasterTransformer-style: when nothing runs, take up to max_num_seqs waiting
                   requests as one batch (memory reserved for prompt + max_tokens), prefill them
@@ -34,8 +35,6 @@ Chunks = list[tuple["Req", int]]
 
 def plan_chunked(sim: Simulation, one_prefill: bool = False) -> tuple[Chunks, bool]:
     """Token-budget step (chunked / decode_maximal)."""
-    if sim.swapped:
-        sim.swap_in()  # resumed sequences first (they may rejoin the decodes)
     budget = sim.budget - sim.pool.n
     cap = sim.chunk_cap
     chunks: Chunks = []
@@ -72,8 +71,6 @@ def plan_decode_maximal(sim: Simulation) -> tuple[Chunks, bool]:
 def plan_continuous(sim: Simulation) -> tuple[Chunks, bool]:
     """Prefill-first: full prefills of admissible waiting requests stall the decodes."""
     chunks: Chunks = []
-    if sim.swapped:
-        sim.swap_in()
     for req in sim.prefilling:  # resumed (swapped-in) partial prefills: finish them whole
         c = sim.grow_chunk(req, req.num_tokens - req.computed)
         if c:

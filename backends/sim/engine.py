@@ -589,6 +589,8 @@ class Simulation:
                 self._arrivals()
             if t >= self.max_t:
                 break
+            if swapped:
+                self.swap_in()  # resumed sequences first (vLLM), before the decodes' blocks are counted
             need = 0
             if grow and pool.n:
                 need = pool.cnt[bs - 1 - pool.g % bs]
