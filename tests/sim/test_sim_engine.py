@@ -218,7 +218,7 @@ def test_overloaded_trace_with_tiny_kv_completes_with_checks(mode):
     """Regression: a swapped-in sequence's next block must be reserved before prefills plan."""
     from workloads import first_n, load_workload, scale_to_rate
 
-    w = first_n(scale_to_rate(load_workload("azure-conv"), 40.0), 3000)
+    w = first_n(scale_to_rate(load_workload("azure-conv"), 40.0), 4000)
     res = simulate(Policy(gpu_memory_utilization=0.3, preemption_mode=mode), w, H100_8B, check=True)
     assert res.records["finish_s"].notna().all()
     assert res.telemetry.counters["preemptions"] > 100
