@@ -87,6 +87,13 @@ def open_storage(url: str | None) -> Any:
         raise ValueError(f"--storage {mask_url(url)}: cannot open ({str(e).splitlines()[0]})") from None
 
 
+def has_heartbeat(storage: Any) -> bool:
+    """Whether an (Optuna-wrapped) storage records heartbeats (RDB storages opened here do)."""
+    from optuna.storages._heartbeat import BaseHeartbeat
+
+    return isinstance(storage, BaseHeartbeat) and bool(storage.get_heartbeat_interval())
+
+
 def worker_id() -> str:
     return f"{socket.gethostname()}:{os.getpid()}"
 
@@ -114,7 +121,8 @@ def fail_stale_trials(study: Any) -> list[int]:
     before = {t.number for t in study.get_trials(deepcopy=False, states=(TrialState.RUNNING,))}
     if not before:
         return []
-    if isinstance(storage, optuna.storages.RDBStorage):
+    rdb = has_heartbeat(storage)
+    if rdb:
         optuna.storages.fail_stale_trials(study)
     host = socket.gethostname()
     failed = []
@@ -122,7 +130,7 @@ def fail_stale_trials(study: Any) -> list[int]:
         w = str(t.user_attrs.get("worker", ""))
         h, _, pid = w.rpartition(":")
         stale = (h == host and pid.isdigit() and not _alive(int(pid))) or (
-            not w and not isinstance(storage, optuna.storages.RDBStorage))
+            not w and not rdb)
         if stale:
             storage.set_trial_system_attr(t._trial_id, "fail_reason", "stale: worker died while running")
             storage.set_trial_state_values(t._trial_id, TrialState.FAIL)

@@ -21,7 +21,7 @@ from typing import Any
 
 from tuner.evaluate import DEFAULT_ATTR, RESULT_ATTR, Evaluator, Outcome, Timings
 from tuner.space import default_params
-from tuner.storage import fail_stale_trials, mask_url, open_storage, study_lock, worker_id
+from tuner.storage import fail_stale_trials, has_heartbeat, mask_url, open_storage, study_lock, worker_id
 from tuner.study_spec import StudySpec, load_study
 from tuner.tracking import EXPERIMENT_ATTR, PARENT_ATTR, Tracker
 
@@ -136,8 +136,7 @@ class Worker:
         attrs = self.study.user_attrs
         self.experiment_id, self.parent_run_id = attrs[EXPERIMENT_ATTR], attrs[PARENT_ATTR]
         self.workload_hash = self.ev.workload.content_hash()
-        self._heartbeat = hasattr(self.study._storage, "record_heartbeat") and \
-            self.study._storage.is_heartbeat_enabled()
+        self._heartbeat = has_heartbeat(self.study._storage)
 
     def run(self, deadline: float | None = None, on_trial: Callable[[int, Outcome], None] | None = None) -> Timings:
         while deadline is None or time.time() < deadline:

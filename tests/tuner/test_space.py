@@ -1,0 +1,82 @@
+"""Search space: ranges from Policy types, conditional knobs, the default-policy params."""
+
+from __future__ import annotations
+
+import optuna
+import pytest
+
+from tuner.objectives import Objective, bisect_max_rate, parse_constraint
+from tuner.policy import Policy
+from tuner.space import default_params, parse_range, sample
+
+
+def _space(raw: dict):
+    return tuple(parse_range(k, v, f"search.{k}") for k, v in raw.items())
+
+
+def test_conditional_knobs_are_sampled_only_when_they_apply():
+    space = _space({"speculation": ["off", "ngram"], "spec_k": {"low": 1, "high": 8},
+                    "preemption": ["token", "request"], "preemption_mode": ["recompute", "swap"],
+                    "disaggregated": "bool", "prefill_instances": {"low": 1, "high": 4}})
+    study = optuna.create_study(sampler=optuna.samplers.RandomSampler(seed=1))
+    seen = {"spec_k": 0, "preemption_mode": 0, "prefill_instances": 0}
+    for _ in range(40):
+        t = study.ask()
+        p = sample(t, space, Policy())
+        assert ("spec_k" in t.params) == (p.speculation != "off")
+        assert ("preemption_mode" in t.params) == (p.preemption == "token")
+        assert ("prefill_instances" in t.params) == p.disaggregated
+        for k in seen:
+            seen[k] += k in t.params
+        study.tell(t, 0.0)
+    assert all(0 < v < 40 for v in seen.values()), seen
+
+
+def test_types_log_and_step():
+    (r,) = _space({"max_num_batched_tokens": {"low": 256, "high": 8192, "log": True}})
+    assert r.kind == "int" and r.log
+    (r,) = _space({"kv_watermark": {"low": 0.0, "high": 0.2, "step": 0.05}})
+    assert r.kind == "float" and r.step == 0.05
+    study = optuna.create_study(sampler=optuna.samplers.RandomSampler(seed=0))
+    for _ in range(10):
+        t = study.ask()
+        v = sample(t, (r,), Policy()).kv_watermark
+        assert round(v / 0.05, 6) == round(v / 0.05)
+        study.tell(t, 0.0)
+
+
+def test_default_params_reproduce_the_default_policy():
+    space = _space({"queue": ["sjf", "edf"], "max_num_seqs": {"low": 8, "high": 64},
+                    "spec_k": {"low": 1, "high": 8}, "speculation": ["off", "ngram"]})
+    d = default_params(space, Policy())
+    # fcfs is not a choice (left to the base), spec_k does not apply with speculation off,
+    # max_num_seqs=256 lies outside the range but is still enqueued
+    assert d == {"max_num_seqs": 256, "speculation": "off"}
+    study = optuna.create_study()
+    study.enqueue_trial(d)
+    t = study.ask()
+    assert sample(t, space, Policy(), only=d) == Policy()
+
+
+def test_constraint_violation_sign_and_scale():
+    from types import SimpleNamespace
+
+    c = parse_constraint("ttft_p99_ms <= 500", "c")
+    assert c.violation(SimpleNamespace(ttft_p99_ms=250.0)) == pytest.approx(-0.5)
+    assert c.violation(SimpleNamespace(ttft_p99_ms=1000.0)) == pytest.approx(1.0)
+    assert c.violation(SimpleNamespace(ttft_p99_ms=float("nan"))) > 0
+    g = parse_constraint({"metric": "slo_attainment", "op": ">=", "value": 0.9}, "c")
+    assert g.violation(SimpleNamespace(slo_attainment=0.95)) < 0 < g.violation(SimpleNamespace(slo_attainment=0.5))
+
+
+def test_max_rate_bisection_finds_the_knee():
+    from types import SimpleNamespace
+
+    calls = []
+
+    def run_at(rate):
+        calls.append(rate)
+        return SimpleNamespace(slo_attainment=1.0 if rate <= 10.0 else 0.5, ttft_p99_ms=1.0)
+
+    best, sc, _, _ = bisect_max_rate(run_at, Objective("max_rate", "max_rate", "maximize", 1.0, 64.0, 8, 0.9), ())
+    assert 8.0 < best <= 10.0 and sc.slo_attainment == 1.0 and len(calls) == 8

@@ -1,0 +1,127 @@
+"""``servetune tune`` end to end on the real simulator, Optuna journal storage and MLflow store."""
+
+from __future__ import annotations
+
+import socket
+
+import pytest
+from optuna.trial import TrialState
+
+
+def test_tune_resume_reaches_the_total_without_duplicates(write_study, run_cli, stored, children):
+    p = write_study()
+    code, out, err = run_cli("tune", str(p), "--trials", "3", "--no-progress")
+    assert code == 0, err
+    assert "tiny: best trial" in out and "(default)" in out
+    code, out, err = run_cli("tune", str(p), "--trials", "5", "--no-progress")
+    assert code == 0, err
+    study = stored()
+    trials = study.get_trials()
+    assert [t.number for t in trials] == [0, 1, 2, 3, 4]
+    assert all(t.state == TrialState.COMPLETE for t in trials)
+    # the default policy is trial 0, enqueued once (not again on resume)
+    assert trials[0].user_attrs["servetune_default"] and not any(t.user_attrs.get("servetune_default") for t in trials[1:])
+    assert trials[0].params == {"max_num_batched_tokens": 2048, "max_num_seqs": 256, "queue": "fcfs"}
+    runs = children(study)
+    assert len(runs) == 5
+    assert sorted(int(r.data.tags["optuna.trial"]) for r in runs) == [0, 1, 2, 3, 4]
+    r0 = next(r for r in runs if r.data.tags["optuna.trial"] == "0")
+    assert r0.data.params["queue"] == "fcfs" and r0.data.params["max_num_seqs"] == "256"
+    assert r0.data.metrics["goodput_tok_s"] == pytest.approx(trials[0].values[0])
+    assert r0.data.tags["servetune.backend"] == "sim" and len(r0.data.tags["servetune.workload_hash"]) == 16
+    assert r0.data.tags["servetune.code_version"].startswith("0.1.0")
+    # asking again for 5 runs nothing
+    code, out, _ = run_cli("tune", str(p), "--trials", "5", "--no-progress")
+    assert code == 0 and len(stored().get_trials()) == 5
+
+
+def test_constraints_mark_infeasible_trials(write_study, run_cli, stored):
+    p = write_study(name="strict", constraints=["ttft_p99_ms <= 1", "slo_attainment >= 0.5"])
+    code, out, err = run_cli("tune", str(p), "--trials", "2", "--no-progress")
+    assert code == 0, err
+    assert "NO trial met the constraints" in out
+    for t in stored("strict").get_trials():
+        assert t.constraints["ttft_p99_ms_le_1"] > 0  # infeasible
+        assert t.constraints["slo_attainment_ge_0.5"] <= 0
+
+
+def test_multi_objective_gives_a_pareto_front(write_study, run_cli, stored):
+    p = write_study(name="mo", objectives=[{"metric": "goodput"}, {"metric": "usd_per_1m_tokens"}],
+                    pruning=True)
+    code, out, err = run_cli("tune", str(p), "--trials", "4", "--no-progress")
+    assert code == 0, err
+    study = stored("mo")
+    assert len(study.directions) == 2
+    front = study.best_trials
+    assert front and "Pareto front" in out
+    assert all(t.state != TrialState.PRUNED for t in study.get_trials())  # no pruning with 2 objectives
+
+
+def test_pruning_reports_intermediate_values(write_study, run_cli, stored):
+    p = write_study(name="pr", pruning=[0.5, 1.0])
+    code, _, err = run_cli("tune", str(p), "--trials", "3", "--no-progress")
+    assert code == 0, err
+    t = stored("pr").get_trials()[1]
+    assert list(t.intermediate_values) == [0]
+
+
+def test_stale_running_trial_is_failed_and_retried(write_study, run_cli, stored, children):
+    p = write_study(name="crash")
+    assert run_cli("tune", str(p), "--trials", "2", "--no-progress")[0] == 0
+    study = stored("crash")
+    dead = study.ask({"queue": __import__("optuna").distributions.CategoricalDistribution(["fcfs", "sjf"])})
+    dead.set_user_attr("worker", f"{socket.gethostname()}:999999999")  # a process that does not exist
+    code, out, err = run_cli("tune", str(p), "--trials", "4", "--retry-failed", "--no-progress")
+    assert code == 0, err
+    assert "marked 1 stale trial(s) as FAIL: [2]" in out
+    trials = stored("crash").get_trials()
+    assert trials[2].state == TrialState.FAIL
+    retry = [t for t in trials if t.user_attrs.get("retry_of") == 2]
+    assert len(retry) == 1 and retry[0].state == TrialState.COMPLETE and retry[0].params["queue"] == dead.params["queue"]
+    # the retried FAIL does not count: 4 finished = 0, 1, retry, one more
+    assert sum(t.state == TrialState.COMPLETE for t in trials) == 4
+
+
+@pytest.mark.slow  # two fresh Python processes importing optuna + mlflow: ~30 s on 2 shared cores
+def test_n_jobs_2_on_a_journal_file(write_study, run_cli, stored, children):
+    p = write_study(name="par")
+    code, _, err = run_cli("tune", str(p), "--trials", "6", "--n-jobs", "2", "--no-progress")
+    assert code == 0, err
+    study = stored("par")
+    nums = [t.number for t in study.get_trials()]
+    assert nums == list(range(6))
+    assert all(t.state == TrialState.COMPLETE for t in study.get_trials())
+    workers = {t.user_attrs["worker"] for t in study.get_trials()}
+    assert len(workers) == 2  # two processes shared the work
+    assert len(children(study)) == 6
+
+
+def test_max_rate_objective(write_study, run_cli, stored):
+    p = write_study(name="rate", objectives=[{"metric": "max_rate", "low": 2.0, "high": 64.0, "iters": 4,
+                                              "target": 0.8}], constraints=[])
+    code, _, err = run_cli("tune", str(p), "--trials", "2", "--no-progress")
+    assert code == 0, err
+    for t in stored("rate").get_trials():
+        rate = t.user_attrs["result"]["rate"]
+        assert t.values[0] == rate and 2.0 <= rate < 64.0
+        assert t.user_attrs["result"]["scorecard"]["slo_attainment"] >= 0.8
+
+
+def test_sqlite_storage_is_separate_from_mlflow_and_password_masked(write_study, run_cli, project, stored):
+    from tuner.storage import mask_url
+
+    p = write_study(name="sq")
+    url = f"sqlite:///{project / 'optuna.db'}"
+    code, out, err = run_cli("tune", str(p), "--trials", "2", "--storage", url, "--no-progress")
+    assert code == 0, err
+    import sqlite3
+
+    assert sqlite3.connect(project / "optuna.db").execute("PRAGMA journal_mode").fetchone()[0] == "wal"
+    assert len(stored("sq", url).get_trials()) == 2
+    assert mask_url("postgresql://bob:s3cret@db:5432/optuna") == "postgresql://bob:***@db:5432/optuna"
+    assert "s3cret" not in mask_url("postgresql://db/optuna?user=bob&password=s3cret")
+
+
+def test_unknown_backend_exits_2(write_study, run_cli):
+    code, _, err = run_cli("tune", str(write_study()), "--backend", "trt", "--no-progress")
+    assert code == 2 and "backend 'trt'" in err
