@@ -80,6 +80,8 @@ class VLLMServer:
         self.startup_s = float("nan")
         """Seconds from launch to a healthy /health."""
         self._proc: subprocess.Popen[bytes] | None = None
+        self.last_pid: int | None = None
+        """Pid (= process-group id) of the last launch, kept after stop (for checks)."""
 
     # ------------------------------------------------------------------ state
     @property
@@ -116,6 +118,7 @@ class VLLMServer:
         with open(self.log_path, "wb") as log:
             self._proc = subprocess.Popen(self.command(), stdout=log, stderr=subprocess.STDOUT,
                                           stdin=subprocess.DEVNULL, env=env, start_new_session=True)
+        self.last_pid = self._proc.pid
         try:
             self._wait_healthy(t0)
         except BaseException:

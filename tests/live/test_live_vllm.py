@@ -1,0 +1,133 @@
+"""A real vLLM (CPU build) serving the tiny local Llama: behaviour, not speed.
+
+One server is shared by most tests (module-scoped backend: same policy + flags -> reused):
+max 4 running sequences, 24 KV blocks of 32 tokens (768 tokens: preemption under load),
+priority scheduling, prefix caching and n-gram speculation all on.
+"""
+
+from __future__ import annotations
+
+import os
+
+import numpy as np
+import pytest
+
+from backends.base import Deployment
+from backends.live.flags import vllm_args
+from backends.live.server import VLLMServer
+from backends.live.vllm import EngineError, VLLMBackend
+from backends.live.vllm_python import check_vllm_args_many
+from tuner.policy import Policy
+from tuner.scorecard import score
+from workloads.workload import build_workload
+
+pytestmark = pytest.mark.live
+
+POLICY = Policy(max_num_seqs=4, max_num_batched_tokens=512, block_size=32, queue="priority",
+                speculation="ngram", spec_k=3)
+DEPLOY = Deployment("tiny-llama", "cpu", max_model_len=512)
+BLOCKS = ("--num-gpu-blocks-override", "24")
+
+
+@pytest.fixture(scope="module")
+def backend(vllm_python, tmp_path_factory):
+    cache = tmp_path_factory.mktemp("cache")
+    with VLLMBackend(python=vllm_python, cache_dir=cache, kv_cache_bytes=64 << 20, extra_args=BLOCKS,
+                     log_dir=tmp_path_factory.mktemp("logs"), request_timeout_s=60) as b:
+        yield b
+
+
+def run(backend, w, seed=0):
+    res = backend.run(POLICY, w, DEPLOY, seed=seed)
+    print(f"\n{w.name}: startup_s={backend.last_startup_s:.1f} counters={dict(res.telemetry.counters)}")
+    return res
+
+
+def test_preemptions_under_small_kv_budget(backend):
+    # 8 requests of 100 + 300 tokens (13 blocks each); 4 running need 52 blocks > 24.
+    w = build_workload("kv-pressure", np.zeros(8), np.full(8, 100), np.full(8, 300))
+    res = run(backend, w)
+    rec = res.records
+    assert not rec["failed"].any(), res.notes
+    assert (rec["output_len"] == 300).all()
+    assert res.telemetry.counters["preemptions"] > 0
+    assert res.telemetry.kv_capacity_tokens == 24 * 32
+    assert res.telemetry.timeline["kv_used_frac"].max() > 0.5
+    sc = score(res, w)  # the same scorecard function as the simulator
+    assert sc.ttft_p50_ms > 0 and sc.throughput_tok_s > 0
+
+
+def test_priority_order_holds_on_a_saturated_server(backend):
+    # 8 low-priority (10) requests arrive first, then 8 high-priority (0): only 4 run at once.
+    n = 16
+    arrival = np.r_[np.zeros(8), np.full(8, 0.05)]
+    prio = np.r_[np.full(8, 10), np.zeros(8, int)]
+    w = build_workload("priority", arrival, np.full(n, 32), np.full(n, 120), priority=prio)
+    rec = run(backend, w).records
+    assert not rec["failed"].any()
+    high = rec["finish_s"][prio == 0].to_numpy()
+    low = rec["finish_s"][prio == 10].to_numpy()
+    print(f"mean finish high={high.mean():.3f}s low={low.mean():.3f}s")
+    assert high.mean() < low.mean()
+    # at most the 4 low requests already running when the high ones came finish before every high one
+    assert (low < high.min()).sum() <= 4
+
+
+def test_prefix_cache_hits_with_shared_prefixes(backend):
+    # 6 requests, 0.3 s apart, sharing the same 64-token prefix (2 blocks), then unique tails.
+    n = 6
+    w = build_workload("prefix", np.arange(n) * 0.3, np.full(n, 100), np.full(n, 8),
+                       prefix_blocks=[[7]] * n, prefix_block_tokens=64)
+    res = run(backend, w, seed=1)
+    c = res.telemetry.counters
+    assert c["prefix_hit_tokens"] >= 64 * (n - 1) * 0.9
+    assert (res.records["cached_tokens"].iloc[1:] >= 64).all()
+    assert score(res, w).prefix_hit_rate > 0.3
+
+
+def test_ngram_speculation_accepts_tokens(backend):
+    # the tiny model repeats itself, so the prompt-lookup drafter's guesses are accepted
+    w = build_workload("spec", np.arange(4) * 0.05, np.full(4, 40), np.full(4, 100))
+    c = run(backend, w, seed=2).telemetry.counters
+    assert c["spec_draft_tokens"] > 0
+    print(f"spec acceptance {c['spec_accepted_tokens'] / c['spec_draft_tokens']:.2f}")
+    assert c["spec_accepted_tokens"] > 0
+
+
+def test_server_is_reused_for_the_same_flags(backend):
+    w = build_workload("tiny", [0.0], [10], [4])
+    res = run(backend, w)
+    assert np.isnan(backend.last_startup_s)  # no new server
+    assert res.records["output_len"].iloc[0] == 4 and res.meta["engine"] == "vllm"
+
+
+def test_missing_model_dir_fails_cleanly(vllm_python, tmp_path):
+    b = VLLMBackend(python=vllm_python)
+    w = build_workload("x", [0.0], [4], [4])
+    with pytest.raises(EngineError, match="no such model folder"):
+        b.run(Policy(), w, Deployment(str(tmp_path / "nope"), "cpu"))
+
+
+def test_server_that_cannot_start_raises_and_leaves_nothing(vllm_python, tiny_model, tmp_path):
+    args = vllm_args(Policy(block_size=32), DEPLOY, model_path=tiny_model, kv_cache_bytes=64 << 20).args
+    server = VLLMServer([*args, "--max-num-seqs", "0"], python=vllm_python, log_path=tmp_path / "bad.log")
+    with pytest.raises(EngineError, match="exited with code") as err:
+        server.start()
+    assert "max_num_seqs" in str(err.value) or "max-num-seqs" in str(err.value) or "error" in str(err.value).lower()
+    assert not server.alive() and server.last_pid
+    with pytest.raises(ProcessLookupError):  # the whole process group is gone
+        os.killpg(server.last_pid, 0)
+
+
+def test_check_vllm_args_uses_vllms_parser(vllm_python):
+    policies = [Policy(), Policy(batching="continuous", queue="priority", prefix_caching=False),
+                Policy(speculation="ngram", spec_k=5, cpu_offload_gb=2, long_prefill_token_threshold=128),
+                Policy(speculation="draft", spec_draft_model="org/draft", tp=2, disaggregated=True)]
+    gpu = Deployment("org/model", "h100-sxm", n_gpus=4, max_model_len=4096)
+    lists = [vllm_args(p, d).args for p in policies for d in (gpu, DEPLOY)]
+    lists.append(["--model", "m", "--scheduling-policy", "sjf"])
+    lists.append(["--model", "m", "--no-such-flag"])
+    results = check_vllm_args_many(lists, python=vllm_python)
+    assert results[:-2] == [None] * (len(lists) - 2), results
+    assert "invalid choice: 'sjf'" in results[-2]
+    assert "--no-such-flag" in results[-1]
