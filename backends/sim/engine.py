@@ -104,7 +104,8 @@ class Simulation:
         self.chunked = policy.batching in ("chunked", "decode_maximal")
         self._coef: dict[int, tuple[float, float, float, float, float, float]] = {}
         # records
-        n = workload.n
+        n = self.n = workload.n
+        self._served = bytearray(n)
         self.first_tok = np.full(n, np.nan)
         self.finish = np.full(n, np.nan)
         self.out_done = np.zeros(n, np.int64)
@@ -331,7 +332,7 @@ class Simulation:
 
     def _arrivals(self) -> None:
         """Admission decisions for every arrival and deferral retry due by now, in time order."""
-        t, n, retry = self.t, self.w.n, self.retry
+        t, n, retry = self.t, self.n, self.retry
         while True:
             i = self._next
             ta = self._ta
@@ -363,8 +364,9 @@ class Simulation:
     # ============================================================ completion
     def _done(self, req: Req, t: float) -> None:
         rid = req.rid
-        if self.finish[rid] == self.finish[rid]:  # not NaN
+        if self._served[rid]:
             raise SimInvariantError(f"request {rid} finished twice")
+        self._served[rid] = 1
         if req.ids:
             self.mem.release(req.ids)
         self.finish[rid] = t
