@@ -241,6 +241,10 @@ class ServerPool:
         self._servers[key] = server
         return server
 
+    def running(self) -> list[VLLMServer]:
+        """The servers kept now (least recently used first)."""
+        return list(self._servers.values())
+
     def discard(self, server: VLLMServer) -> None:
         """Stop ``server`` and forget it (after it failed mid-trial)."""
         for k, s in list(self._servers.items()):

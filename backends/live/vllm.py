@@ -76,6 +76,10 @@ class VLLMBackend:
     def __exit__(self, *exc: object) -> None:
         self.close()
 
+    def servers(self) -> list:
+        """Servers kept by this backend now (inside ``with``; empty outside)."""
+        return self._pool.running() if self._pool is not None else []
+
     def close(self) -> None:
         """Stop every server this backend keeps."""
         pool, self._pool = self._pool, None
@@ -142,6 +146,8 @@ class VLLMBackend:
 
         snaps = out.snapshots
         counters = counter_delta(snaps[0] if snaps else None, snaps[-1] if snaps else None)
+        est_flops = counters.pop("est_flops_per_gpu", 0.0)
+        est_read = counters.pop("est_read_bytes_per_gpu", 0.0)
         tl = timeline_frame(snaps)
         tp = mapping.effective.tp
         tel = Telemetry(
@@ -149,8 +155,8 @@ class VLLMBackend:
             busy_s=_busy_s(tl, out.wall_s),
             n_gpus=deployment.n_gpus if not is_cpu(deployment) else 1,
             instances=1,
-            flops=counters.get("est_flops_per_gpu", 0.0) * tp,
-            hbm_bytes=counters.get("est_read_bytes_per_gpu", 0.0) * tp,
+            flops=est_flops * tp,
+            hbm_bytes=est_read * tp,
             kv_capacity_tokens=kv_capacity_tokens(metrics_text),
             timeline=tl,
             counters=counters,

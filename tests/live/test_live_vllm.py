@@ -131,3 +131,22 @@ def test_check_vllm_args_uses_vllms_parser(vllm_python):
     assert results[:-2] == [None] * (len(lists) - 2), results
     assert "invalid choice: 'sjf'" in results[-2]
     assert "--no-such-flag" in results[-1]
+
+
+def test_server_dying_mid_trial_raises_engine_error(backend):
+    """Last in the module: kills the shared server while a trial runs."""
+    import threading
+
+    (server,) = backend.servers()
+    pid = server.pid
+    w = build_workload("long", np.linspace(0, 3, 12), np.full(12, 64), np.full(12, 400))
+    killer = threading.Timer(1.0, lambda: os.killpg(pid, 9))
+    killer.start()
+    try:
+        with pytest.raises(EngineError, match="died"):
+            backend.run(POLICY, w, DEPLOY)
+    finally:
+        killer.cancel()
+    assert backend.servers() == []
+    with pytest.raises(ProcessLookupError):
+        os.killpg(pid, 0)
