@@ -27,6 +27,7 @@ from __future__ import annotations
 import argparse
 import json
 import os
+import resource
 import subprocess
 import sys
 import time
@@ -237,26 +238,34 @@ class Setup:
 # ------------------------------------------------------------------ runs
 @dataclass(frozen=True, slots=True)
 class Outcome:
-    """One simulator's run: wall time and per-request times (s, workload order)."""
+    """One simulator's run: wall and CPU time, per-request times (s, workload order)."""
 
     wall_s: float
+    cpu_s: float
     ttft_s: np.ndarray
     tpot_s: np.ndarray
     finished: int
     detail: dict
 
 
-def run_servetune(setup: Setup, w: Workload) -> Outcome:
-    """servetune's simulator in-process; wall time of ``run`` only (imports excluded)."""
+def run_servetune(setup: Setup, w: Workload, repeat: int = 3) -> Outcome:
+    """servetune's simulator in-process, ``repeat`` times (same seed, same result); wall and
+    CPU time of ``run`` only (imports excluded): the median over the runs, the first run in
+    ``detail["first_wall_s"]`` (it also parses the model/GPU catalogs)."""
     dep = Deployment(model=MODEL, gpu=GPU, n_gpus=1, engine="vllm-v1", max_model_len=MAX_LEN)
     backend = SimBackend()
-    t0 = time.perf_counter()
-    res = backend.run(setup.policy(), w, dep, seed=0)
-    wall = time.perf_counter() - t0
+    walls, cpus = [], []
+    for _ in range(max(1, repeat)):
+        t0, c0 = time.perf_counter(), time.process_time()
+        res = backend.run(setup.policy(), w, dep, seed=0)
+        walls.append(time.perf_counter() - t0)
+        cpus.append(time.process_time() - c0)
     r = res.records
     first, fin, out = r["first_token_s"].to_numpy(), r["finish_s"].to_numpy(), r["output_len"].to_numpy()
-    return Outcome(wall, first - r["arrival_s"].to_numpy(), _tpot(first, fin, out), int(np.isfinite(fin).sum()),
-                   {"preemptions": int(r["preemptions"].sum()), "notes": list(res.notes)})
+    return Outcome(float(np.median(walls)), float(np.median(cpus)), first - r["arrival_s"].to_numpy(),
+                   _tpot(first, fin, out), int(np.isfinite(fin).sum()),
+                   {"preemptions": int(r["preemptions"].sum()), "notes": list(res.notes), "first_wall_s": walls[0],
+                    "runs": len(walls)})
 
 
 def _tpot(first: np.ndarray, fin: np.ndarray, out: np.ndarray) -> np.ndarray:
@@ -267,16 +276,20 @@ def _tpot(first: np.ndarray, fin: np.ndarray, out: np.ndarray) -> np.ndarray:
 def run_vidur(python: str, args: list[str], w: Workload, timeout_s: float) -> Outcome:
     """Vidur's CLI through ``vidur_runner.py`` in its own venv; wall = subprocess wall time."""
     env = dict(os.environ, HF_HUB_OFFLINE="1", WANDB_MODE="disabled", PYTHONHASHSEED="0")
-    t0 = time.perf_counter()
+    ru0, t0 = resource.getrusage(resource.RUSAGE_CHILDREN), time.perf_counter()
     proc = subprocess.run([python, str(ROOT / "benchmarks/vidur_runner.py"), *args], capture_output=True, text=True,
                           env=env, timeout=timeout_s)
-    wall = time.perf_counter() - t0
+    wall, ru1 = time.perf_counter() - t0, resource.getrusage(resource.RUSAGE_CHILDREN)
+    cpu = (ru1.ru_utime + ru1.ru_stime) - (ru0.ru_utime + ru0.ru_stime)
     lines = [ln for ln in proc.stdout.splitlines() if ln.startswith("VIDUR_TIMINGS ")]
     if proc.returncode or not lines:
         tail = (proc.stdout + proc.stderr)[-3000:]
         raise RuntimeError(f"vidur failed (rc={proc.returncode}):\n{tail}")
     timings = json.loads(lines[-1].split(" ", 1)[1])
-    m = pd.read_csv(Path(timings["output_dir"]) / "plots" / "request_metrics.csv").sort_values("Request Id")
+    out_dir = Path(timings["output_dir"])
+    path = next((p for p in (out_dir / "request_metrics.csv", out_dir / "plots/request_metrics.csv") if p.exists()),
+                out_dir / "request_metrics.csv")
+    m = pd.read_csv(path).sort_values("Request Id")
     ids = m["Request Id"].to_numpy()
     if len(ids) != w.n or not np.array_equal(ids, np.arange(w.n)) or \
             not np.array_equal(m["request_num_prefill_tokens"].to_numpy(), w.prompt_len):
@@ -287,7 +300,7 @@ def run_vidur(python: str, args: list[str], w: Workload, timeout_s: float) -> Ou
     arr = w.arrival_s
     tpot = _tpot(arr + ttft, arr + e2e, out)
     detail = dict(timings, restarts=int(m["request_num_restarts"].sum()))
-    return Outcome(wall, ttft, tpot, int(np.isfinite(e2e).sum()), detail)
+    return Outcome(wall, cpu, ttft, tpot, int(np.isfinite(e2e).sum()), detail)
 
 
 # ------------------------------------------------------------------ table
@@ -306,7 +319,9 @@ def rel(a: float, b: float) -> float:
 
 def report_rows(setup: Setup, n: int, st: Outcome, vd: Outcome) -> list[dict]:
     rows = [{"scheduler": setup.scheduler, "requests": n, "metric": "wall s", "servetune": st.wall_s,
-             "vidur": vd.wall_s, "diff": st.wall_s / vd.wall_s}]
+             "vidur": vd.wall_s, "diff": vd.wall_s / st.wall_s},
+            {"scheduler": setup.scheduler, "requests": n, "metric": "cpu s", "servetune": st.cpu_s,
+             "vidur": vd.cpu_s, "diff": vd.cpu_s / st.cpu_s}]
     for name, a, b in (("TTFT", st.ttft_s, vd.ttft_s), ("TPOT", st.tpot_s, vd.tpot_s)):
         for q, x, y in zip(QS, percentiles(a) * 1e3, percentiles(b) * 1e3, strict=True):
             rows.append({"scheduler": setup.scheduler, "requests": n, "metric": f"{name} p{q} ms", "servetune": x,
@@ -320,15 +335,18 @@ def print_summary(setup: Setup, n: int, st: Outcome, vd: Outcome) -> None:
     print(f"\n== {setup.scheduler}: {n} requests, batch cap {setup.batch_cap}"
           + (f", chunk {setup.chunk}" if setup.scheduler == "sarathi" else f", {VLLM_TOKENS}-token prefill budget")
           + f", {setup.kv_blocks()} KV blocks of {setup.block_size}")
-    print(f"  servetune run()            {st.wall_s:9.3f} s   finished {st.finished}/{n}, "
+    print(f"  servetune run()            {st.wall_s:9.3f} s wall, {st.cpu_s:8.3f} s CPU (median of "
+          f"{st.detail['runs']}; first {st.detail['first_wall_s']:.3f} s)   finished {st.finished}/{n}, "
           f"preemptions {st.detail['preemptions']}")
-    print(f"  vidur subprocess wall      {vd.wall_s:9.3f} s   finished {vd.finished}/{n}, restarts {d['restarts']}")
+    print(f"  vidur subprocess           {vd.wall_s:9.3f} s wall, {vd.cpu_s:8.3f} s CPU   "
+          f"finished {vd.finished}/{n}, restarts {d['restarts']}")
     print(f"    import {d['import_s']:.2f} s, init (predictor load, trace) {d['init_s']:.2f} s, "
           f"event loop {d['loop_s']:.2f} s, metrics out {d['output_s']:.2f} s")
-    print(f"  speed ratio: vidur wall / servetune = {vd.wall_s / st.wall_s:8.1f}x;  "
-          f"vidur loop+output only / servetune = {loop / st.wall_s:8.1f}x")
+    print(f"  speed ratio: vidur wall / servetune wall = {vd.wall_s / st.wall_s:6.1f}x;  CPU "
+          f"{vd.cpu_s / st.cpu_s:6.1f}x;  vidur event loop + metrics out only / servetune wall = "
+          f"{loop / st.wall_s:6.1f}x")
     print(f"  {'':12s} {'servetune':>10s} {'vidur':>10s} {'rel diff':>9s}")
-    for r in report_rows(setup, n, st, vd)[1:]:
+    for r in report_rows(setup, n, st, vd)[2:]:
         flag = "  >10%" if abs(r["diff"]) > 0.10 else ""
         print(f"  {r['metric']:12s} {r['servetune']:10.1f} {r['vidur']:10.1f} {r['diff']:+9.1%}{flag}")
 
@@ -345,6 +363,7 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--vidur-python", default=os.environ.get("VIDUR_PYTHON", str(ROOT / ".venv-vidur/bin/python")))
     ap.add_argument("--work", type=Path, default=ROOT / ".servetune/bench_vidur", help="scratch dir (cache, outputs)")
     ap.add_argument("--timeout", type=float, default=3600.0, help="per Vidur run, s")
+    ap.add_argument("--repeat", type=int, default=3, help="servetune runs (median reported; Vidur runs once)")
     ap.add_argument("--csv", type=Path, help="also write the table rows here")
     a = ap.parse_args(argv)
     if not Path(a.vidur_python).exists():
@@ -368,7 +387,7 @@ def main(argv: list[str] | None = None) -> int:
             t0 = time.perf_counter()
             run_vidur(a.vidur_python, args, w, a.timeout)
             print(f"(vidur: one-off predictor training + first run {time.perf_counter() - t0:.1f} s, now cached)")
-        st = run_servetune(setup, w)
+        st = run_servetune(setup, w, a.repeat)
         vd = run_vidur(a.vidur_python, args, w, a.timeout)
         print_summary(setup, w.n, st, vd)
         rows += report_rows(setup, w.n, st, vd)
