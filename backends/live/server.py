@@ -26,8 +26,8 @@ from backends.live.vllm_python import EngineError, find_vllm_python
 
 HOST = "127.0.0.1"
 MODULE = "vllm.entrypoints.openai.api_server"
-_ENV = {"HF_HUB_OFFLINE": "1", "TRANSFORMERS_OFFLINE": "1", "VLLM_HOST_IP": HOST, "VLLM_NO_USAGE_STATS": "1",
-        "DO_NOT_TRACK": "1"}
+_ENV = {"VLLM_HOST_IP": HOST, "VLLM_NO_USAGE_STATS": "1", "DO_NOT_TRACK": "1"}
+_OFFLINE = {"HF_HUB_OFFLINE": "1", "TRANSFORMERS_OFFLINE": "1"}
 _ENV_DROP = ("VLLM_CPU_KVCACHE_SPACE",)  # silently overrides --kv-cache-memory-bytes when set
 
 
@@ -62,11 +62,12 @@ def _strip_host_port(args: Sequence[str]) -> list[str]:
 class VLLMServer:
     """One vLLM server process group. ``args``: flags after the module (``--host``/``--port``
     are replaced by 127.0.0.1 and a free port). ``cpu``: add ``--enforce-eager`` and require
-    ``--kv-cache-memory-bytes`` (the default memory fraction means 92 % of RAM on CPU)."""
+    ``--kv-cache-memory-bytes`` (the default memory fraction means 92 % of RAM on CPU).
+    ``offline``: forbid model-hub access (default: when ``--model`` is a local folder)."""
 
     def __init__(self, args: Sequence[str], *, python: str | None = None, cpu: bool = True,
                  log_path: str | Path | None = None, startup_timeout_s: float = 300.0,
-                 module: str = MODULE) -> None:
+                 module: str = MODULE, offline: bool | None = None) -> None:
         self.args = _strip_host_port(args)
         if cpu and not any(a.startswith("--kv-cache-memory-bytes") for a in self.args):
             raise ValueError("a CPU vLLM server needs --kv-cache-memory-bytes (else it claims 92% of RAM)")
@@ -74,6 +75,10 @@ class VLLMServer:
             self.args.append("--enforce-eager")
         self.python = python or find_vllm_python()
         self.module = module
+        if offline is None:
+            model = next((self.args[i + 1] for i, a in enumerate(self.args[:-1]) if a in ("--model", "--model-path")), "")
+            offline = cpu or Path(model).is_dir()
+        self.offline = offline
         self.startup_timeout_s = startup_timeout_s
         self.log_path = Path(log_path) if log_path else Path(tempfile.mkstemp(prefix="vllm-", suffix=".log")[1])
         self.port = 0
@@ -114,6 +119,8 @@ class VLLMServer:
         self.port = free_port()
         env = {k: v for k, v in os.environ.items() if k not in _ENV_DROP}
         env.update(_ENV)
+        if self.offline:
+            env.update(_OFFLINE)
         t0 = time.monotonic()
         with open(self.log_path, "wb") as log:
             self._proc = subprocess.Popen(self.command(), stdout=log, stderr=subprocess.STDOUT,
