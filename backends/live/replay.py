@@ -191,6 +191,10 @@ async def _gather_or_fail(tasks: list[asyncio.Task], watcher: Awaitable) -> None
     done, _ = await asyncio.wait([everything, watcher], return_when=asyncio.FIRST_COMPLETED)
     if watcher in done and watcher.exception() is not None:  # type: ignore[union-attr]
         everything.cancel()
+        try:
+            await everything
+        except (asyncio.CancelledError, Exception):  # noqa: S110 - the watcher's error is the one to raise
+            pass
         raise watcher.exception()  # type: ignore[union-attr,misc]
     await everything
 

@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import contextlib
 import os
+import re
 import signal
 import socket
 import subprocess
@@ -28,7 +29,9 @@ HOST = "127.0.0.1"
 MODULE = "vllm.entrypoints.openai.api_server"
 _ENV = {"VLLM_HOST_IP": HOST, "VLLM_NO_USAGE_STATS": "1", "DO_NOT_TRACK": "1"}
 _OFFLINE = {"HF_HUB_OFFLINE": "1", "TRANSFORMERS_OFFLINE": "1"}
-_ENV_DROP = ("VLLM_CPU_KVCACHE_SPACE",)  # silently overrides --kv-cache-memory-bytes when set
+_ENV_DROP = ("VLLM_CPU_KVCACHE_SPACE",)
+_ERROR_LINE = re.compile(r"\b\w*(Error|Exception)\b:|error:|ERROR")
+_LOG_PREFIX = re.compile(r"^\(\w+ pid=\d+\)\s*")  # silently overrides --kv-cache-memory-bytes when set
 
 
 def free_port(host: str = HOST) -> int:
@@ -107,6 +110,13 @@ class VLLMServer:
             return "(no log)"
         return "\n".join(lines[-n:])
 
+    def failure_reason(self) -> str:
+        """The most telling line of the log: the last error/exception line, else the last line."""
+        tail = self.log_tail(60).splitlines()
+        hits = [ln for ln in tail if _ERROR_LINE.search(ln)]
+        line = (hits or tail or ["(empty log)"])[-1]
+        return _LOG_PREFIX.sub("", line).strip()[:300]
+
     def command(self) -> list[str]:
         return [self.python, "-m", self.module, *self.args, "--host", HOST, "--port", str(self.port)]
 
@@ -138,13 +148,13 @@ class VLLMServer:
         while True:
             if not self.alive():
                 code = self._proc.returncode if self._proc else None
-                raise EngineError(f"vLLM server exited with code {code} during start-up "
-                                  f"(log {self.log_path}):\n{self.log_tail()}")
+                raise EngineError(f"vLLM server exited with code {code} during start-up: "
+                                  f"{self.failure_reason()} (log {self.log_path})\n{self.log_tail()}")
             if self.healthy():
                 return
             if time.monotonic() - t0 > self.startup_timeout_s:
-                raise EngineError(f"vLLM server not healthy after {self.startup_timeout_s:.0f} s "
-                                  f"(log {self.log_path}):\n{self.log_tail()}")
+                raise EngineError(f"vLLM server not healthy after {self.startup_timeout_s:.0f} s: "
+                                  f"{self.failure_reason()} (log {self.log_path})\n{self.log_tail()}")
             time.sleep(0.5)
 
     def healthy(self) -> bool:
@@ -158,7 +168,8 @@ class VLLMServer:
         """EngineError if the server died (e.g. mid-trial)."""
         if not self.alive():
             code = self._proc.returncode if self._proc else None
-            raise EngineError(f"vLLM server died (exit code {code}; log {self.log_path}):\n{self.log_tail()}")
+            raise EngineError(f"vLLM server died (exit code {code}): {self.failure_reason()} "
+                              f"(log {self.log_path})\n{self.log_tail()}")
 
     def stop(self, grace_s: float = 15.0) -> None:
         """SIGTERM the whole process group, SIGKILL what is left after ``grace_s``; wait for the

