@@ -1,0 +1,55 @@
+from __future__ import annotations
+
+from pathlib import Path
+
+import pytest
+
+from tuner.calibration.profile import read_profile
+
+CPU_HOST = Path(__file__).resolve().parents[2] / "tuner" / "calibration" / "data" / "cpu-host.yaml"
+
+
+def _run(args):
+    from cli import main
+
+    try:
+        main(args)
+    except SystemExit as e:
+        return e.code
+    return 0
+
+
+def test_calibrate_quick_tiny_model_writes_a_valid_profile(tiny_config, tmp_path, capsys):
+    pytest.importorskip("torch")
+    out = tmp_path / "tiny.csv"
+    assert _run(["calibrate", "--model", str(tiny_config), "--device", "cpu", "--quick", "--out", str(out)]) == 0
+    df = read_profile(out)
+    assert set(df.op) == {"qkv_proj", "o_proj", "mlp_up", "mlp_down", "attn_prefill", "attn_decode"}
+    assert (df.device == "cpu-host").all() and (df.model == "tiny-llama").all()
+    assert "all_reduce skipped" in capsys.readouterr().out
+    # the profile drives a cost model on the cpu-host entry
+    from backends.sim.catalog import get_gpu, get_model
+    from backends.sim.profiled import cost_model_for
+
+    cm = cost_model_for(get_model(tiny_config), get_gpu(CPU_HOST), 1, profile=df)
+    assert cm.source.startswith("profile:") and "tiny-llama" in cm.source
+    seg = cm.decode_segment(4, 300.0, 10)
+    assert seg.time_s == pytest.approx(sum(cm.iteration(0, 0.0, 4, 4, 300.0 + 4 * i).time_s for i in range(10)))
+
+
+def test_calibrate_bad_out_suffix(tiny_config, tmp_path, capsys):
+    assert _run(["calibrate", "--model", str(tiny_config), "--out", str(tmp_path / "p.txt")]) == 2
+    assert "suffix" in capsys.readouterr().err
+
+
+def test_calibrate_without_torch_names_the_extra(monkeypatch, tiny_config, tmp_path, capsys):
+    import sys
+
+    monkeypatch.setitem(sys.modules, "torch", None)
+    assert _run(["calibrate", "--model", str(tiny_config), "--out", str(tmp_path / "p.csv")]) != 0
+    assert "torch extra" in capsys.readouterr().err
+
+
+def test_fidelity_rejects_unknown_table(capsys):
+    assert _run(["fidelity", "--table", "nope"]) == 2
+    assert "--table 'nope'" in capsys.readouterr().err

@@ -1,0 +1,70 @@
+from __future__ import annotations
+
+import numpy as np
+import pytest
+
+from tuner.calibration.trainval import (
+    PROMPT_SCALE,
+    TRAINVAL_CSV,
+    WORKLOADS,
+    load_runs,
+    regenerate,
+    run_metrics,
+)
+
+
+@pytest.mark.parametrize("name", list(WORKLOADS))
+def test_regeneration_reproduces_counts_and_lengths(name):
+    d = WORKLOADS[name]
+    w = regenerate(name, seed=3)
+    assert w.n == sum(int(round(r * t)) for r, t in d.stages)
+    assert np.all(np.diff(w.arrival_s) >= 0)
+    t0 = 0.0
+    for rate, dur in d.stages:  # exact count per stage, inside the stage
+        n_stage = ((w.arrival_s >= t0) & (w.arrival_s < t0 + dur)).sum()
+        assert n_stage == int(round(rate * dur))
+        t0 += dur
+    assert w.prompt_len.mean() == pytest.approx((d.system_len + d.question_len) * PROMPT_SCALE, abs=1.0)
+    assert w.output_len.mean() == d.max_output
+    # the group's system prompt blocks are shared: one distinct prefix per group
+    first = {tuple(w.prefix_ids[w.prefix_offsets[i]:w.prefix_offsets[i + 1]]) for i in range(w.n)}
+    assert len(first) == d.groups
+
+
+def test_prompt_sharing_names_one_prefix_per_group_and_user():
+    d = WORKLOADS["codegen"]
+    w = regenerate("codegen", share="prompt")
+    ids = {tuple(w.prefix_ids[w.prefix_offsets[i]:w.prefix_offsets[i + 1]]) for i in range(200)}
+    assert len(ids) == d.groups * d.users
+    assert w.prefix_block_tokens == 16
+
+
+def test_duration_scale_keeps_the_rate():
+    w = regenerate("general-lite", duration_scale=0.1)
+    assert w.n == round(2.5 * 60) + round(6 * 60)
+
+
+@pytest.mark.skipif(not TRAINVAL_CSV.is_file(), reason="shared trainval runs not present")
+def test_runs_load_with_settings():
+    runs = load_runs()
+    assert len(runs) == 13
+    assert {r.tp for r in runs} == {1, 2, 4}
+    scout = [r for r in runs if r.model.startswith("llama-4-scout")]
+    assert scout and all(r.weight_dtype == "fp8" for r in scout)
+    # TPOT is recomputed from the generated tokens (ignore_eos)
+    r = runs[0]
+    assert r.tpot_ms == pytest.approx((r.e2e_ms - r.ttft_ms) / (WORKLOADS[r.workload].max_output - 1))
+
+
+def test_unknown_workload_is_a_user_error():
+    with pytest.raises(ValueError, match="workload 'chat'"):
+        regenerate("chat")
+
+
+def test_run_metrics_from_records():
+    import pandas as pd
+
+    rec = pd.DataFrame({"arrival_s": [0.0, 1.0], "first_token_s": [0.1, 1.3], "finish_s": [1.1, 2.3],
+                        "rejected": [False, False], "failed": [False, False]})
+    ttft, e2e, tpot = run_metrics(rec, 11)
+    assert (ttft, e2e, tpot) == pytest.approx((200.0, 1200.0, 100.0))

@@ -1,0 +1,147 @@
+"""Fit an engine's per-iteration costs to real serving runs by simulating them.
+
+The parameter vector is small and physical: ``backends.sim.costmodel.Efficiency`` fields — HBM
+efficiency ``mem`` (a decode step reads the weights and the KV), GEMM efficiency ``gemm``
+(prefill), ``overhead_scale`` (the engine preset's CPU cost per step and per sequence),
+``prefill_overhead_s`` (extra cost of a step carrying prefill) — and ``lag_steps`` (client-visible
+pipeline latency in steps, see ``simrun.simulate_with``). The loss is the log error of each run's
+mean TTFT (weight ``ttft_weight``), mean E2E and TPOT; each evaluation simulates every training
+run (stages shortened by ``duration_scale`` for speed, same rates).
+"""
+
+from __future__ import annotations
+
+import math
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass, field, replace
+
+import numpy as np
+
+from backends.sim.costmodel import CostModel, Efficiency, efficiency_from_dict, efficiency_to_dict
+from tuner.calibration.trainval import (
+    WORKLOADS,
+    TrainvalRun,
+    deployment_for,
+    policy_for,
+    regenerate,
+    run_metrics,
+)
+
+FIT_PARAMS = ("mem", "gemm", "overhead_scale", "prefill_overhead_s", "lag_steps")
+BOUNDS = {"mem": (0.3, 1.0), "gemm": (0.2, 1.0), "attn": (0.1, 1.0), "overhead_scale": (0.05, 20.0),
+          "prefill_overhead_s": (1e-6, 0.05), "seq_overhead_s": (1e-7, 1e-3), "layer_overhead_s": (1e-7, 1e-3),
+          "comm": (0.1, 1.0), "allreduce_base_s": (1e-7, 1e-3), "lag_steps": (0.01, 5.0)}
+
+
+@dataclass(frozen=True, slots=True)
+class EngineCalibration:
+    """What a serving-run fit produces: efficiencies, client lag (steps) and the prefix-sharing
+    assumption used to regenerate the workloads."""
+
+    efficiency: Efficiency = field(default_factory=Efficiency)
+    lag_steps: float = 0.0
+    share: str = "prompt"
+
+    def to_dict(self) -> dict:
+        return {"efficiency": efficiency_to_dict(self.efficiency), "lag_steps": self.lag_steps, "share": self.share}
+
+    @classmethod
+    def from_dict(cls, d: dict) -> EngineCalibration:
+        return cls(efficiency_from_dict(d.get("efficiency", {})), float(d.get("lag_steps", 0.0)),
+                   str(d.get("share", "prompt")))
+
+
+@dataclass(frozen=True, slots=True)
+class RunError:
+    """Predicted means (ms) of one run."""
+
+    run: TrainvalRun
+    ttft_ms: float
+    e2e_ms: float
+    tpot_ms: float
+
+    def errors(self) -> tuple[float, float, float]:
+        """Signed errors (pred/meas − 1) × 100 of TTFT, E2E, TPOT, %."""
+        r = self.run
+        return tuple(100.0 * (p / m - 1.0) for p, m in ((self.ttft_ms, r.ttft_ms), (self.e2e_ms, r.e2e_ms),
+                                                         (self.tpot_ms, r.tpot_ms)))  # type: ignore[return-value]
+
+
+CostFactory = Callable[[TrainvalRun, Efficiency], CostModel]
+
+
+def default_factory(run: TrainvalRun, eff: Efficiency) -> CostModel:
+    """The roofline ``CostModel`` of the run's instance under the ``vllm-v1`` preset."""
+    from backends.sim.catalog import get_gpu, get_model
+    from backends.sim.engines import get_engine
+
+    return CostModel(get_model(run.model), get_gpu("h100-sxm"), run.tp, run.weight_dtype, "bf16",
+                     get_engine("vllm-v1"), eff)
+
+
+def simulate_run(run: TrainvalRun, cal: EngineCalibration, *, seed: int = 0, duration_scale: float = 1.0,
+                 factory: CostFactory = default_factory) -> RunError:
+    """Simulate one run under ``cal``; ``duration_scale`` < 1 shortens every stage (same rates)."""
+    from tuner.calibration.simrun import simulate_with
+
+    w = regenerate(run.workload, seed, share=cal.share, duration_scale=duration_scale)
+    res = simulate_with(factory(run, cal.efficiency), policy_for(run), w, deployment_for(run), seed=seed,
+                        lag_steps=cal.lag_steps)
+    t, e, p = run_metrics(res.records, WORKLOADS[run.workload].max_output)
+    return RunError(run, t, e, p)
+
+
+def fit_engine(runs: Sequence[TrainvalRun], *, params: Sequence[str] = FIT_PARAMS,
+               start: EngineCalibration | None = None, duration_scale: float = 0.25, ttft_weight: float = 0.5,
+               factory: CostFactory = default_factory, max_nfev: int = 30) -> EngineCalibration:
+    """The calibration minimising the log errors of the runs' means (scipy least squares in log
+    space within physical bounds, a weak prior toward ``start``)."""
+    from scipy.optimize import least_squares
+
+    if not runs:
+        raise ValueError("fit_engine: no runs")
+    base = start or EngineCalibration(lag_steps=1.0)
+    names = list(params)
+
+    def get(n: str) -> float:
+        return base.lag_steps if n == "lag_steps" else getattr(base.efficiency, n)
+
+    lo = np.log([BOUNDS[n][0] for n in names])
+    hi = np.log([BOUNDS[n][1] for n in names])
+    x0 = np.clip(np.log([get(n) or 1e-3 for n in names]), lo + 1e-6, hi - 1e-6)
+
+    def cal_of(x) -> EngineCalibration:
+        vals = {n: float(math.exp(v)) for n, v in zip(names, x, strict=True)}
+        lag = vals.pop("lag_steps", base.lag_steps)
+        return replace(base, efficiency=replace(base.efficiency, **vals), lag_steps=lag)
+
+    def resid(x):
+        c = cal_of(x)
+        out = []
+        for r in runs:
+            p = simulate_run(r, c, duration_scale=duration_scale, factory=factory)
+            out += [ttft_weight * math.log(p.ttft_ms / r.ttft_ms), math.log(p.e2e_ms / r.e2e_ms),
+                    math.log(p.tpot_ms / r.tpot_ms)]
+        return np.asarray(out + list(0.05 * (x - x0)))
+
+    sol = least_squares(resid, x0, bounds=(lo, hi), diff_step=2e-2, max_nfev=max_nfev)
+    return cal_of(sol.x)
+
+
+def leave_one_out(runs: Sequence[TrainvalRun], key: Callable[[TrainvalRun], object] = lambda r: r.model,
+                  **fit_kw) -> tuple[list[RunError], dict[object, EngineCalibration]]:
+    """Fit on all runs but those of one ``key`` value (default: the model), predict those; every
+    run's prediction comes from the fold that held it out."""
+    preds: dict[int, RunError] = {}
+    cals: dict[object, EngineCalibration] = {}
+    for k in sorted({key(r) for r in runs}, key=str):
+        train = [r for r in runs if key(r) != k]
+        cals[k] = cal = fit_engine(train, **fit_kw)
+        for i, r in enumerate(runs):
+            if key(r) == k:
+                preds[i] = simulate_run(r, cal, factory=fit_kw.get("factory", default_factory))
+    return [preds[i] for i in range(len(runs))], cals
+
+
+__all__ = ["FIT_PARAMS", "EngineCalibration", "RunError", "default_factory", "fit_engine", "leave_one_out",
+           "simulate_run"]

@@ -1,0 +1,200 @@
+"""Out-of-sample fidelity of the cost model on every measured table (``servetune fidelity``).
+
+Each evaluation fits on part of a table and predicts the rest; a row's error always comes from
+the fold that held it out. Tables and splits:
+
+* ``splitwise`` (per-batch prefill latency and decode-step latency, Llama-2-70B / BLOOM-176B,
+  A100/H100, TP 2/4/8): fitted roofline efficiencies, leave one GPU / TP degree / model out;
+* ``sarathi`` (Yi-34B TP2 A100 batches): 5-fold, leave one batch kind out, and a transfer
+  (efficiencies fitted on Splitwise A100, no Sarathi row used);
+* ``vidur`` (per-layer GEMM times): the fitted per-operator curves (``fit.LinearCurve``)
+  extrapolating to token counts above those fitted (fit n <= 512, test n > 512) and
+  interpolating (every other token count); the fitted roofline leave one TP degree / model /
+  GPU out; all-reduce leave one GPU count out;
+* ``trainval`` (13 real vLLM V1 serving runs on H100): the engine fit (``engine_fit``), leave
+  one MODEL out, errors of the mean TTFT, E2E and TPOT.
+
+Errors are absolute percentage errors (%); each line gives the median and p90.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass
+
+import numpy as np
+
+TABLES = ("splitwise", "sarathi", "vidur", "trainval")
+TARGETS = {"batch": (8.0, 15.0), "trainval": {"ttft": 15.0, "e2e": 7.0, "tpot": 7.0}}
+
+
+@dataclass(frozen=True, slots=True)
+class FidelityLine:
+    """One evaluation of one table."""
+
+    table: str
+    evaluation: str
+    n: int
+    median: float
+    p90: float
+    target: str = ""
+
+    @property
+    def met(self) -> bool | None:
+        if not self.target:
+            return None
+        med, p90 = (float(x) for x in self.target.split("/"))
+        return self.median <= med and self.p90 <= p90
+
+
+def stats(errs: Sequence[float]) -> tuple[float, float]:
+    a = np.abs(np.asarray(errs, float))
+    a = a[np.isfinite(a)]
+    if a.size == 0:
+        return float("nan"), float("nan")
+    return float(np.median(a)), float(np.percentile(a, 90))
+
+
+def _line(table: str, evaluation: str, errs: Sequence[float], target: str = "") -> FidelityLine:
+    med, p90 = stats(errs)
+    return FidelityLine(table, evaluation, len(errs), med, p90, target)
+
+
+def leave_out(rows: Sequence, key: Callable[[object], object], engine=None) -> list[float]:
+    """Held-out APEs of the fitted roofline when each ``key`` value is left out, aligned with
+    ``rows`` (NaN where a fold had no training rows)."""
+    from backends.sim.profiles import ape, fit_efficiency
+
+    errs = [float("nan")] * len(rows)
+    for k in sorted({key(r) for r in rows}, key=str):
+        idx = [i for i, r in enumerate(rows) if key(r) == k]
+        train = [r for r in rows if key(r) != k]
+        if train:
+            for i, e in zip(idx, ape([rows[i] for i in idx], fit_efficiency(train, engine=engine), engine), strict=True):
+                errs[i] = e
+    return errs
+
+
+def _kfold(rows: Sequence, k: int = 5, engine=None) -> list[float]:
+    fold = {id(r): i % k for i, r in enumerate(np.random.default_rng(0).permutation(np.array(rows, dtype=object)))}
+    return leave_out(rows, lambda r: fold[id(r)], engine)
+
+
+def batch_tables(table: str) -> list[FidelityLine]:
+    """Splitwise or Sarathi: per-batch latency errors, in sample and out of sample."""
+    from backends.sim.engines import get_engine
+    from backends.sim.profiles import ape, fit_efficiency, load_rows
+
+    eng = get_engine("vllm-v0")  # these profiles ran eager prefill-first steps
+    rows = list(load_rows(table))
+    tgt = "8/15"
+    out = [_line(table, "default efficiencies", ape(rows, None, eng)),
+           _line(table, "fitted, in sample", ape(rows, fit_efficiency(rows, engine=eng), eng))]
+    if table == "splitwise":
+        for name, key in (("GPU", lambda r: r.gpu), ("TP", lambda r: r.tp), ("model", lambda r: r.model)):
+            errs = leave_out(rows, key, eng)
+            out.append(_line(table, f"OOS leave-one-{name}-out", errs, tgt))
+            for kind in ("prefill", "decode"):
+                sub = [e for e, r in zip(errs, rows, strict=True) if r.label.startswith(kind)]
+                out.append(_line(table, f"  {kind} rows", sub, tgt))
+    else:
+        out.append(_line(table, "OOS 5-fold", _kfold(rows, 5, eng), tgt))
+        out.append(_line(table, "OOS leave-one-batch-kind-out", leave_out(rows, lambda r: r.label.split(" b")[0], eng),
+                         tgt))
+        train = [r for r in load_rows("splitwise") if r.gpu == "a100-80gb"]
+        out.append(_line(table, "OOS transfer: fit Splitwise A100", ape(rows, fit_efficiency(train, engine=eng), eng),
+                         tgt))
+    return out
+
+
+def vidur_table() -> list[FidelityLine]:
+    """Vidur GEMMs: fitted curves (extrapolation, interpolation) and fitted roofline splits."""
+    from backends.sim.profiles import load_rows
+    from tuner.calibration.fit import curve_ape, fit_linear_curve
+    from tuner.calibration.profile import shared_profile
+
+    df = shared_profile(("vidur",))
+    ops = df[df.op != "all_reduce"]
+    extra, inter = [], []
+    for _, g in ops.groupby(["model", "device", "tp", "op"]):
+        g = g.groupby("tokens", as_index=False).time_ms.median().sort_values("tokens")
+        n, t = g.tokens.to_numpy(), g.time_ms.to_numpy() / 1e3
+        lo = n <= 512
+        if lo.sum() >= 4 and (~lo).any():
+            extra += list(curve_ape(fit_linear_curve(n[lo], t[lo]), n[~lo], t[~lo]))
+        even = np.arange(n.size) % 2 == 0
+        inter += list(curve_ape(fit_linear_curve(n[even], t[even]), n[~even], t[~even]))
+    out = [_line("vidur", "curves: OOS odd token counts", inter, "8/15"),
+           _line("vidur", "curves: OOS extrapolate n>512 from n<=512", extra, "8/15")]
+    rows = list(load_rows("vidur_mlp"))[::3]
+    for name, key in (("TP", lambda r: r.tp), ("model", lambda r: r.model), ("GPU", lambda r: r.gpu)):
+        out.append(_line("vidur", f"roofline: OOS leave-one-{name}-out", leave_out(rows, key), "8/15"))
+    ar = list(load_rows("vidur_allreduce"))
+    out.append(_line("vidur", "all-reduce: OOS leave-one-GPU-count-out", leave_out(ar, lambda r: r.tp)))
+    return out
+
+
+def trainval_table(path=None, *, duration_scale: float = 0.25, max_nfev: int = 30,
+                   log: Callable[[str], None] | None = None) -> tuple[list[FidelityLine], list[tuple]]:
+    """Leave-one-model-out engine fit on the real vLLM runs; also the in-sample fit. Returns the
+    lines and per-run rows (label, measured ttft/e2e/tpot, OOS signed errors %, in-sample errors %)."""
+    from tuner.calibration.engine_fit import fit_engine, leave_one_out, simulate_run
+    from tuner.calibration.trainval import TRAINVAL_CSV, load_runs
+
+    runs = load_runs(path or TRAINVAL_CSV)
+    kw = {"duration_scale": duration_scale, "max_nfev": max_nfev}
+    full = fit_engine(runs, **kw)
+    ins = [simulate_run(r, full).errors() for r in runs]
+    oos_pred, _ = leave_one_out(runs, **kw)
+    oos = [p.errors() for p in oos_pred]
+    lines = []
+    for i, (name, tgt) in enumerate((("ttft", 15.0), ("e2e", 7.0), ("tpot", 7.0))):
+        lines.append(_line("trainval", f"{name.upper()} mean, fitted in sample", [e[i] for e in ins]))
+        lines.append(_line("trainval", f"{name.upper()} mean, OOS leave-one-model-out", [e[i] for e in oos],
+                           f"{tgt:g}/1000"))
+    per_run = [(r.run_id, r.label, r.ttft_ms, r.e2e_ms, r.tpot_ms, *o, *s) for r, o, s in zip(runs, oos, ins, strict=True)]
+    if log:
+        log(f"trainval full fit: {full.to_dict()}")
+    return lines, per_run
+
+
+def format_lines(lines: Sequence[FidelityLine]) -> str:
+    head = f"{'table':10s} {'evaluation':44s} {'n':>5s} {'median %':>9s} {'p90 %':>7s}  target (med/p90)"
+    out = [head, "-" * len(head)]
+    for ln in lines:
+        mark = "" if ln.met is None else (" met" if ln.met else " MISSED")
+        tgt = ln.target.replace("/1000", " (median)") if ln.target else ""
+        out.append(f"{ln.table:10s} {ln.evaluation:44s} {ln.n:5d} {ln.median:9.1f} {ln.p90:7.1f}  {tgt}{mark}")
+    return "\n".join(out)
+
+
+def fidelity(table: str = "all", *, trainval_path=None, log: Callable[[str], None] = print) -> list[FidelityLine]:
+    """Every requested table's lines (``table``: all or one of ``TABLES``)."""
+    if table != "all" and table not in TABLES:
+        raise ValueError(f"--table {table!r}: choose all or one of {', '.join(TABLES)}")
+    tables = TABLES if table == "all" else (table,)
+    lines: list[FidelityLine] = []
+    for t in tables:
+        if t in ("splitwise", "sarathi"):
+            lines += batch_tables(t)
+        elif t == "vidur":
+            lines += vidur_table()
+        else:
+            ls, per_run = trainval_table(trainval_path, log=log)
+            lines += ls
+            log(format_trainval(per_run))
+    return lines
+
+
+def format_trainval(per_run: Sequence[tuple]) -> str:
+    head = (f"{'run':>4s} {'model / tp / workload':40s} {'TTFT ms':>8s} {'E2E ms':>8s} {'TPOT ms':>8s}   "
+            f"{'OOS err % TTFT/E2E/TPOT':>24s}   {'in-sample % TTFT/E2E/TPOT':>26s}")
+    out = [head]
+    for rid, lab, t, e, p, ot, oe, op, it, ie, ip in per_run:
+        out.append(f"{rid:>4s} {lab:40s} {t:8.1f} {e:8.0f} {p:8.2f}   {ot:+7.1f} {oe:+7.1f} {op:+7.1f}   "
+                   f"{it:+8.1f} {ie:+7.1f} {ip:+7.1f}")
+    return "\n".join(out)
+
+
+__all__ = ["TABLES", "FidelityLine", "batch_tables", "fidelity", "format_lines", "format_trainval", "leave_out",
+           "stats", "trainval_table", "vidur_table"]

@@ -1,0 +1,51 @@
+"""Run the simulator with a given cost model (a fitted ``ProfiledCostModel`` or any CostModel-like).
+
+Until ``backends/sim/engine.py`` takes a cost model itself (see docs/calibration.md, "Wiring"),
+``simulate_with`` builds a ``Simulation`` and swaps in ``cost_model`` (and the admission
+controller that uses it) before the run; nothing global is touched.
+"""
+
+from __future__ import annotations
+
+from dataclasses import replace
+
+from backends.base import Deployment, RunResult
+from tuner.policy import Policy
+from workloads.workload import Workload
+
+
+def simulate_with(cost_model, policy: Policy, workload: Workload, deployment: Deployment, *, seed: int = 0,
+                  max_sim_time_s: float | None = None, lag_steps: float = 0.0) -> RunResult:
+    """``backends.sim.simulate`` with ``cost_model`` in place of the default roofline.
+
+    ``lag_steps``: steps of pipeline latency the simulator does not model, added to each
+    request's first-token and finish times as ``lag_steps`` × the request's own time per output
+    token (≈ the step time around it). vLLM V1 schedules step N+1 while step N runs (async
+    scheduling) and returns step N's tokens while N+1 runs, so a new request waits about one
+    more step to be scheduled and its tokens reach the client a step later than the engine
+    samples them. Fitted from real runs (``engine_fit``); 0 = the simulator's own times."""
+    from backends.sim import effective_policy
+    from backends.sim.admission import AdmissionControl
+    from backends.sim.engine import Simulation
+    from backends.sim.telemetry import build_result
+
+    eff, notes = effective_policy(policy, workload)
+    sim = Simulation(eff, workload, deployment, seed=seed, max_sim_time_s=max_sim_time_s)
+    if cost_model is not None:
+        sim.cm = cost_model
+        sim.admission = AdmissionControl(eff, cost_model, sim.mem.total)
+    sim.run()
+    src = getattr(cost_model, "source", "roofline (default efficiency)")
+    res = build_result(sim, eff, (*notes, f"cost model: {src}"))
+    if lag_steps:
+        rec = res.records
+        gen = rec.output_len.clip(lower=2) - 1
+        step = ((rec.finish_s - rec.first_token_s) / gen).where(rec.output_len >= 2)
+        step = step.fillna(step.median() if step.notna().any() else 0.0)
+        rec["first_token_s"] = rec.first_token_s + lag_steps * step
+        rec["finish_s"] = rec.finish_s + lag_steps * step
+        res = replace(res, notes=(*res.notes, f"client lag: {lag_steps:.2f} steps added to first-token/finish times"))
+    return res
+
+
+__all__ = ["simulate_with"]
