@@ -199,7 +199,8 @@ class Setup:
         return kv_budget(m, get_gpu(GPU), p.tp, p.gpu_memory_utilization, "bf16", "bf16", p.block_size,
                          activation_reserve=default_activation_reserve(m, p.tp, p.max_num_batched_tokens))
 
-    def vidur_args(self, trace: Path, work: Path, repos: tuple[str, str], rf: str, n_requests: int) -> list[str]:
+    def vidur_args(self, trace: Path, work: Path, repos: tuple[str, str], rf: str, n_requests: int,
+                   native: bool = False) -> list[str]:
         s, rfp = self.scheduler, "random_forrest_execution_time_predictor_config"
         args = {
             "seed": 0, "log_level": "warning",
@@ -232,6 +233,8 @@ class Setup:
             flat += [f"--{rfp}_{k}", *map(str, RF_GRIDS[rf][k])]
         flat += ["--no-metrics_config_store_plots", "--no-metrics_config_enable_chrome_trace",
                  "--no-metrics_config_store_batch_metrics", "--no-metrics_config_store_utilization_metrics"]
+        if native:
+            flat.append(f"--{rfp}_use_native_execution_time_predictor")
         return flat
 
 
@@ -303,6 +306,69 @@ def run_vidur(python: str, args: list[str], w: Workload, timeout_s: float) -> Ou
     return Outcome(wall, cpu, ttft, tpot, int(np.isfinite(e2e).sum()), detail)
 
 
+# ------------------------------------------------------------------ per-iteration check
+ITER_CASES = (  # (label, [(chunk, context before it)], decode seqs, mean decode context)
+    ("prefill 512", [(512, 0)], 0, 0), ("prefill 1024", [(1024, 0)], 0, 0), ("prefill 2048", [(2048, 0)], 0, 0),
+    ("prefill 4096", [(4096, 0)], 0, 0), ("chunk 512 @ ctx 1536", [(512, 1536)], 0, 0),
+    ("decode 1 @ 1024", [], 1, 1024), ("decode 8 @ 300", [], 8, 300), ("decode 8 @ 1200", [], 8, 1200),
+    ("decode 16 @ 1024", [], 16, 1024), ("decode 64 @ 1024", [], 64, 1024),
+    ("decode 128 @ 1300", [], 128, 1300), ("sarathi 32 dec @ 1024 + 480 chunk", [(480, 0)], 32, 1024),
+)
+
+
+def _ceil(x: float, q: int) -> int:
+    return int(-(-int(x) // q) * q)
+
+
+def iteration_table(work: Path) -> list[tuple[str, float, float, float]]:
+    """(case, Vidur ms, servetune ms, servetune kernels-only ms) for ITER_CASES: Vidur's time
+    from its cached random-forest prediction tables, composed as its ``ExecutionTime`` does
+    (per layer x layers, KV-save excluded, no LM head / CPU overhead); servetune's from its
+    cost model with the vllm-v1 preset, and with every fixed/CPU overhead set to zero."""
+    import dataclasses
+
+    from backends.sim.costmodel import CostModel
+    from backends.sim.engines import get_engine
+
+    pred_dirs = sorted((work / "vidur_cache/predictions").glob("*/attn_decode.csv.xz"))
+    if not pred_dirs:
+        raise FileNotFoundError(f"no Vidur prediction tables under {work}/vidur_cache: run the benchmark first")
+    d = pred_dirs[-1].parent
+    tab = {}
+    for f in d.glob("*.csv.xz"):
+        df = pd.read_csv(f)
+        y = df.pop("prediction").to_numpy()
+        tab[f.name.split(".")[0]] = {tuple(int(v) for v in row): float(p) for row, p in zip(df.to_numpy(), y, strict=True)}
+    m, g = get_model(MODEL), get_gpu(GPU)
+    cm = CostModel(m, g, engine=get_engine("vllm-v1"))
+    bare_engine = dataclasses.replace(get_engine("vllm-v1"), iteration_overhead_s=0.0, per_seq_overhead_s=0.0,
+                                      eager_launch_overhead_s=0.0)
+    bare = CostModel(m, g, engine=bare_engine, efficiency=Efficiency(layer_overhead_s=0.0, op_latency_s=0.0))
+    general = ("attn_pre_proj", "attn_post_proj", "attn_rope", "input_layernorm", "mlp_up_proj", "mlp_down_proj",
+               "mlp_act", "post_attention_layernorm", "add")
+    out = []
+    for label, chunks, nd, ctx in ITER_CASES:
+        q = sum(c for c, _ in chunks) + nd
+        per_layer = sum(tab[op][(_ceil(q, 8),)] for op in general)
+        per_layer += sum(tab["attn_prefill"][(_ceil(k + c, 256), _ceil(c, 32))] for c, k in chunks)
+        if nd:
+            per_layer += tab["attn_decode"][(nd, _ceil(ctx + 1, 256))]
+        pf = sum(c for c, _ in chunks)
+        pairs = sum(c * (k + (c + 1) / 2.0) for c, k in chunks)
+        args = (pf, pairs, nd, nd, float(nd * ctx))
+        t = cm.iteration(*args, prefill_seqs=max(1, len(chunks))).time_s
+        tb = bare.iteration(*args, prefill_seqs=max(1, len(chunks))).time_s
+        out.append((label, per_layer * m.layers, t * 1e3, tb * 1e3))
+    return out
+
+
+def print_iteration_table(work: Path) -> None:
+    print("\nper-iteration time, ms (Vidur: its RF predictions; servetune: cost model, vllm-v1 preset / kernels only)")
+    print(f"  {'batch':36s} {'vidur':>8s} {'servetune':>10s} {'rel':>7s} {'kernels':>8s} {'rel':>7s}")
+    for label, v, s, b in iteration_table(work):
+        print(f"  {label:36s} {v:8.2f} {s:10.2f} {rel(s, v):+7.1%} {b:8.2f} {rel(b, v):+7.1%}")
+
+
 # ------------------------------------------------------------------ table
 QS = (50, 90, 99)
 
@@ -341,10 +407,10 @@ def print_summary(setup: Setup, n: int, st: Outcome, vd: Outcome) -> None:
     print(f"  vidur subprocess           {vd.wall_s:9.3f} s wall, {vd.cpu_s:8.3f} s CPU   "
           f"finished {vd.finished}/{n}, restarts {d['restarts']}")
     print(f"    import {d['import_s']:.2f} s, init (predictor load, trace) {d['init_s']:.2f} s, "
-          f"event loop {d['loop_s']:.2f} s, metrics out {d['output_s']:.2f} s")
+          f"event loop {d['loop_s']:.2f} s ({d['loop_cpu_s']:.2f} s CPU), metrics out {d['output_s']:.2f} s")
     print(f"  speed ratio: vidur wall / servetune wall = {vd.wall_s / st.wall_s:6.1f}x;  CPU "
-          f"{vd.cpu_s / st.cpu_s:6.1f}x;  vidur event loop + metrics out only / servetune wall = "
-          f"{loop / st.wall_s:6.1f}x")
+          f"{vd.cpu_s / st.cpu_s:6.1f}x;  vidur event loop + metrics out only / servetune: wall "
+          f"{loop / st.wall_s:6.1f}x, CPU {(d['loop_cpu_s'] + d['output_cpu_s']) / st.cpu_s:6.1f}x")
     print(f"  {'':12s} {'servetune':>10s} {'vidur':>10s} {'rel diff':>9s}")
     for r in report_rows(setup, n, st, vd)[2:]:
         flag = "  >10%" if abs(r["diff"]) > 0.10 else ""
@@ -363,6 +429,9 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--vidur-python", default=os.environ.get("VIDUR_PYTHON", str(ROOT / ".venv-vidur/bin/python")))
     ap.add_argument("--work", type=Path, default=ROOT / ".servetune/bench_vidur", help="scratch dir (cache, outputs)")
     ap.add_argument("--timeout", type=float, default=3600.0, help="per Vidur run, s")
+    ap.add_argument("--vidur-native", action="store_true",
+                    help="Vidur's C++ execution-time predictor (use_native_execution_time_predictor; off by default)")
+    ap.add_argument("--explain", action="store_true", help="also compare per-iteration times of typical batches")
     ap.add_argument("--repeat", type=int, default=3, help="servetune runs (median reported; Vidur runs once)")
     ap.add_argument("--csv", type=Path, help="also write the table rows here")
     a = ap.parse_args(argv)
@@ -381,7 +450,7 @@ def main(argv: list[str] | None = None) -> int:
             return 2
         setup = Setup(s, batch_cap=a.batch_cap, chunk=a.chunk)
         repos = write_profile_datasets(a.work, 1, setup.block_size, setup.batch_cap)
-        args = setup.vidur_args(trace, a.work, repos, a.rf_grid, w.n)
+        args = setup.vidur_args(trace, a.work, repos, a.rf_grid, w.n, native=a.vidur_native)
         pred_dir = a.work / "vidur_cache" / "predictions"
         if not pred_dir.exists() or not any(pred_dir.iterdir()):
             t0 = time.perf_counter()
@@ -391,6 +460,8 @@ def main(argv: list[str] | None = None) -> int:
         vd = run_vidur(a.vidur_python, args, w, a.timeout)
         print_summary(setup, w.n, st, vd)
         rows += report_rows(setup, w.n, st, vd)
+    if a.explain:
+        print_iteration_table(a.work)
     if a.csv:
         pd.DataFrame(rows).to_csv(a.csv, index=False)
     return 0
