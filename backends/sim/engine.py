@@ -25,7 +25,8 @@ from collections import deque
 import numpy as np
 
 from backends.base import Deployment
-from backends.sim.admission import RATE_WINDOW, AdmissionControl, Verdict
+from backends.sim.admission import RATE_WINDOW, AdmissionControl
+from backends.sim.arrivals import Arrivals
 from backends.sim.batching import PLANNERS
 from backends.sim.catalog import default_activation_reserve, get_gpu, get_model, kv_budget
 from backends.sim.chrome_trace import TraceWriter
@@ -33,21 +34,24 @@ from backends.sim.costmodel import CostModel
 from backends.sim.engines import get_engine
 from backends.sim.memory import BlockManager, SwapTier
 from backends.sim.queue import make_queue
-from backends.sim.request_state import DECODE, PREFILL, SWAPPED, WAITING, DecodePool, Req
+from backends.sim.request_state import DecodePool, Req
+from backends.sim.scheduler import Scheduling
 from backends.sim.telemetry import TelemetryRecorder
 from tuner.policy import Policy
 from workloads.workload import Workload
 
 SWAP_SPACE_BYTES = 4 * (1 << 30)  # vLLM's default swap_space per GPU
-ARRIVAL_CHUNK = 8192
 
 
 class SimInvariantError(AssertionError):
     """The simulation broke one of its own invariants (a bug, never a result)."""
 
 
-class Simulation:
-    """One run of one policy on one workload on one instance (tp GPUs). Use ``run()`` once."""
+class Simulation(Arrivals, Scheduling):
+    """One run of one policy on one workload on one instance (tp GPUs). Use ``run()`` once.
+
+    This class holds the state and the loop; arrivals (``arrivals.py``) and the scheduling
+    actions admit/grow/swap-in/preempt (``scheduler.py``) are mixins over the same state."""
 
     def __init__(self, policy: Policy, workload: Workload, deployment: Deployment, *, seed: int = 0,
                  check: bool = False, trace: bool = False, max_sim_time_s: float | None = None) -> None:
@@ -126,240 +130,6 @@ class Simulation:
 
     def _blocks_for(self, tokens: int) -> int:
         return -(-tokens // self.bs) if tokens > 0 else 0
-
-    # ============================================================== admission
-    def admit(self, req: Req, limit: int, first: bool, whole: bool = False) -> int:
-        """Move the waiting head ``req`` into the running set with a first chunk of at most
-        ``limit`` tokens (``whole``: its whole prefill, which may exceed ``limit`` only when
-        ``first``). Returns the chunk, or 0 (nothing changed) when seats, budget or KV memory
-        (keeping the watermark free) do not allow it."""
-        mem = self.mem
-        ids = req.ids
-        cached = 0
-        if ids:
-            cached = min(mem.hits(ids) * self.pbt, req.num_tokens - 1)
-        c = req.num_tokens - cached
-        if whole:
-            if c > limit and not first:
-                return 0
-        elif c > limit:
-            c = limit
-        if self.reserve:
-            priv = self._blocks_for(req.prompt + req.max_out - req.shared)
-        else:
-            priv = self._blocks_for(cached + c - req.shared)
-        need = priv + (mem.claim_blocks(ids) if ids else 0)
-        wm = self.watermark if self.n_running() else 0
-        if mem.avail - need < wm:
-            return 0
-        self.waiting.pop()
-        self.queued_tokens -= req.num_tokens
-        if ids:
-            mem.acquire(ids)
-            self.c_pq += req.prompt
-            self.c_ph += cached
-        mem.take(priv)
-        req.priv = priv
-        self.priv_explicit += priv
-        req.computed = cached
-        if not req.preemptions:
-            self.cached[req.rid] = cached
-        req.state = PREFILL
-        self._adm += 1
-        req.adm = self._adm
-        self.prefilling.append(req)
-        return c
-
-    def grow_chunk(self, req: Req, c: int) -> int:
-        """Allocate KV for a running prefill's next chunk of ``c`` tokens; shrink it to what
-        the free blocks allow (0: none)."""
-        if self.reserve or c <= 0:
-            return max(c, 0)
-        mem = self.mem
-        new = self._blocks_for(req.computed + c - req.shared)
-        d = new - req.priv
-        if d > 0:
-            avail = mem.avail
-            if d > avail:
-                c = (req.priv + avail) * self.bs + req.shared - req.computed
-                if c <= 0:
-                    return 0
-                new = self._blocks_for(req.computed + c - req.shared)
-                d = new - req.priv
-            mem.take(d)
-            req.priv = new
-            self.priv_explicit += d
-        return c
-
-    def swap_in(self) -> None:
-        """Bring swapped-out sequences back (oldest first) while seats and blocks allow."""
-        mem, swapped = self.mem, self.swapped
-        while swapped and self.seats_free():
-            req = swapped[0]
-            kv = self._blocks_for(req.computed)
-            if mem.avail - kv - 1 < (self.watermark if self.n_running() else 0):
-                return  # (+1: room for its next block)
-            swapped.popleft()
-            mem.take(kv)
-            self.swap.used -= kv
-            self.pending_s += self.swap.transfer_s(kv)
-            self.c_swapped += kv
-            req.priv = kv
-            self.priv_explicit += kv
-            if req.gen and req.computed == req.num_tokens - 1:
-                self.priv_explicit -= kv
-                req.priv = 0
-                self.pool.add(req)
-            else:
-                req.state = PREFILL
-                self.prefilling.append(req)
-
-    # ============================================================= preemption
-    def _victim(self) -> Req:
-        cands = self.prefilling + self.pool.members()
-        return max(cands, key=Req.victim_key.fget)
-
-    def preempt(self, req: Req) -> None:
-        """Evict ``req`` from the running set: swap its KV to CPU or drop it for recompute."""
-        mem = self.mem
-        if req.state == DECODE:
-            blocks = self.pool.remove(req)
-            if self.reserve:
-                blocks = req.priv
-                self.priv_explicit -= blocks
-        else:
-            self.prefilling.remove(req)
-            blocks = req.priv
-            self.priv_explicit -= blocks
-        mem.give(blocks)
-        req.priv = 0
-        if req.ids:
-            mem.release(req.ids)
-        req.preemptions += 1
-        self.c_preempt += 1
-        kv = self._blocks_for(req.computed)
-        if self.swap_mode and kv and self.swap.fits(kv):
-            self.swap.used += kv
-            self.pending_s += self.swap.transfer_s(kv)
-            self.c_swapped += kv
-            req.ids, req.shared = (), 0   # its whole KV comes back as private blocks
-            req.state = SWAPPED
-            self.swapped.append(req)
-        else:
-            req.computed = 0
-            req.state = WAITING
-            self.waiting.push_front(req)
-            self.queued_tokens += req.num_tokens
-
-    def _fail(self, req: Req) -> None:
-        """Drop a running request that can never fit (alone, it outgrows the KV pool)."""
-        self.preempt(req)
-        self.c_preempt -= 1
-        if req.state == WAITING:
-            self.waiting.pop()
-            self.queued_tokens -= req.num_tokens
-        else:
-            self.swapped.pop()
-            self.swap.used -= self._blocks_for(req.computed)
-        self.failed[req.rid] = True
-        self.preempts[req.rid] = req.preemptions - 1
-        self.out_done[req.rid] = req.gen
-
-    def _make_room_for_decodes(self) -> int:
-        """Preempt until every decoding sequence can get its next block; returns that need."""
-        pool, mem = self.pool, self.mem
-        while True:
-            need = pool.next_step_blocks()
-            if need <= mem.free + mem.evictable:
-                return need
-            if self.n_running() == 1:
-                self._fail(self.pool.members()[0])
-                return 0
-            self.preempt(self._victim())
-
-
-    # ============================================================== arrivals
-    def _load_chunk(self, i0: int) -> None:
-        w, i1 = self.w, min(self.w.n, i0 + ARRIVAL_CHUNK)
-        self._c0 = i0
-        self._ca = w.arrival_s[i0:i1].tolist()
-        self._cp = w.prompt_len[i0:i1].tolist()
-        self._co = w.output_len[i0:i1].tolist()
-        self._cm = w.max_output[i0:i1].tolist()
-        self._cr = w.priority[i0:i1].tolist()
-        self._cs = (self.w.ttft_slo_ms()[i0:i1] / 1e3).tolist()
-
-    def _new_req(self, i: int) -> Req | None:
-        k = i - self._c0
-        prompt, out, max_out = self._cp[k], self._co[k], self._cm[k]
-        room = self.max_len - prompt
-        if room < 1:
-            self.failed[i] = True
-            return None
-        if out > room:
-            out = room
-        if max_out > room:
-            max_out = room
-        ids: tuple[int, ...] = ()
-        if self.pbt:
-            off = self.w.prefix_offsets
-            full = min(int(off[i + 1] - off[i]), prompt // self.pbt)
-            if full:
-                ids = tuple(dict.fromkeys(self.w.prefix_ids[off[i]: off[i] + full].tolist()))
-        req = Req(i, self._ca[k], prompt, out, max_out, self._cr[k], ids, len(ids) * self.pbt)
-        req.key = self._cs[k]  # TTFT SLO, s (admission's target)
-        return req
-
-    def _arrive(self, req: Req) -> None:
-        if not self.admission.active:
-            self.waiting.push(req)
-            self.queued_tokens += req.num_tokens
-            return
-        recent = self.recent_done
-        rate = (len(recent) - 1) / (self.t - recent[0]) if len(recent) > 1 and self.t > recent[0] else 0.0
-        v = self.admission.decide(req.prompt, req.key, len(self.waiting), self.mem.avail,
-                                  self.queued_tokens, req.retries, rate)
-        if v is Verdict.ACCEPT:
-            self.waiting.push(req)
-            self.queued_tokens += req.num_tokens
-        elif v is Verdict.DEFER:
-            req.retries += 1
-            self.c_defer += 1
-            self._seq += 1
-            heapq.heappush(self.retry, (max(self.t, req.arrival) + self.policy.defer_s, self._seq, req))
-        else:
-            self.rejected[req.rid] = True
-
-    def _arrivals(self) -> None:
-        """Admission decisions for every arrival and deferral retry due by now, in time order."""
-        t, n, retry = self.t, self.n, self.retry
-        while True:
-            i = self._next
-            ta = self._ta
-            tr = retry[0][0] if retry else math.inf
-            if ta <= tr:
-                if ta > t:
-                    return
-                self._next = i + 1
-                if i + 1 < n:
-                    if i + 1 - self._c0 >= len(self._ca):
-                        self._load_chunk(i + 1)
-                    self._ta = self._ca[i + 1 - self._c0]
-                else:
-                    self._ta = math.inf
-                req = self._new_req(i)
-                if req is not None:
-                    self._arrive(req)
-            else:
-                if tr > t:
-                    return
-                self._arrive(heapq.heappop(retry)[2])
-
-    def _next_event(self) -> float:
-        if self.retry:
-            tr = self.retry[0][0]
-            return tr if tr < self._ta else self._ta
-        return self._ta
 
     # ============================================================ completion
     def _done(self, req: Req, t: float) -> None:

@@ -1,0 +1,103 @@
+"""Arrivals of one Simulation: requests enter in arrival order, read in chunks from the
+workload's columns (no per-request object until a request arrives), pass admission control,
+and join the waiting queue; deferred ones come back through a retry heap.
+
+A mixin of ``engine.Simulation``: it reads the state that class builds.
+"""
+
+from __future__ import annotations
+
+import heapq
+import math
+
+from backends.sim.admission import Verdict
+from backends.sim.request_state import Req
+
+ARRIVAL_CHUNK = 8192
+
+
+class Arrivals:
+    """Arrival stream and admission control (mixin of ``Simulation``)."""
+
+    # ============================================================== arrivals
+    def _load_chunk(self, i0: int) -> None:
+        w, i1 = self.w, min(self.w.n, i0 + ARRIVAL_CHUNK)
+        self._c0 = i0
+        self._ca = w.arrival_s[i0:i1].tolist()
+        self._cp = w.prompt_len[i0:i1].tolist()
+        self._co = w.output_len[i0:i1].tolist()
+        self._cm = w.max_output[i0:i1].tolist()
+        self._cr = w.priority[i0:i1].tolist()
+        self._cs = (self.w.ttft_slo_ms()[i0:i1] / 1e3).tolist()
+
+    def _new_req(self, i: int) -> Req | None:
+        k = i - self._c0
+        prompt, out, max_out = self._cp[k], self._co[k], self._cm[k]
+        room = self.max_len - prompt
+        if room < 1:
+            self.failed[i] = True
+            return None
+        if out > room:
+            out = room
+        if max_out > room:
+            max_out = room
+        ids: tuple[int, ...] = ()
+        if self.pbt:
+            off = self.w.prefix_offsets
+            full = min(int(off[i + 1] - off[i]), prompt // self.pbt)
+            if full:
+                ids = tuple(dict.fromkeys(self.w.prefix_ids[off[i]: off[i] + full].tolist()))
+        req = Req(i, self._ca[k], prompt, out, max_out, self._cr[k], ids, len(ids) * self.pbt)
+        req.key = self._cs[k]  # TTFT SLO, s (admission's target)
+        return req
+
+    def _arrive(self, req: Req) -> None:
+        if not self.admission.active:
+            self.waiting.push(req)
+            self.queued_tokens += req.num_tokens
+            return
+        recent = self.recent_done
+        rate = (len(recent) - 1) / (self.t - recent[0]) if len(recent) > 1 and self.t > recent[0] else 0.0
+        v = self.admission.decide(req.prompt, req.key, len(self.waiting), self.mem.avail,
+                                  self.queued_tokens, req.retries, rate)
+        if v is Verdict.ACCEPT:
+            self.waiting.push(req)
+            self.queued_tokens += req.num_tokens
+        elif v is Verdict.DEFER:
+            req.retries += 1
+            self.c_defer += 1
+            self._seq += 1
+            heapq.heappush(self.retry, (max(self.t, req.arrival) + self.policy.defer_s, self._seq, req))
+        else:
+            self.rejected[req.rid] = True
+
+    def _arrivals(self) -> None:
+        """Admission decisions for every arrival and deferral retry due by now, in time order."""
+        t, n, retry = self.t, self.n, self.retry
+        while True:
+            i = self._next
+            ta = self._ta
+            tr = retry[0][0] if retry else math.inf
+            if ta <= tr:
+                if ta > t:
+                    return
+                self._next = i + 1
+                if i + 1 < n:
+                    if i + 1 - self._c0 >= len(self._ca):
+                        self._load_chunk(i + 1)
+                    self._ta = self._ca[i + 1 - self._c0]
+                else:
+                    self._ta = math.inf
+                req = self._new_req(i)
+                if req is not None:
+                    self._arrive(req)
+            else:
+                if tr > t:
+                    return
+                self._arrive(heapq.heappop(retry)[2])
+
+    def _next_event(self) -> float:
+        if self.retry:
+            tr = self.retry[0][0]
+            return tr if tr < self._ta else self._ta
+        return self._ta

@@ -1,0 +1,170 @@
+"""Scheduling actions on one Simulation's running set: admit, grow a prefill, swap in, preempt.
+
+These are the query/mutate steps the BatchPlanner (``batching.py``) and the engine loop call;
+each keeps the KV books exact (``memory.BlockManager`` + explicit ``Req.priv`` + the lazily
+grown ``DecodePool``). A mixin of ``engine.Simulation``: it reads the state that class builds.
+
+Preemption (token-level): when a decoding sequence cannot get its next block, victims leave the
+running set in order of (priority value, arrival) descending (vLLM: the last of the running
+list). ``recompute`` drops the victim's KV and puts it at the FRONT of the waiting queue to
+prefill prompt + generated tokens again; ``swap`` copies its KV to the CPU tier (PCIe time added
+to the next iteration) and brings it back before new requests are admitted.
+"""
+
+from __future__ import annotations
+
+from backends.sim.request_state import DECODE, PREFILL, SWAPPED, WAITING, Req
+
+
+class Scheduling:
+    """Admission into the running set and preemption out of it (mixin of ``Simulation``)."""
+
+    # ============================================================== admission
+    def admit(self, req: Req, limit: int, first: bool, whole: bool = False) -> int:
+        """Move the waiting head ``req`` into the running set with a first chunk of at most
+        ``limit`` tokens (``whole``: its whole prefill, which may exceed ``limit`` only when
+        ``first``). Returns the chunk, or 0 (nothing changed) when seats, budget or KV memory
+        (keeping the watermark free) do not allow it."""
+        mem = self.mem
+        ids = req.ids
+        cached = 0
+        if ids:
+            cached = min(mem.hits(ids) * self.pbt, req.num_tokens - 1)
+        c = req.num_tokens - cached
+        if whole:
+            if c > limit and not first:
+                return 0
+        elif c > limit:
+            c = limit
+        if self.reserve:
+            priv = self._blocks_for(req.prompt + req.max_out - req.shared)
+        else:
+            priv = self._blocks_for(cached + c - req.shared)
+        need = priv + (mem.claim_blocks(ids) if ids else 0)
+        wm = self.watermark if self.n_running() else 0
+        if mem.avail - need < wm:
+            return 0
+        self.waiting.pop()
+        self.queued_tokens -= req.num_tokens
+        if ids:
+            mem.acquire(ids)
+            self.c_pq += req.prompt
+            self.c_ph += cached
+        mem.take(priv)
+        req.priv = priv
+        self.priv_explicit += priv
+        req.computed = cached
+        if not req.preemptions:
+            self.cached[req.rid] = cached
+        req.state = PREFILL
+        self._adm += 1
+        req.adm = self._adm
+        self.prefilling.append(req)
+        return c
+
+    def grow_chunk(self, req: Req, c: int) -> int:
+        """Allocate KV for a running prefill's next chunk of ``c`` tokens; shrink it to what
+        the free blocks allow (0: none)."""
+        if self.reserve or c <= 0:
+            return max(c, 0)
+        mem = self.mem
+        new = self._blocks_for(req.computed + c - req.shared)
+        d = new - req.priv
+        if d > 0:
+            avail = mem.avail
+            if d > avail:
+                c = (req.priv + avail) * self.bs + req.shared - req.computed
+                if c <= 0:
+                    return 0
+                new = self._blocks_for(req.computed + c - req.shared)
+                d = new - req.priv
+            mem.take(d)
+            req.priv = new
+            self.priv_explicit += d
+        return c
+
+    def swap_in(self) -> None:
+        """Bring swapped-out sequences back (oldest first) while seats and blocks allow."""
+        mem, swapped = self.mem, self.swapped
+        while swapped and self.seats_free():
+            req = swapped[0]
+            kv = self._blocks_for(req.computed)
+            if mem.avail - kv - 1 < (self.watermark if self.n_running() else 0):
+                return  # (+1: room for its next block)
+            swapped.popleft()
+            mem.take(kv)
+            self.swap.used -= kv
+            self.pending_s += self.swap.transfer_s(kv)
+            self.c_swapped += kv
+            req.priv = kv
+            self.priv_explicit += kv
+            if req.gen and req.computed == req.num_tokens - 1:
+                self.priv_explicit -= kv
+                req.priv = 0
+                self.pool.add(req)
+            else:
+                req.state = PREFILL
+                self.prefilling.append(req)
+
+    # ============================================================= preemption
+    def _victim(self) -> Req:
+        cands = self.prefilling + self.pool.members()
+        return max(cands, key=Req.victim_key.fget)
+
+    def preempt(self, req: Req) -> None:
+        """Evict ``req`` from the running set: swap its KV to CPU or drop it for recompute."""
+        mem = self.mem
+        if req.state == DECODE:
+            blocks = self.pool.remove(req)
+            if self.reserve:
+                blocks = req.priv
+                self.priv_explicit -= blocks
+        else:
+            self.prefilling.remove(req)
+            blocks = req.priv
+            self.priv_explicit -= blocks
+        mem.give(blocks)
+        req.priv = 0
+        if req.ids:
+            mem.release(req.ids)
+        req.preemptions += 1
+        self.c_preempt += 1
+        kv = self._blocks_for(req.computed)
+        if self.swap_mode and kv and self.swap.fits(kv):
+            self.swap.used += kv
+            self.pending_s += self.swap.transfer_s(kv)
+            self.c_swapped += kv
+            req.ids, req.shared = (), 0   # its whole KV comes back as private blocks
+            req.state = SWAPPED
+            self.swapped.append(req)
+        else:
+            req.computed = 0
+            req.state = WAITING
+            self.waiting.push_front(req)
+            self.queued_tokens += req.num_tokens
+
+    def _fail(self, req: Req) -> None:
+        """Drop a running request that can never fit (alone, it outgrows the KV pool)."""
+        self.preempt(req)
+        self.c_preempt -= 1
+        if req.state == WAITING:
+            self.waiting.pop()
+            self.queued_tokens -= req.num_tokens
+        else:
+            self.swapped.pop()
+            self.swap.used -= self._blocks_for(req.computed)
+        self.failed[req.rid] = True
+        self.preempts[req.rid] = req.preemptions - 1
+        self.out_done[req.rid] = req.gen
+
+    def _make_room_for_decodes(self) -> int:
+        """Preempt until every decoding sequence can get its next block; returns that need."""
+        pool, mem = self.pool, self.mem
+        while True:
+            need = pool.next_step_blocks()
+            if need <= mem.free + mem.evictable:
+                return need
+            if self.n_running() == 1:
+                self._fail(self.pool.members()[0])
+                return 0
+            self.preempt(self._victim())
