@@ -183,9 +183,9 @@ class Simulation(Arrivals, Scheduling):
         """Decode-only iteration of r sequences: (time, FLOPs, bytes) = x0 + x1 × context."""
         c = self._coef.get(r)
         if c is None:
-            z, o = self.cm.decode_segment(r, 0.0, 1), self.cm.decode_segment(r, 1.0, 1)
-            c = self._coef[r] = (z.time_s, o.time_s - z.time_s, z.flops, o.flops - z.flops,
-                                 z.hbm_bytes, o.hbm_bytes - z.hbm_bytes)
+            base, per_ctx = self.cm.decode_affine(r)
+            c = self._coef[r] = (base.time_s, per_ctx.time_s, base.flops, per_ctx.flops,
+                                 base.hbm_bytes, per_ctx.hbm_bytes)
         return c
 
     def _iteration(self, chunks: list[tuple[Req, int]], decodes: bool) -> None:
