@@ -54,8 +54,12 @@ class Simulation(Arrivals, Scheduling):
     actions admit/grow/swap-in/preempt (``scheduler.py``) are mixins over the same state."""
 
     def __init__(self, policy: Policy, workload: Workload, deployment: Deployment, *, seed: int = 0,
-                 check: bool = False, trace: bool = False, max_sim_time_s: float | None = None) -> None:
+                 check: bool = False, trace: bool = False, max_sim_time_s: float | None = None,
+                 segment_cap: int = 0) -> None:
+        """``segment_cap`` (tests): most decode iterations per segment (1 = step every iteration,
+        the brute-force reference for the closed-form skipping; 0 = no cap)."""
         self.policy, self.w, self.dep = policy, workload, deployment
+        self.segment_cap = segment_cap or (1 << 62)
         self.check_full = check
         self.rng = np.random.default_rng(seed)
         model, gpu = get_model(deployment.model), get_gpu(deployment.gpu)
@@ -207,11 +211,13 @@ class Simulation(Arrivals, Scheduling):
             self.mem.take(pool.advance(1))
         for req, c in chunks:
             req.computed += c
+        held, used = self._kv_now()  # held during the iteration, before anything is released
+        for req, _c in chunks:
             if req.computed == req.num_tokens:
                 self._sampled(req, t)
         if r and pool.heap[0][0] <= pool.g:
             self._pool_finished(t)
-        self._record(t0, dt, cost.flops, cost.hbm_bytes, 1, r + len(chunks), r + pf)
+        self._record(t0, dt, cost.flops, cost.hbm_bytes, 1, r + len(chunks), r + pf, held, held, used, used)
         if self.trace is not None:
             self.trace.iteration(t0, dt, 1, r, pf, len(chunks))
 
@@ -264,6 +270,10 @@ class Simulation(Arrivals, Scheduling):
                     n = k
         if self.max_t < math.inf:
             n = min(n, self._steps_until(self.max_t - t0 - self.pending_s, r, ctx, a, ts))
+        if n > self.segment_cap:
+            n = self.segment_cap
+        held0, used0 = self._kv_now()
+        d1 = pool.next_step_blocks()
         if pool.grow:
             avail = mem.free + mem.evictable
             if (avail // r) * self.bs < n:
@@ -281,14 +291,29 @@ class Simulation(Arrivals, Scheduling):
         dt = n * a + ts * csum + self.pending_s
         self.pending_s = 0.0
         t = self.t = t0 + dt
+        held = mem.total - mem.free - mem.evictable  # during the last iteration
         if heap[0][0] <= g + n:
             self._pool_finished(t)
-        self._record(t0, dt, n * c[2] + c[3] * csum, n * c[4] + c[5] * csum, n, r * n, r)
+        self._record(t0, dt, n * c[2] + c[3] * csum, n * c[4] + c[5] * csum, n, r * n, r,
+                     held0 + d1, held, used0 + r, used0 + r * n)
         if self.trace is not None:
             self.trace.iteration(t0, dt, n, r, 0, 0)
 
+    def _kv_now(self) -> tuple[int, int]:
+        """(KV blocks held: private + referenced cache, KV tokens in them) right now."""
+        mem, pool = self.mem, self.pool
+        used = pool.sum_b + pool.n * pool.g
+        if mem.cached:
+            used += (mem.cached - mem.evictable) // mem.entry_blocks * self.pbt
+        for req in self.prefilling:
+            if req.computed > req.shared:
+                used += req.computed - req.shared
+        return mem.total - mem.free - mem.evictable, used
+
     def _record(self, t0: float, dt: float, flops: float, nbytes: float, iters: int, seqs: int,
-                tokens: int) -> None:
+                tokens: int, held_first: int, held_last: int, used_first: int, used_last: int) -> None:
+        """Check the step's invariants and hand its totals to telemetry (held/used: KV blocks and
+        tokens during the step's first and last iteration)."""
         mem, pool = self.mem, self.pool
         if self.check_full:
             self.check()
@@ -299,16 +324,8 @@ class Simulation(Arrivals, Scheduling):
             if len(self.prefilling) + pool.n > self.seat_cap or dt < 0:
                 raise SimInvariantError(f"running {len(self.prefilling) + pool.n} > {self.seat_cap} seats "
                                         f"or time went back (dt={dt})")
-        used_tok = pool.sum_b + pool.n * pool.g
-        if mem.cached:
-            used_tok += (mem.cached - mem.evictable) // mem.entry_blocks * self.pbt
-        prefilling = self.prefilling
-        if prefilling:
-            for req in prefilling:
-                if req.computed > req.shared:
-                    used_tok += req.computed - req.shared
-        self.tel.step(t0, dt, flops, nbytes, iters, seqs, tokens, mem.total - mem.free - mem.evictable, used_tok,
-                      len(prefilling) + pool.n, len(self.waiting))
+        self.tel.step(t0, dt, flops, nbytes, iters, seqs, tokens, held_first, held_last, used_first, used_last,
+                      len(self.prefilling) + pool.n, len(self.waiting))
 
     # ================================================================= checks
     def check(self) -> None:
@@ -401,7 +418,7 @@ class Simulation(Arrivals, Scheduling):
             if te == math.inf:
                 break
             te = min(te, self.max_t)
-            self.tel.idle(self.t, te - self.t)
+            self.tel.idle(self.t, te - self.t, *self._kv_now())
             self.t = te
         self._finish_run()
         return self

@@ -3,8 +3,10 @@
 The engine calls ``step`` once per iteration or decode segment (and ``idle`` for gaps).
 The timeline keeps at most ``MAX_ROWS`` samples: when full, every other row is dropped and
 the sampling stride doubles, so a million-request run costs the same few hundred kB.
-KV slot-seconds integrate allocated (private + referenced cache blocks × block size) and used
-(KV tokens) slots with the trapezoid rule between step ends; fragmentation = 1 − used/allocated.
+KV slot-seconds integrate held (private + referenced cache blocks × block size) and used (KV
+tokens) slots: an iteration holds its blocks for its whole duration; a decode segment of n
+iterations, whose holdings grow linearly, is integrated with the trapezoid rule between its first
+and last iteration; idle gaps hold what is left. Fragmentation = 1 − used/allocated.
 """
 
 from __future__ import annotations
@@ -21,7 +23,7 @@ class TelemetryRecorder:
     """Accumulates one run's telemetry (all units: s, FLOPs/bytes per GPU, blocks, tokens)."""
 
     __slots__ = ("total", "bs", "busy", "flops", "bytes", "iters", "batch_sum", "alloc_ss", "used_ss",
-                 "peak_used", "peak_running", "peak_waiting", "_last_alloc", "_last_used", "_rows",
+                 "peak_used", "peak_running", "peak_waiting", "_rows",
                  "_stride", "_skip", "t_end")
 
     def __init__(self, total_blocks: int, block_size: int) -> None:
@@ -30,26 +32,23 @@ class TelemetryRecorder:
         self.iters = self.batch_sum = 0
         self.alloc_ss = self.used_ss = 0.0
         self.peak_used = self.peak_running = self.peak_waiting = 0
-        self._last_alloc = self._last_used = 0.0
         self._rows: list[tuple[float, float, int, int, int]] = []
         self._stride, self._skip = 1, 0
         self.t_end = 0.0
 
     def step(self, t0: float, dt: float, flops: float, nbytes: float, iters: int, seqs: int, tokens: int,
-             used_blocks: int, used_tokens: int, running: int, waiting: int) -> None:
-        """One iteration (or ``iters`` decode iterations) from t0 lasting dt seconds; state after it."""
+             held_first: int, held_last: int, used_first: int, used_last: int, running: int, waiting: int) -> None:
+        """One iteration (or ``iters`` decode iterations) from t0 lasting dt seconds; KV blocks
+        held and tokens used during its first and last iteration; queue sizes after it."""
         self.busy += dt
         self.flops += flops
         self.bytes += nbytes
         self.iters += iters
         self.batch_sum += seqs
-        alloc = used_blocks * self.bs
-        self.alloc_ss += dt * 0.5 * (self._last_alloc + alloc)
-        self.used_ss += dt * 0.5 * (self._last_used + used_tokens)
-        self._last_alloc = alloc
-        self._last_used = used_tokens
-        if used_blocks > self.peak_used:
-            self.peak_used = used_blocks
+        self.alloc_ss += dt * 0.5 * (held_first + held_last) * self.bs
+        self.used_ss += dt * 0.5 * (used_first + used_last)
+        if held_last > self.peak_used:
+            self.peak_used = held_last
         self.t_end = t = t0 + dt
         self._skip += 1
         if self._skip >= self._stride:
@@ -59,15 +58,15 @@ class TelemetryRecorder:
             if waiting > self.peak_waiting:
                 self.peak_waiting = waiting
             rows = self._rows
-            rows.append((t, used_blocks / self.total, running, waiting, tokens))
+            rows.append((t, held_last / self.total, running, waiting, tokens))
             if len(rows) >= MAX_ROWS:
                 del rows[1::2]
                 self._stride *= 2
 
-    def idle(self, t0: float, dt: float) -> None:
-        """Nothing runs from t0 for dt seconds (allocations stay as they are)."""
-        self.alloc_ss += dt * self._last_alloc
-        self.used_ss += dt * self._last_used
+    def idle(self, t0: float, dt: float, held: int, used: int) -> None:
+        """Nothing runs from t0 for dt seconds while ``held`` blocks / ``used`` tokens stay allocated."""
+        self.alloc_ss += dt * held * self.bs
+        self.used_ss += dt * used
         self.t_end = t0 + dt
 
     def timeline(self) -> pd.DataFrame:
