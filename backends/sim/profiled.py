@@ -36,7 +36,13 @@ class ProfiledCostModel(CostModel):
 
     def __init__(self, model: ModelSpec, gpu: GPUSpec, tp: int = 1, weight_dtype: str = "bf16",
                  kv_dtype: str = "bf16", engine: EnginePreset | None = None,
-                 efficiency: Efficiency | None = None, profile: Any = None) -> None:
+                 efficiency: Efficiency | None = None, profile: Any = None, kv_mem: float = 0.0) -> None:
+        if not 0.0 <= kv_mem <= 1.5:
+            raise ValueError(f"kv_mem={kv_mem}: must be in [0, 1.5] (0 = the efficiency's mem)")
+        self.kv_mem = kv_mem
+        """Fraction of HBM bandwidth reached reading KV in decode attention (0 = ``efficiency.mem``):
+        paged decode attention streams long contiguous blocks and can run closer to peak than
+        the GEMVs' weight reads."""
         self._curves: dict[str, Any] = {}
         self._attn: dict[str, Any] = {}
         source = "roofline (given efficiency)" if efficiency is not None else "roofline (default efficiency)"
@@ -84,6 +90,10 @@ class ProfiledCostModel(CostModel):
             tm = self._attn_pf_a * prefill_tokens * self._inv_bw
             t += L * pre(prefill_attn_pairs, prefill_tokens) - max(tc, tm)
         dec = self._attn.get("attn_decode")
+        if self.kv_mem and decode_seqs and dec is None:
+            tc = self._attn_f_pair * decode_tokens / decode_seqs * self._inv_pa
+            tm = self._kv_tok / (self.gpu.hbm_bytes_s * self.kv_mem)
+            ts = tc if tc > tm else tm
         if dec is not None and decode_seqs:
             t += L * (dec.lat + dec.b * decode_seqs) - self._attn_pf_a * decode_tokens * self._inv_bw
             ts = L * dec.a
@@ -99,7 +109,7 @@ class ProfiledCostModel(CostModel):
 
 def cost_model_for(model: str | Path | ModelSpec, gpu: str | Path | GPUSpec, tp: int = 1, weight_dtype: str = "bf16",
                    kv_dtype: str = "bf16", engine: str | EnginePreset = "vllm-v1", profile: Any = None,
-                   efficiency: Efficiency | None = None) -> ProfiledCostModel:
+                   efficiency: Efficiency | None = None, kv_mem: float = 0.0) -> ProfiledCostModel:
     """The cost model the simulator should use for one instance: the profile's fitted operators
     where ``profile`` covers (model, GPU, TP), the fitted roofline elsewhere; ``.source`` says
     which. ``profile``: a ``ProfileFit`` (reuse one across trials: its fits are memoised), a
@@ -107,7 +117,7 @@ def cost_model_for(model: str | Path | ModelSpec, gpu: str | Path | GPUSpec, tp:
     m = model if isinstance(model, ModelSpec) else get_model(model)
     g = gpu if isinstance(gpu, GPUSpec) else get_gpu(gpu)
     e = engine if isinstance(engine, EnginePreset) else get_engine(engine)
-    return ProfiledCostModel(m, g, tp, weight_dtype, kv_dtype, e, efficiency, profile)
+    return ProfiledCostModel(m, g, tp, weight_dtype, kv_dtype, e, efficiency, profile, kv_mem)
 
 
 __all__ = ["ProfiledCostModel", "cost_model_for"]

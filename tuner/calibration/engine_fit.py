@@ -27,10 +27,10 @@ from tuner.calibration.trainval import (
     run_metrics,
 )
 
-FIT_PARAMS = ("mem", "gemm", "overhead_scale", "prefill_overhead_s", "lag_steps")
+FIT_PARAMS = ("mem", "kv_mem", "gemm", "overhead_scale", "prefill_overhead_s", "lag_steps")
 BOUNDS = {"mem": (0.3, 1.0), "gemm": (0.2, 1.0), "attn": (0.1, 1.0), "overhead_scale": (0.05, 20.0),
           "prefill_overhead_s": (1e-6, 0.05), "seq_overhead_s": (1e-7, 1e-3), "layer_overhead_s": (1e-7, 1e-3),
-          "comm": (0.1, 1.0), "allreduce_base_s": (1e-7, 1e-3), "lag_steps": (0.01, 5.0)}
+          "comm": (0.1, 1.0), "allreduce_base_s": (1e-7, 1e-3), "lag_steps": (0.01, 5.0), "kv_mem": (0.3, 1.0)}
 
 
 @dataclass(frozen=True, slots=True)
@@ -41,14 +41,17 @@ class EngineCalibration:
     efficiency: Efficiency = field(default_factory=Efficiency)
     lag_steps: float = 0.0
     share: str = "prompt"
+    kv_mem: float = 0.0
+    """HBM efficiency of decode-attention KV reads (0 = ``efficiency.mem``), ProfiledCostModel."""
 
     def to_dict(self) -> dict:
-        return {"efficiency": efficiency_to_dict(self.efficiency), "lag_steps": self.lag_steps, "share": self.share}
+        return {"efficiency": efficiency_to_dict(self.efficiency), "lag_steps": self.lag_steps, "share": self.share,
+                "kv_mem": self.kv_mem}
 
     @classmethod
     def from_dict(cls, d: dict) -> EngineCalibration:
         return cls(efficiency_from_dict(d.get("efficiency", {})), float(d.get("lag_steps", 0.0)),
-                   str(d.get("share", "prompt")))
+                   str(d.get("share", "prompt")), float(d.get("kv_mem", 0.0)))
 
 
 @dataclass(frozen=True, slots=True)
@@ -67,16 +70,16 @@ class RunError:
                                                          (self.tpot_ms, r.tpot_ms)))  # type: ignore[return-value]
 
 
-CostFactory = Callable[[TrainvalRun, Efficiency], CostModel]
+CostFactory = Callable[[TrainvalRun, "EngineCalibration"], CostModel]
 
 
-def default_factory(run: TrainvalRun, eff: Efficiency) -> CostModel:
-    """The roofline ``CostModel`` of the run's instance under the ``vllm-v1`` preset."""
-    from backends.sim.catalog import get_gpu, get_model
-    from backends.sim.engines import get_engine
+def default_factory(run: TrainvalRun, cal: EngineCalibration) -> CostModel:
+    """The run's instance under the ``vllm-v1`` preset: ``ProfiledCostModel`` (no profile: the
+    roofline with ``cal``'s efficiency and KV-read efficiency)."""
+    from backends.sim.profiled import cost_model_for
 
-    return CostModel(get_model(run.model), get_gpu("h100-sxm"), run.tp, run.weight_dtype, "bf16",
-                     get_engine("vllm-v1"), eff)
+    return cost_model_for(run.model, "h100-sxm", run.tp, run.weight_dtype, "bf16", "vllm-v1",
+                          efficiency=cal.efficiency, kv_mem=cal.kv_mem)
 
 
 def simulate_run(run: TrainvalRun, cal: EngineCalibration, *, seed: int = 0, duration_scale: float = 1.0,
@@ -85,7 +88,7 @@ def simulate_run(run: TrainvalRun, cal: EngineCalibration, *, seed: int = 0, dur
     from tuner.calibration.simrun import simulate_with
 
     w = regenerate(run.workload, seed, share=cal.share, duration_scale=duration_scale)
-    res = simulate_with(factory(run, cal.efficiency), policy_for(run), w, deployment_for(run), seed=seed,
+    res = simulate_with(factory(run, cal), policy_for(run), w, deployment_for(run), seed=seed,
                         lag_steps=cal.lag_steps)
     t, e, p = run_metrics(res.records, WORKLOADS[run.workload].max_output)
     return RunError(run, t, e, p)
@@ -104,7 +107,11 @@ def fit_engine(runs: Sequence[TrainvalRun], *, params: Sequence[str] = FIT_PARAM
     names = list(params)
 
     def get(n: str) -> float:
-        return base.lag_steps if n == "lag_steps" else getattr(base.efficiency, n)
+        if n == "lag_steps":
+            return base.lag_steps or 1.0
+        if n == "kv_mem":
+            return base.kv_mem or base.efficiency.mem
+        return getattr(base.efficiency, n)
 
     lo = np.log([BOUNDS[n][0] for n in names])
     hi = np.log([BOUNDS[n][1] for n in names])
@@ -113,7 +120,8 @@ def fit_engine(runs: Sequence[TrainvalRun], *, params: Sequence[str] = FIT_PARAM
     def cal_of(x) -> EngineCalibration:
         vals = {n: float(math.exp(v)) for n, v in zip(names, x, strict=True)}
         lag = vals.pop("lag_steps", base.lag_steps)
-        return replace(base, efficiency=replace(base.efficiency, **vals), lag_steps=lag)
+        kv = vals.pop("kv_mem", base.kv_mem)
+        return replace(base, efficiency=replace(base.efficiency, **vals), lag_steps=lag, kv_mem=kv)
 
     def resid(x):
         c = cal_of(x)

