@@ -330,15 +330,15 @@ def iteration_table(work: Path) -> list[tuple[str, float, float, float]]:
     from backends.sim.costmodel import CostModel
     from backends.sim.engines import get_engine
 
-    pred_dirs = sorted((work / "vidur_cache/predictions").glob("*/attn_decode.csv.xz"))
-    if not pred_dirs:
+    pred_files = sorted((work / "vidur_cache/predictions").glob("*/attn_decode.csv.xz"), key=lambda f: f.stat().st_mtime)
+    if not pred_files:
         raise FileNotFoundError(f"no Vidur prediction tables under {work}/vidur_cache: run the benchmark first")
-    d = pred_dirs[-1].parent
     tab = {}
-    for f in d.glob("*.csv.xz"):
+    for f in pred_files[-1].parent.glob("*.csv.xz"):  # the tables Vidur built last
         df = pd.read_csv(f)
         y = df.pop("prediction").to_numpy()
-        tab[f.name.split(".")[0]] = {tuple(int(v) for v in row): float(p) for row, p in zip(df.to_numpy(), y, strict=True)}
+        tab[f.name.split(".")[0]] = {tuple(int(v) for v in row): float(p)
+                                     for row, p in zip(df.to_numpy(), y, strict=True)}
     m, g = get_model(MODEL), get_gpu(GPU)
     cm = CostModel(m, g, engine=get_engine("vllm-v1"))
     bare_engine = dataclasses.replace(get_engine("vllm-v1"), iteration_overhead_s=0.0, per_seq_overhead_s=0.0,
@@ -436,8 +436,12 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--csv", type=Path, help="also write the table rows here")
     a = ap.parse_args(argv)
     if not Path(a.vidur_python).exists():
-        print(f"error: Vidur python {a.vidur_python} not found: run scripts/setup_vidur.sh", file=sys.stderr)
-        return 2
+        venv = Path(a.vidur_python).parent.parent
+        print(f"Vidur python {a.vidur_python} not found: installing it with scripts/setup_vidur.sh {venv}")
+        if subprocess.run(["bash", str(ROOT / "scripts/setup_vidur.sh"), str(venv)]).returncode or \
+                not Path(a.vidur_python).exists():
+            print("error: Vidur setup failed (scripts/setup_vidur.sh)", file=sys.stderr)
+            return 2
     a.work.mkdir(parents=True, exist_ok=True)
     w = build_workload(a.requests, a.rate)
     trace = write_vidur_trace(w, a.work / "trace.csv")
@@ -451,13 +455,14 @@ def main(argv: list[str] | None = None) -> int:
         setup = Setup(s, batch_cap=a.batch_cap, chunk=a.chunk)
         repos = write_profile_datasets(a.work, 1, setup.block_size, setup.batch_cap)
         args = setup.vidur_args(trace, a.work, repos, a.rf_grid, w.n, native=a.vidur_native)
-        pred_dir = a.work / "vidur_cache" / "predictions"
-        if not pred_dir.exists() or not any(pred_dir.iterdir()):
-            t0 = time.perf_counter()
-            run_vidur(a.vidur_python, args, w, a.timeout)
-            print(f"(vidur: one-off predictor training + first run {time.perf_counter() - t0:.1f} s, now cached)")
         st = run_servetune(setup, w, a.repeat)
+        pred_dir = a.work / "vidur_cache" / "predictions"
+        before = set(pred_dir.iterdir()) if pred_dir.exists() else set()
+        t0 = time.perf_counter()
         vd = run_vidur(a.vidur_python, args, w, a.timeout)
+        if set(pred_dir.iterdir()) - before:  # Vidur trained its predictors in this run: time a cached run
+            print(f"(vidur: one-off predictor training + first run {time.perf_counter() - t0:.1f} s, now cached)")
+            vd = run_vidur(a.vidur_python, args, w, a.timeout)
         print_summary(setup, w.n, st, vd)
         rows += report_rows(setup, w.n, st, vd)
     if a.explain:
