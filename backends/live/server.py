@@ -4,8 +4,9 @@
 127.0.0.1 --port <free port>`` from an argument list (never a shell string) in its own
 session, logs to a file, waits for ``/health`` while watching for the process dying, and
 stops the whole process group (SIGTERM, then SIGKILL). ``ServerPool`` keeps the last server
-running while consecutive trials ask for the same flags. Both are context managers: nothing is
-left behind, no ``atexit`` needed.
+running while consecutive trials ask for the same flags. Both are context managers; as a
+safety net each server gets SIGTERM from the kernel when the thread that launched it exits
+(PR_SET_PDEATHSIG), so nothing outlives servetune, and no ``atexit`` is needed.
 """
 
 from __future__ import annotations
@@ -16,6 +17,7 @@ import re
 import signal
 import socket
 import subprocess
+import sys
 import tempfile
 import time
 import urllib.error
@@ -32,6 +34,18 @@ _OFFLINE = {"HF_HUB_OFFLINE": "1", "TRANSFORMERS_OFFLINE": "1"}
 _ENV_DROP = ("VLLM_CPU_KVCACHE_SPACE",)
 _ERROR_LINE = re.compile(r"\b\w*(Error|Exception)\b:|error:|ERROR")
 _LOG_PREFIX = re.compile(r"^\(\w+ pid=\d+\)\s*")  # silently overrides --kv-cache-memory-bytes when set
+
+
+def _die_with_parent() -> None:
+    """In the child before exec: ask the kernel to SIGTERM it when the launching thread exits
+    (Linux PR_SET_PDEATHSIG), so a server kept between trials never outlives servetune even if
+    ``close()`` is never reached (a crash, SIGKILL). vLLM's server stops its engine on SIGTERM."""
+    try:
+        import ctypes
+
+        ctypes.CDLL("libc.so.6", use_errno=True).prctl(1, signal.SIGTERM)  # 1 = PR_SET_PDEATHSIG
+    except (OSError, AttributeError):
+        pass
 
 
 def free_port(host: str = HOST) -> int:
@@ -134,7 +148,8 @@ class VLLMServer:
         t0 = time.monotonic()
         with open(self.log_path, "wb") as log:
             self._proc = subprocess.Popen(self.command(), stdout=log, stderr=subprocess.STDOUT,
-                                          stdin=subprocess.DEVNULL, env=env, start_new_session=True)
+                                          stdin=subprocess.DEVNULL, env=env, start_new_session=True,
+                                          preexec_fn=_die_with_parent if sys.platform == "linux" else None)
         self.last_pid = self._proc.pid
         try:
             self._wait_healthy(t0)

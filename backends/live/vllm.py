@@ -6,9 +6,11 @@ per-request records plus /metrics telemetry; the scorecard is ``tuner.scorecard.
 same function as for the simulator. Knobs vLLM cannot express are reset in the effective
 policy and listed in ``RunResult.notes``.
 
-Servers: outside a ``with`` block every ``run`` starts and stops its own server. Inside
-``with VLLMBackend() as b:`` a server is kept while consecutive trials need the same flags
-and stopped at the end of the block (no process outlives it).
+Servers: a server is kept while consecutive runs need the same flags (a tuner runs each trial
+at several workload fractions, and enqueued defaults repeat), and replaced when the flags
+change. ``close()`` or the end of a ``with VLLMBackend() as b:`` block stops it; if neither
+happens, the kernel stops it when servetune's launching thread exits (PR_SET_PDEATHSIG).
+``keep_server=False``: every run starts and stops its own server.
 
 On CPU (``Deployment(gpu="cpu")``) ``deployment.model`` is a local model folder or
 ``tiny-llama`` (written on first use, see ``backends.live.tiny_model``).
@@ -52,7 +54,7 @@ class VLLMBackend:
                  kv_cache_bytes: int | None = None, time_scale: float = 1.0, max_concurrency: int = 256,
                  request_timeout_s: float = 120.0, startup_timeout_s: float = 300.0,
                  metrics_interval_s: float = 0.5, extra_args: Sequence[str] = (),
-                 log_dir: str | Path | None = None) -> None:
+                 log_dir: str | Path | None = None, keep_server: bool = True) -> None:
         self.python = python
         self.cache_dir = cache_dir
         self.kv_cache_bytes = kv_cache_bytes
@@ -63,6 +65,7 @@ class VLLMBackend:
         self.metrics_interval_s = metrics_interval_s
         self.extra_args = tuple(extra_args)
         self.log_dir = log_dir
+        self.keep_server = keep_server
         self._pool: ServerPool | None = None
         self.last_startup_s: float = float("nan")
         """Start-up time of the server the last run used (NaN when it reused one)."""
@@ -77,7 +80,7 @@ class VLLMBackend:
         self.close()
 
     def servers(self) -> list:
-        """Servers kept by this backend now (inside ``with``; empty outside)."""
+        """Servers kept by this backend now."""
         return self._pool.running() if self._pool is not None else []
 
     def close(self) -> None:
@@ -118,6 +121,8 @@ class VLLMBackend:
         model = self.model_path(deployment)
         mapping = self.flags(policy, deployment, model)
         args = [*mapping.args, *self.measure_args, *self.extra_args]
+        if self._pool is None and self.keep_server:
+            self._pool = self._new_pool()
         own_pool = self._pool is None
         pool = self._new_pool() if own_pool else self._pool
         assert pool is not None

@@ -150,3 +150,37 @@ def test_server_dying_mid_trial_raises_engine_error(backend):
     assert backend.servers() == []
     with pytest.raises(ProcessLookupError):
         os.killpg(pid, 0)
+
+
+CHILD = """
+import sys
+from backends.base import Deployment
+from backends.live.vllm import VLLMBackend
+from tuner.policy import Policy
+from workloads.workload import build_workload
+b = VLLMBackend(python=sys.argv[1], cache_dir=sys.argv[2], kv_cache_bytes=64 << 20)
+res = b.run(Policy(block_size=32), build_workload("x", [0.0], [8], [4]), Deployment("tiny-llama", "cpu", max_model_len=512))
+print("PID", b.servers()[0].pid, int(res.records["output_len"].iloc[0]), flush=True)
+# exits without close(): the kept server must not outlive this process
+"""
+
+
+def test_kept_server_does_not_outlive_servetune(vllm_python, tmp_path):
+    import subprocess
+    import sys
+    import time
+
+    out = subprocess.run([sys.executable, "-c", CHILD, vllm_python, str(tmp_path)], capture_output=True, text=True,
+                         timeout=600, check=False)
+    line = next((ln for ln in out.stdout.splitlines() if ln.startswith("PID")), None)
+    assert line, out.stderr[-2000:]
+    _, pid, n = line.split()
+    assert n == "4"
+    deadline = time.monotonic() + 60
+    while time.monotonic() < deadline:
+        try:
+            os.killpg(int(pid), 0)
+        except ProcessLookupError:
+            return
+        time.sleep(0.5)
+    pytest.fail(f"server group {pid} still alive 60 s after servetune exited")
