@@ -48,7 +48,7 @@ class Arrivals:
             if full:
                 ids = tuple(dict.fromkeys(self.w.prefix_ids[off[i]: off[i] + full].tolist()))
         req = Req(i, self._ca[k], prompt, out, max_out, self._cr[k], ids, len(ids) * self.pbt)
-        req.key = self._cs[k]  # TTFT SLO, s (admission's target)
+        req.ttft_slo_s = self._cs[k]
         return req
 
     def _arrive(self, req: Req) -> None:
@@ -58,7 +58,7 @@ class Arrivals:
             return
         recent = self.recent_done
         rate = (len(recent) - 1) / (self.t - recent[0]) if len(recent) > 1 and self.t > recent[0] else 0.0
-        v = self.admission.decide(req.prompt, req.key, len(self.waiting), self.mem.avail,
+        v = self.admission.decide(req.prompt, req.ttft_slo_s, len(self.waiting), self.mem.avail,
                                   self.queued_tokens, req.retries, rate)
         if v is Verdict.ACCEPT:
             self.waiting.push(req)

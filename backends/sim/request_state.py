@@ -24,7 +24,7 @@ class Req:
     """Mutable state of one request while it is inside the simulation (plain class, slotted)."""
 
     __slots__ = (
-        "rid", "arrival", "prompt", "out", "max_out", "prio", "key", "num_tokens", "computed",
+        "rid", "arrival", "prompt", "out", "max_out", "prio", "ttft_slo_s", "num_tokens", "computed",
         "gen", "first_token", "preemptions", "ids", "shared", "priv", "state", "b", "q", "r",
         "fin_g", "ver", "retries", "adm",
     )
@@ -37,7 +37,7 @@ class Req:
         self.out = out                  # output tokens this request will produce
         self.max_out = max_out          # its max_tokens (what a request-level reservation sees)
         self.prio = prio
-        self.key = 0.0                  # queue sort key (set by the queue)
+        self.ttft_slo_s = 0.0           # TTFT target, s (admission control)
         self.num_tokens = prompt        # known tokens: prompt + generated
         self.computed = 0               # tokens with KV on the GPU
         self.gen = 0                    # generated tokens
