@@ -7,14 +7,14 @@ tokens) under a vLLM-style scheduler (prefill-first, 4096-token budget) and a Sa
 blocks (servetune's budget is passed to Vidur as ``num_blocks``), FCFS and recompute
 preemption. Prints wall times, speed ratios and TTFT / TPOT p50/p90/p99 of both.
 
-    scripts/setup_vidur.sh                      # once: Vidur 0.0.26 in .venv-vidur
+    scripts/setup_vidur.sh                      # once (else the bench runs it): Vidur in .venv-vidur
     python benchmarks/bench_vidur.py            # 2000 requests at 4 req/s
-    python benchmarks/bench_vidur.py --requests 5000 --rate 5 --schedulers sarathi
+    python benchmarks/bench_vidur.py --requests 5000 --rate 6 --explain   # + per-iteration check
 
 Vidur runs as a subprocess of its own venv (``benchmarks/vidur_runner.py`` = ``vidur.main``
 plus phase timings). It has no network here, so its Hugging Face profile datasets are laid
 out as an OFFLINE local dataset cache (``HF_HUB_OFFLINE=1``): the compute profile is Vidur's
-measured per-operator MLP profile (/work/shared/data/profiles/vidur); Vidur's ATTENTION
+measured per-operator MLP profile (bundled in backends/sim/data/profiles/vidur); its ATTENTION
 profile is not available, so one is synthesised on Vidur's own profiling grid from a
 FlashAttention roofline (see ``attention_profile``) - attention is therefore not an
 independent check. The first run trains Vidur's random-forest predictors (cached in the work
@@ -49,7 +49,8 @@ from workloads import transforms  # noqa: E402
 from workloads.registry import load_workload  # noqa: E402
 from workloads.workload import Workload  # noqa: E402
 
-PROFILES = Path(os.environ.get("SERVETUNE_SHARED", "/work/shared")) / "data/profiles/vidur"
+PROFILES = ROOT / "backends/sim/data/profiles/vidur"
+"""Vidur's measured operator profiles as bundled with servetune (MIT, see the DATA.md beside them)."""
 VIDUR_MODEL = "meta-llama/Llama-2-7b-hf"
 MODEL, GPU, VIDUR_DEVICE, VIDUR_NODE = "llama-2-7b", "h100", "h100", "h100_dgx"
 MAX_LEN = 4096
@@ -163,11 +164,11 @@ def write_profile_datasets(work: Path, tp: int = 1, block_size: int = 16, max_ba
     repo ids (pass them as ``model_profiling_dataset`` / ``network_profiling_dataset``)."""
     cache = work / "vidur_cache"
     compute, network = "servetune-offline/vidur-compute-h100-llama-2-7b", "servetune-offline/vidur-network-h100-dgx"
-    mlp = pd.read_csv(PROFILES / "compute_h100_meta-llama_Llama-2-7b-hf_mlp.csv")
+    mlp = pd.read_csv(PROFILES / "compute_h100_meta-llama_Llama-2-7b-hf_mlp.csv.gz")
     _hf_dataset(cache / "profiling_data/compute", compute,
                 {"mlp.csv.xz": mlp, "attention.csv.xz": attention_profile(tp, block_size, MAX_LEN, max_batch)},
                 {"model": VIDUR_MODEL, "device_sku": VIDUR_DEVICE})
-    allreduce = pd.read_csv(PROFILES / "network_h100_dgx_all_reduce.csv")
+    allreduce = pd.read_csv(PROFILES / "network_h100_dgx_all_reduce.csv.gz")
     send_recv = pd.DataFrame(columns=["collective", "devices_per_node", "size", "time_stats.send_recv.median"])
     _hf_dataset(cache / "profiling_data/network", network,
                 {"all_reduce.csv.xz": allreduce, "send_recv.csv.xz": send_recv}, {"sku": VIDUR_NODE})

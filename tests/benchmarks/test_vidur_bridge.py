@@ -28,8 +28,8 @@ def _load_bench():
 
 
 bv = _load_bench()
-needs_profiles = pytest.mark.skipif(not (bv.PROFILES / "compute_h100_meta-llama_Llama-2-7b-hf_mlp.csv").exists(),
-                                    reason="Vidur MLP profiles not in shared/data/profiles/vidur")
+needs_profiles = pytest.mark.skipif(not (bv.PROFILES / "compute_h100_meta-llama_Llama-2-7b-hf_mlp.csv.gz").exists(),
+                                    reason=f"Vidur MLP profiles not in {bv.PROFILES}")
 
 
 def test_trace_csv_matches_workload(tmp_path):
