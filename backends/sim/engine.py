@@ -272,7 +272,10 @@ class Simulation(Arrivals, Scheduling):
             n = min(n, self._steps_until(self.max_t - t0 - self.pending_s, r, ctx, a, ts))
         if n > self.segment_cap:
             n = self.segment_cap
-        held0, used0 = self._kv_now()
+        if self.prefilling or mem.cached:
+            held0, used0 = self._kv_now()
+        else:  # (inline fast path of _kv_now)
+            held0, used0 = mem.total - mem.free - mem.evictable, pool.sum_b + r * g
         d1 = pool.next_step_blocks()
         if pool.grow:
             avail = mem.free + mem.evictable
