@@ -448,7 +448,7 @@ def main(argv: list[str] | None = None) -> int:
     trace = write_vidur_trace(w, a.work / "trace.csv")
     print(f"workload: azure-conv first {w.n} requests at {w.rate:.2f} req/s over {w.span_s:.0f} s; "
           f"prompt mean {w.prompt_len.mean():.0f}, output mean {w.output_len.mean():.0f} tokens")
-    rows = []
+    rows, failed = [], 0
     for s in [x.strip() for x in a.schedulers.split(",") if x.strip()]:
         if s not in ("vllm", "sarathi"):
             print(f"error: --schedulers: unknown {s!r} (vllm, sarathi)", file=sys.stderr)
@@ -460,17 +460,25 @@ def main(argv: list[str] | None = None) -> int:
         pred_dir = a.work / "vidur_cache" / "predictions"
         before = set(pred_dir.iterdir()) if pred_dir.exists() else set()
         t0 = time.perf_counter()
-        vd = run_vidur(a.vidur_python, args, w, a.timeout)
-        if set(pred_dir.iterdir()) - before:  # Vidur trained its predictors in this run: time a cached run
-            print(f"(vidur: one-off predictor training + first run {time.perf_counter() - t0:.1f} s, now cached)")
+        try:
             vd = run_vidur(a.vidur_python, args, w, a.timeout)
+            if set(pred_dir.iterdir()) - before:  # Vidur trained its predictors in this run: time a cached run
+                print(f"(vidur: one-off predictor training + first run {time.perf_counter() - t0:.1f} s, now cached)")
+                vd = run_vidur(a.vidur_python, args, w, a.timeout)
+        except (RuntimeError, subprocess.TimeoutExpired) as e:
+            last = str(e).strip().splitlines()
+            print(f"\n== {s}: vidur FAILED after {time.perf_counter() - t0:.1f} s: {' | '.join(last[-3:])}\n"
+                  f"   (servetune: {st.finished}/{w.n} finished, {st.detail['preemptions']} preemptions, "
+                  f"{st.wall_s:.3f} s)")
+            failed += 1
+            continue
         print_summary(setup, w.n, st, vd)
         rows += report_rows(setup, w.n, st, vd)
     if a.explain:
         print_iteration_table(a.work)
     if a.csv:
         pd.DataFrame(rows).to_csv(a.csv, index=False)
-    return 0
+    return 1 if failed else 0
 
 
 if __name__ == "__main__":
