@@ -25,6 +25,8 @@ PreemptionMode = Literal["recompute", "swap"]
 AdmissionAction = Literal["reject", "defer"]
 Speculation = Literal["off", "ngram", "draft"]
 Routing = Literal["round_robin", "least_loaded", "prefix_affinity"]
+KVLink = Literal["nvlink", "network"]
+SpotRecovery = Literal["migrate", "restart"]
 
 
 @dataclass(frozen=True, slots=True)
@@ -115,6 +117,14 @@ class Policy:
     """Only prompts of at least this many tokens go to the prefill pool (0 = all)."""
     disagg_min_queue: int = 0
     """Only disaggregate while the decode pool's queue is at least this deep (0 = always)."""
+    prefill_tp: int = 0
+    """TP degree of prefill instances (0 = tp)."""
+    decode_tp: int = 0
+    """TP degree of decode instances (0 = tp)."""
+    kv_link: KVLink = "nvlink"
+    """Link carrying KV from prefill to decode instances: nvlink (same node) or network."""
+    network_gbps: float = 100.0
+    """Network bandwidth between nodes for KV transfer and migration, Gbit/s."""
 
     # ---- placement and scaling -------------------------------------------
     replicas: int = 0
@@ -125,8 +135,18 @@ class Policy:
     """Live-migrate running requests from overloaded to idle replicas (Llumnix)."""
     autoscale: bool = False
     """Scale replicas by queue depth (cold start priced)."""
+    autoscale_max_replicas: int = 4
+    """Most replicas autoscaling may run."""
+    autoscale_queue_per_replica: int = 16
+    """Scale out when waiting requests per active replica exceed this; in below a quarter of it."""
+    cold_start_s: float = 60.0
+    """Seconds from a scale-out decision to a new replica serving."""
     spot_fraction: float = 0.0
     """Fraction of replicas on spot instances (0..1)."""
+    spot_interruptions_per_hour: float = 0.5
+    """Mean interruption rate of one spot replica, 1/h (Poisson)."""
+    spot_recovery: SpotRecovery = "migrate"
+    """Interrupted work: migrate (KV moved before the grace period ends) or restart elsewhere."""
 
     # ---- LoRA adapters ---------------------------------------------------
     max_loras: int = 4
@@ -171,6 +191,13 @@ class Policy:
         need(self.prefill_instances >= 1 and self.decode_instances >= 1, "prefill_instances", "pools need >= 1 instance")
         need(self.disagg_min_prompt >= 0 and self.disagg_min_queue >= 0, "disagg_min_prompt", "must be >= 0")
         need(self.replicas >= 0, "replicas", "must be >= 0")
+        need(self.prefill_tp in (0, 1, 2, 4, 8, 16), "prefill_tp", "must be 0, 1, 2, 4, 8 or 16")
+        need(self.decode_tp in (0, 1, 2, 4, 8, 16), "decode_tp", "must be 0, 1, 2, 4, 8 or 16")
+        need(self.network_gbps > 0, "network_gbps", "must be > 0")
+        need(self.autoscale_max_replicas >= 1, "autoscale_max_replicas", "must be >= 1")
+        need(self.autoscale_queue_per_replica >= 1, "autoscale_queue_per_replica", "must be >= 1")
+        need(self.cold_start_s >= 0, "cold_start_s", "must be >= 0")
+        need(self.spot_interruptions_per_hour >= 0, "spot_interruptions_per_hour", "must be >= 0")
         need(0 <= self.spot_fraction <= 1, "spot_fraction", "must be in 0..1")
         need(self.max_loras >= 1, "max_loras", "must be >= 1")
         need(self.schema_version == POLICY_SCHEMA_VERSION, "schema_version",
