@@ -67,9 +67,11 @@ def test_priority_order_holds_on_a_saturated_server(backend):
     assert not rec["failed"].any()
     high = rec["finish_s"][prio == 0].to_numpy()
     low = rec["finish_s"][prio == 10].to_numpy()
-    print(f"mean finish high={high.mean():.3f}s low={low.mean():.3f}s")
-    assert high.mean() < low.mean()
-    # at most the 4 low requests already running when the high ones came finish before every high one
+    order = "".join("H" if p == 0 else "L" for p in prio[np.argsort(rec["finish_s"].to_numpy())])
+    print(f"finish order {order}; mean finish high={high.mean():.3f}s low={low.mean():.3f}s")
+    # Priority: 4 lows run, the 8 highs jump the 4 waiting lows, which all finish after the first
+    # high does (FCFS would finish all 8 lows before any high: LLLLLLLLHHHHHHHH).
+    assert (low > high.min()).sum() >= 4
     assert (low < high.min()).sum() <= 4
 
 
