@@ -32,11 +32,14 @@ class Timings:
     sampler: float = 0.0
     storage: float = 0.0
     mlflow: float = 0.0
+    """On the trial loop: handing the run to the logger process."""
+    mlflow_drain: float = 0.0
+    """Waiting at the end until the logger process has stored every run."""
     simulation: float = 0.0
     trials: int = 0
 
     def add(self, other: Timings) -> None:
-        for k in ("sampler", "storage", "mlflow", "simulation", "trials"):
+        for k in ("sampler", "storage", "mlflow", "mlflow_drain", "simulation", "trials"):
             setattr(self, k, getattr(self, k) + getattr(other, k))
 
 

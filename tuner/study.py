@@ -42,6 +42,8 @@ class TuneOptions:
     backend: str = "sim"
     seed: int | None = None
     retry_failed: bool = False
+    mlflow_logger: str = "auto"
+    """inline | process | auto (``tuner.mlflow_logger.make_logger``)."""
 
 
 def make_sampler(spec: StudySpec, seed: int) -> Any:
@@ -62,8 +64,9 @@ def open_study(spec: StudySpec, opts: TuneOptions, worker_index: int = 0) -> Any
 
     optuna.logging.set_verbosity(optuna.logging.WARNING)
     seed = (spec.seed if opts.seed is None else opts.seed) + worker_index
-    pruner = (optuna.pruners.MedianPruner(n_startup_trials=5, n_warmup_steps=0) if spec.prunes
-              else optuna.pruners.NopPruner())
+    from tuner.pruning import MarginPruner
+
+    pruner = MarginPruner(percentile=50.0, margin=0.1, n_startup_trials=5) if spec.prunes else optuna.pruners.NopPruner()
     storage = open_storage(opts.storage)
     try:
         return optuna.create_study(study_name=spec.name, storage=storage, sampler=make_sampler(spec, seed),
@@ -133,12 +136,30 @@ class Worker:
         self.ev = evaluator or Evaluator(spec, self.backend, seed=opts.seed)
         self.target = opts.trials or spec.trials
         self.timings = Timings()
+        self.logger_stats: str | None = None
+        """Path where the logger process writes its per-run times (benchmarks)."""
         attrs = self.study.user_attrs
         self.experiment_id, self.parent_run_id = attrs[EXPERIMENT_ATTR], attrs[PARENT_ATTR]
         self.workload_hash = self.ev.workload.content_hash()
         self._heartbeat = has_heartbeat(self.study._storage)
 
     def run(self, deadline: float | None = None, on_trial: Callable[[int, Outcome], None] | None = None) -> Timings:
+        """Run trials until the study has its total (or the deadline); every trial's MLflow run
+        is in the store when this returns."""
+        from tuner.mlflow_logger import make_logger
+
+        with study_lock(self.spec.name):
+            ahead = self.target - sum(counts(self.study))
+        self.logger = make_logger(self.opts.mlflow_logger, self.tracker, ahead, self.logger_stats)
+        try:
+            self._loop(deadline, on_trial)
+        finally:
+            t = time.perf_counter()
+            self.logger.close()
+            self.timings.mlflow_drain += time.perf_counter() - t
+        return self.timings
+
+    def _loop(self, deadline: float | None, on_trial: Callable[[int, Outcome], None] | None) -> None:
         while deadline is None or time.time() < deadline:
             t = time.perf_counter()
             with study_lock(self.spec.name):
@@ -151,7 +172,6 @@ class Worker:
             outcome = self._one(trial)
             if on_trial is not None:
                 on_trial(trial.number, outcome)
-        return self.timings
 
     def _one(self, trial: Any) -> Outcome:
         from optuna.trial import TrialState
@@ -172,12 +192,12 @@ class Worker:
 
         out = self.ev.evaluate(trial, self.timings)
         t = time.perf_counter()
-        run_id = self._log(trial, out)
+        self._log(trial, out)
         self.timings.mlflow += time.perf_counter() - t
         t = time.perf_counter()
         for name, v in out.constraints.items():
             trial.set_constraint(name, v)
-        trial.set_user_attr(RESULT_ATTR, _result_attr(out, run_id))
+        trial.set_user_attr(RESULT_ATTR, _result_attr(out))
         state = {"COMPLETE": TrialState.COMPLETE, "PRUNED": TrialState.PRUNED, "FAIL": TrialState.FAIL}[out.state]
         self.study.tell(trial, out.values if out.state == "COMPLETE" else None, state=state)
         self.timings.storage += time.perf_counter() - t
@@ -190,7 +210,7 @@ class Worker:
             storage.record_heartbeat(trial_id)
             stop.wait(storage.get_heartbeat_interval() or 30)
 
-    def _log(self, trial: Any, out: Outcome) -> str:
+    def _log(self, trial: Any, out: Outcome) -> None:
         spec, d = self.spec, self.spec.deployment
         res = out.result
         policy = res.policy if res is not None else out.policy
@@ -213,13 +233,13 @@ class Worker:
         if out.error:
             tags["servetune.error"] = out.error[:5000]
         status = {"COMPLETE": "FINISHED", "PRUNED": "KILLED", "FAIL": "FAILED"}[out.state]
-        return self.tracker.log_trial(self.experiment_id, self.parent_run_id, trial.number,
-                                      params=policy.to_dict() if policy is not None else {}, metrics=metrics,
-                                      tags=tags, status=status)
+        self.logger.submit(self.experiment_id, self.parent_run_id, trial.number,
+                           params=policy.to_dict() if policy is not None else {}, metrics=metrics, tags=tags,
+                           status=status)
 
 
-def _result_attr(out: Outcome, run_id: str) -> dict[str, Any]:
-    d: dict[str, Any] = {"mlflow_run_id": run_id, "state": out.state}
+def _result_attr(out: Outcome) -> dict[str, Any]:
+    d: dict[str, Any] = {"state": out.state}
     if out.policy is not None:
         d["policy"] = out.policy.to_dict()
     if out.scorecard is not None:

@@ -136,6 +136,13 @@ class Tracker:
     def finish(self, run_id: str) -> None:
         self.client.set_terminated(run_id, status="FINISHED")
 
+    def trial_run_id(self, experiment_id: str, parent_run_id: str, number: int) -> str | None:
+        """The run of trial ``number`` under the parent (the latest, if a retry logged twice)."""
+        runs = self.client.search_runs([experiment_id], filter_string=(
+            f"tags.mlflow.parentRunId = '{parent_run_id}' and tags.`optuna.trial` = '{number}'"),
+            order_by=["attributes.start_time DESC"], max_results=1)
+        return runs[0].info.run_id if runs else None
+
     def child_runs(self, experiment_id: str, parent_run_id: str) -> list[Any]:
         return self.client.search_runs([experiment_id], filter_string=f"tags.mlflow.parentRunId = '{parent_run_id}'",
                                        max_results=10000)

@@ -19,7 +19,7 @@ from tuner.evaluate import DEFAULT_ATTR, RESULT_ATTR, Evaluator, Outcome, Timing
 from tuner.policy import Policy
 from tuner.study import TuneOptions, Worker, counts, prepare, spawn_workers
 from tuner.study_spec import StudySpec
-from tuner.tracking import PARENT_ATTR, Tracker
+from tuner.tracking import EXPERIMENT_ATTR, PARENT_ATTR, Tracker
 
 MAX_PARETO_ARTIFACTS = 5
 
@@ -83,7 +83,7 @@ def gain_pct(value: float, default: float, direction: str) -> float:
     if not (math.isfinite(value) and math.isfinite(default)) or default == 0:
         return float("nan")
     d = (value - default) / abs(default) * 100
-    return d if direction == "maximize" else -d
+    return (d if direction == "maximize" else -d) + 0.0  # + 0.0: no "-0.0%"
 
 
 def trial_policy(spec: StudySpec, t: Any) -> Policy:
@@ -133,9 +133,9 @@ def log_best_artifacts(res: TuneResult, opts: TuneOptions, backend: Any = None) 
     ev = Evaluator(res.spec, backend or get_backend(opts.backend), seed=opts.seed)
     out: list[Path] = []
     tmp = Path(tempfile.mkdtemp(prefix="servetune-art-"))
+    attrs = res.study.user_attrs
     for t in res.best[:MAX_PARETO_ARTIFACTS]:
-        info = t.user_attrs.get(RESULT_ATTR) or {}
-        run_id = info.get("mlflow_run_id")
+        run_id = tracker.trial_run_id(attrs[EXPERIMENT_ATTR], attrs[PARENT_ATTR], t.number)
         if not run_id:
             continue
         result, workload = replay(ev, res.spec, t)

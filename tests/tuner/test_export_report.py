@@ -74,5 +74,8 @@ def test_best_trial_run_gets_records_and_plots(tuned, project, stored):
     study = stored("exp")
     best = max((t for t in study.get_trials() if t.values), key=lambda t: t.values[0])
     c = MlflowClient(tracking_uri=f"sqlite:///{project / '.servetune' / 'mlflow.db'}")
-    names = {a.path for a in c.list_artifacts(best.user_attrs["result"]["mlflow_run_id"])}
+    runs = c.search_runs([study.user_attrs["mlflow_experiment_id"]],
+                         filter_string=f"tags.`optuna.trial` = '{best.number}'")
+    assert len(runs) == 1
+    names = {a.path for a in c.list_artifacts(runs[0].info.run_id)}
     assert {"records.parquet", "latency_cdf.png"} <= names

@@ -35,6 +35,17 @@ def test_tune_resume_reaches_the_total_without_duplicates(write_study, run_cli, 
     assert code == 0 and len(stored().get_trials()) == 5
 
 
+@pytest.mark.slow  # starts a logger process (imports MLflow: ~10 s on 2 shared cores)
+def test_mlflow_logger_process_logs_every_trial(write_study, run_cli, stored, children):
+    p = write_study(name="bg")
+    code, _, err = run_cli("tune", str(p), "--trials", "3", "--mlflow-logger", "process", "--no-progress")
+    assert code == 0, err
+    study = stored("bg")
+    runs = children(study)
+    assert sorted(int(r.data.tags["optuna.trial"]) for r in runs) == [0, 1, 2]
+    assert all(r.info.status == "FINISHED" and "goodput_tok_s" in r.data.metrics for r in runs)
+
+
 def test_constraints_mark_infeasible_trials(write_study, run_cli, stored):
     p = write_study(name="strict", constraints=["ttft_p99_ms <= 1", "slo_attainment >= 0.5"])
     code, out, err = run_cli("tune", str(p), "--trials", "2", "--no-progress")
