@@ -28,6 +28,7 @@ import argparse
 import json
 import os
 import resource
+import shutil
 import subprocess
 import sys
 import time
@@ -200,8 +201,10 @@ class Setup:
         return kv_budget(m, get_gpu(GPU), p.tp, p.gpu_memory_utilization, "bf16", "bf16", p.block_size,
                          activation_reserve=default_activation_reserve(m, p.tp, p.max_num_batched_tokens))
 
-    def vidur_args(self, trace: Path, work: Path, repos: tuple[str, str], rf: str, n_requests: int,
+    def vidur_args(self, trace: Path, work: Path, repos: tuple[str, str], rf: str = "small",
                    native: bool = False) -> list[str]:
+        """Vidur CLI flags for this configuration: ``repos`` from ``write_profile_datasets``,
+        ``rf`` a key of RF_GRIDS, ``native`` Vidur's C++ execution-time predictor."""
         s, rfp = self.scheduler, "random_forrest_execution_time_predictor_config"
         args = {
             "seed": 0, "log_level": "warning",
@@ -277,8 +280,9 @@ def _tpot(first: np.ndarray, fin: np.ndarray, out: np.ndarray) -> np.ndarray:
         return np.where(out >= 2, (fin - first) / (out - 1), np.nan)
 
 
-def run_vidur(python: str, args: list[str], w: Workload, timeout_s: float) -> Outcome:
-    """Vidur's CLI through ``vidur_runner.py`` in its own venv; wall = subprocess wall time."""
+def run_vidur(python: str, args: list[str], w: Workload, timeout_s: float, keep_output: bool = False) -> Outcome:
+    """Vidur's CLI through ``vidur_runner.py`` in its own venv; wall = subprocess wall time.
+    Vidur's output folder is removed once read unless ``keep_output``."""
     env = dict(os.environ, HF_HUB_OFFLINE="1", WANDB_MODE="disabled", PYTHONHASHSEED="0")
     ru0, t0 = resource.getrusage(resource.RUSAGE_CHILDREN), time.perf_counter()
     proc = subprocess.run([python, str(ROOT / "benchmarks/vidur_runner.py"), *args], capture_output=True, text=True,
@@ -304,6 +308,8 @@ def run_vidur(python: str, args: list[str], w: Workload, timeout_s: float) -> Ou
     arr = w.arrival_s
     tpot = _tpot(arr + ttft, arr + e2e, out)
     detail = dict(timings, restarts=int(m["request_num_restarts"].sum()))
+    if not keep_output:
+        shutil.rmtree(out_dir, ignore_errors=True)
     return Outcome(wall, cpu, ttft, tpot, int(np.isfinite(e2e).sum()), detail)
 
 
@@ -427,7 +433,9 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--batch-cap", type=int, default=128, help="max running sequences (max_num_seqs)")
     ap.add_argument("--rf-grid", choices=sorted(RF_GRIDS), default="small",
                     help="random-forest hyper-parameter grid Vidur searches when it trains (one-off, cached)")
-    ap.add_argument("--vidur-python", default=os.environ.get("VIDUR_PYTHON", str(ROOT / ".venv-vidur/bin/python")))
+    ap.add_argument("--vidur-python", default=os.environ.get("VIDUR_PYTHON", str(ROOT / ".venv-vidur/bin/python")),
+                    help="python of the Vidur venv (installed by scripts/setup_vidur.sh when missing)")
+    ap.add_argument("--keep-vidur-output", action="store_true", help="keep Vidur's output folders under --work")
     ap.add_argument("--work", type=Path, default=ROOT / ".servetune/bench_vidur", help="scratch dir (cache, outputs)")
     ap.add_argument("--timeout", type=float, default=3600.0, help="per Vidur run, s")
     ap.add_argument("--vidur-native", action="store_true",
@@ -455,16 +463,16 @@ def main(argv: list[str] | None = None) -> int:
             return 2
         setup = Setup(s, batch_cap=a.batch_cap, chunk=a.chunk)
         repos = write_profile_datasets(a.work, 1, setup.block_size, setup.batch_cap)
-        args = setup.vidur_args(trace, a.work, repos, a.rf_grid, w.n, native=a.vidur_native)
+        args = setup.vidur_args(trace, a.work, repos, a.rf_grid, native=a.vidur_native)
         st = run_servetune(setup, w, a.repeat)
         pred_dir = a.work / "vidur_cache" / "predictions"
         before = set(pred_dir.iterdir()) if pred_dir.exists() else set()
         t0 = time.perf_counter()
         try:
-            vd = run_vidur(a.vidur_python, args, w, a.timeout)
+            vd = run_vidur(a.vidur_python, args, w, a.timeout, a.keep_vidur_output)
             if set(pred_dir.iterdir()) - before:  # Vidur trained its predictors in this run: time a cached run
                 print(f"(vidur: one-off predictor training + first run {time.perf_counter() - t0:.1f} s, now cached)")
-                vd = run_vidur(a.vidur_python, args, w, a.timeout)
+                vd = run_vidur(a.vidur_python, args, w, a.timeout, a.keep_vidur_output)
         except (RuntimeError, subprocess.TimeoutExpired) as e:
             last = str(e).strip().splitlines()
             print(f"\n== {s}: vidur FAILED after {time.perf_counter() - t0:.1f} s: {' | '.join(last[-3:])}\n"

@@ -77,7 +77,7 @@ def test_vidur_flags_mirror_the_policy(tmp_path):
         s = bv.Setup(sched, batch_cap=64, chunk=256)
         p = s.policy()
         assert p.batching == batching and p.max_num_seqs == 64 and not p.prefix_caching
-        args = s.vidur_args(tmp_path / "t.csv", tmp_path, ("a/b", "c/d"), "tiny", 10)
+        args = s.vidur_args(tmp_path / "t.csv", tmp_path, ("a/b", "c/d"), "tiny")
         flags = dict(a[2:].split("=", 1) for a in args if "=" in a)
         assert flags["replica_scheduler_config_type"] == sched
         assert flags[f"{sched}_scheduler_config_batch_size_cap"] == "64"
@@ -96,7 +96,7 @@ def test_vidur_runs_the_same_requests(tmp_path):
     trace = bv.write_vidur_trace(w, tmp_path / "trace.csv")
     s = bv.Setup("sarathi", batch_cap=32, chunk=512)
     repos = bv.write_profile_datasets(tmp_path, max_batch=s.batch_cap)
-    vd = bv.run_vidur(str(VIDUR_PY), s.vidur_args(trace, tmp_path, repos, "tiny", w.n), w, timeout_s=900)
+    vd = bv.run_vidur(str(VIDUR_PY), s.vidur_args(trace, tmp_path, repos, "tiny"), w, timeout_s=900)
     st = bv.run_servetune(s, w)
     assert vd.finished == st.finished == w.n
     assert {"import_s", "init_s", "loop_s", "output_s"} <= set(vd.detail)
