@@ -14,6 +14,8 @@ STUDY_HELP = ("A study file (studies/*.yaml, docs/studies.md) or a preset name: 
               "throughput-heavy, cost-sensitive, fairness-critical.")
 STORAGE_HELP = ("Optuna storage: a journal file path (default .servetune/optuna.journal), sqlite:///FILE.db, "
                 "or an RDB URL such as postgresql://user:pw@host/db (many machines).")
+MAX_ROWS = 10
+"""Most Pareto trials listed in the summary (spread along the first objective)."""
 MLFLOW_HELP = "MLflow tracking URI (default sqlite:///.servetune/mlflow.db, artifacts in .servetune/mlartifacts)."
 
 
@@ -75,7 +77,8 @@ def _print_summary(res) -> None:
     from tuner.tune import gain_pct, is_feasible, trial_policy
 
     spec = res.spec
-    table = Table(title=f"{spec.name}: " + ("best trial" if not spec.multi_objective else "Pareto front")
+    table = Table(title=f"{spec.name}: " + ("best trial" if not spec.multi_objective else
+                                            f"Pareto front ({len(res.best)} trials)")
                   + ("" if res.feasible or not res.best else " (NO trial met the constraints)"))
     table.add_column("trial", justify="right")
     for o in spec.objectives:
@@ -83,7 +86,11 @@ def _print_summary(res) -> None:
         table.add_column("gain", justify="right")
     table.add_column("feasible")
     d = res.default
-    rows = ([d] if d is not None else []) + [t for t in res.best if d is None or t.number != d.number]
+    best = res.best
+    if spec.multi_objective and len(best) > MAX_ROWS:  # the widest spread along the first objective
+        best = sorted(best, key=lambda t: t.values[0])
+        best = [best[round(i * (len(best) - 1) / (MAX_ROWS - 1))] for i in range(MAX_ROWS)]
+    rows = ([d] if d is not None else []) + [t for t in best if d is None or t.number != d.number]
     base = spec.base_policy()
     changes = []
     for t in rows:

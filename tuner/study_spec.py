@@ -246,6 +246,9 @@ def parse_study(doc: Any, *, base_dir: Path = Path("."), path: str = "") -> Stud
             search.append(parse_range("tp", tps, "deployment.tp"))
         else:
             fixed["tp"] = tps[0]
+    for r in search:
+        if r.knob == "tp" and any(t > deployment.n_gpus for t in r.choices):
+            raise ValueError(f"search.tp: choices {list(r.choices)} exceed deployment.n_gpus={deployment.n_gpus}")
     if not search:
         raise ValueError("search: needs at least one knob to search")
     try:

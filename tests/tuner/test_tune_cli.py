@@ -136,3 +136,43 @@ def test_sqlite_storage_is_separate_from_mlflow_and_password_masked(write_study,
 def test_unknown_backend_exits_2(write_study, run_cli):
     code, _, err = run_cli("tune", str(write_study()), "--backend", "trt", "--no-progress")
     assert code == 2 and "backend 'trt'" in err
+
+
+@pytest.mark.slow  # a real `servetune tune` process killed with SIGKILL mid-study, then resumed
+def test_killed_process_resumes_without_losing_or_duplicating(write_study, project, stored, children):
+    import os
+    import signal
+    import subprocess
+    import sys
+    import time
+
+    p = write_study(name="kill", trials=40)
+    cmd = [sys.executable, "-c", "import cli; cli.main()", "tune", str(p), "--no-progress", "--mlflow-logger", "inline"]
+    proc = subprocess.Popen(cmd, cwd=project, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    deadline = time.time() + 300
+    while time.time() < deadline:  # wait until 3 trials are done, then kill it hard mid-trial
+        time.sleep(0.3)
+        try:
+            if sum(t.state == TrialState.COMPLETE for t in stored("kill").get_trials()) >= 3:
+                break
+        except KeyError:  # study not created yet
+            pass
+    os.kill(proc.pid, signal.SIGKILL)
+    proc.wait()
+    before = stored("kill").get_trials()
+    running = [t.number for t in before if t.state == TrialState.RUNNING]
+    n_done = sum(t.state.is_finished() for t in before)
+    target = n_done + 3
+    r = subprocess.run([*cmd[:-2], "--trials", str(target), "--retry-failed"], cwd=project, capture_output=True,
+                       text=True)
+    assert r.returncode == 0, r.stderr
+    trials = stored("kill").get_trials()
+    assert [t.number for t in trials] == list(range(len(trials)))  # no duplicates, no gaps
+    assert not any(t.state == TrialState.RUNNING for t in trials)
+    for n in running:  # the trial killed mid-run is FAIL and was retried once
+        assert trials[n].state == TrialState.FAIL
+        assert sum(t.user_attrs.get("retry_of") == n for t in trials) == 1
+    counted = sum(t.state in (TrialState.COMPLETE, TrialState.PRUNED) or
+                  (t.state == TrialState.FAIL and t.number not in running) for t in trials)
+    assert counted == target
+    assert len(children(stored("kill"))) == counted  # one MLflow run per finished, counted trial
