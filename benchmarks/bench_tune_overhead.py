@@ -90,10 +90,13 @@ def main() -> None:
     import json
 
     stats = tmp / "logger_stats.json"
-    lt = np.asarray(json.loads(stats.read_text())["seconds"] if stats.exists() else [np.nan]) * 1e3
-    print(f"mlflow above = handing each run to the logger process; the logger process itself spent "
-          f"{lt.mean():.1f} ms per run (p50 {np.percentile(lt, 50):.1f}, p95 {np.percentile(lt, 95):.1f}) in "
-          f"parallel, and the loop waited {worker.timings.mlflow_drain * 1e3:.0f} ms at the end for it to finish")
+    if not stats.exists():
+        print("mlflow above = logging each run inline (create run, log_batch, set terminated)")
+    else:
+        lt = np.asarray(json.loads(stats.read_text())["seconds"]) * 1e3
+        print(f"mlflow above = handing each run to the logger process; the logger process itself spent "
+              f"{lt.mean():.1f} ms per run (p50 {np.percentile(lt, 50):.1f}, p95 {np.percentile(lt, 95):.1f}) in "
+              f"parallel, and the loop waited {worker.timings.mlflow_drain * 1e3:.0f} ms at the end for it to finish")
     print(f"first 20 vs last 20 trials, sampler ms: {np.mean(per['sampler'][:20]):.1f} -> "
           f"{np.mean(per['sampler'][-20:]):.1f} (TPE cost grows with the history)")
 
