@@ -182,10 +182,7 @@ def vllm_args(
         b.flag("--long-prefill-token-threshold", p.long_prefill_token_threshold)
     b.flag("--tensor-parallel-size", p.tp)
     if not cpu:
-        dp = _data_parallel(p, deployment)
-        if dp > 1:
-            b.flag("--data-parallel-size", dp)
-            b.handled("replicas")
+        _replicas(b, p, deployment, "--data-parallel-size")
 
     # memory manager
     b.handled("block_size", "gpu_memory_utilization", "prefix_caching", "cpu_offload_gb")
@@ -250,9 +247,15 @@ def vllm_args(
     return b.finish("vLLM")
 
 
-def _data_parallel(p: Policy, d: Deployment) -> int:
+def _replicas(b: _Builder, p: Policy, d: Deployment, flag: str) -> None:
+    """Data-parallel replicas inside one engine: ``replicas`` (0 = all that fit at this TP)."""
     fit = max(1, d.n_gpus // p.tp)
-    return min(p.replicas, fit) if p.replicas > 0 else fit
+    if p.replicas > fit:
+        b.refuse("replicas", f"only {fit} replica(s) of tp={p.tp} fit on {d.n_gpus} GPU(s)", reset_to=fit)
+    dp = min(p.replicas, fit) if p.replicas > 0 else fit
+    if dp > 1:
+        b.flag(flag, dp)
+    b.handled("replicas")
 
 
 def _vllm_speculation(b: _Builder, p: Policy) -> None:
@@ -306,10 +309,7 @@ def sglang_args(
     b.refuse_if_changed("long_prefill_token_threshold", "SGLang caps every prefill chunk by "
                         "--chunked-prefill-size; there is no separate per-request cap")
     b.flag("--tp-size", p.tp)
-    dp = _data_parallel(p, deployment)
-    if dp > 1:
-        b.flag("--dp-size", dp)
-        b.handled("replicas")
+    _replicas(b, p, deployment, "--dp-size")
 
     b.handled("block_size", "gpu_memory_utilization", "prefix_caching", "cpu_offload_gb")
     b.flag("--page-size", p.block_size)
