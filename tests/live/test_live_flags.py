@@ -146,3 +146,13 @@ def test_engine_args_dispatch():
     assert engine_args("vllm", Policy(), GPU).command("vllm")[:3] == ["python", "-m", "vllm.entrypoints.openai.api_server"]
     with pytest.raises(ValueError, match="engine 'trt'"):
         engine_args("trt", Policy(), GPU)
+
+
+def test_replicas_become_data_parallel_ranks():
+    two = Deployment("m", "h100-sxm", n_gpus=2)
+    assert value(vllm_args(Policy(), two).args, "--data-parallel-size") == "2"
+    assert "--data-parallel-size" not in vllm_args(Policy(replicas=1), two).args
+    too_many = vllm_args(Policy(replicas=4), two)
+    assert unsupported(too_many)["replicas"][0] == 4 and too_many.effective.replicas == 2
+    assert value(sglang_args(Policy(tp=2), Deployment("m", "h100-sxm", n_gpus=8)).args, "--dp-size") == "4"
+    assert "replicas" in unsupported(vllm_args(Policy(replicas=2), CPU))
