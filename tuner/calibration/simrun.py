@@ -15,7 +15,7 @@ from workloads.workload import Workload
 
 
 def simulate_with(cost_model, policy: Policy, workload: Workload, deployment: Deployment, *, seed: int = 0,
-                  max_sim_time_s: float | None = None, lag_steps: float = 0.0) -> RunResult:
+                  max_sim_time_s: float | None = None, lag_steps: float = 0.0, lag_s: float = 0.0) -> RunResult:
     """``backends.sim.simulate`` with ``cost_model`` in place of the default roofline.
 
     ``lag_steps``: steps of pipeline latency the simulator does not model, added to each
@@ -23,7 +23,9 @@ def simulate_with(cost_model, policy: Policy, workload: Workload, deployment: De
     token (≈ the step time around it). vLLM V1 schedules step N+1 while step N runs (async
     scheduling) and returns step N's tokens while N+1 runs, so a new request waits about one
     more step to be scheduled and its tokens reach the client a step later than the engine
-    samples them. Fitted from real runs (``engine_fit``); 0 = the simulator's own times."""
+    samples them. ``lag_s``: a fixed client-visible latency per request, s (API server: HTTP,
+    tokenisation, detokenisation; large on a busy CPU host). Both are fitted from real runs
+    (``engine_fit``, ``live``); 0 = the simulator's own times."""
     from backends.sim import effective_policy
     from backends.sim.admission import AdmissionControl
     from backends.sim.engine import Simulation
@@ -37,14 +39,15 @@ def simulate_with(cost_model, policy: Policy, workload: Workload, deployment: De
     sim.run()
     src = getattr(cost_model, "source", "roofline (default efficiency)")
     res = build_result(sim, eff, (*notes, f"cost model: {src}"))
-    if lag_steps:
+    if lag_steps or lag_s:
         rec = res.records
         gen = rec.output_len.clip(lower=2) - 1
         step = ((rec.finish_s - rec.first_token_s) / gen).where(rec.output_len >= 2)
         step = step.fillna(step.median() if step.notna().any() else 0.0)
-        rec["first_token_s"] = rec.first_token_s + lag_steps * step
-        rec["finish_s"] = rec.finish_s + lag_steps * step
-        res = replace(res, notes=(*res.notes, f"client lag: {lag_steps:.2f} steps added to first-token/finish times"))
+        rec["first_token_s"] = rec.first_token_s + lag_steps * step + lag_s
+        rec["finish_s"] = rec.finish_s + lag_steps * step + lag_s
+        res = replace(res, notes=(*res.notes, f"client lag: {lag_steps:.2f} steps + {lag_s * 1e3:.1f} ms added to "
+                                  "first-token/finish times"))
     return res
 
 

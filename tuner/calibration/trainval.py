@@ -73,11 +73,20 @@ class TrainvalRun:
     ttft_ms: float
     e2e_ms: float
     tpot_study_ms: float
+    gpu: str = "h100-sxm"
+    """GPU catalog name (from the row's gpu_sku / gpu_type)."""
+    wdef: WorkloadDef | None = None
+    """The workload as the row defines it (stage rates/durations, groups, users, lengths); None =
+    ``WORKLOADS[workload]``."""
+
+    @property
+    def workload_def(self) -> WorkloadDef:
+        return self.wdef or WORKLOADS[self.workload]
 
     @property
     def tpot_ms(self) -> float:
         """(E2E − TTFT) / (generated tokens − 1), ms (see module doc)."""
-        return (self.e2e_ms - self.ttft_ms) / (WORKLOADS[self.workload].max_output - 1)
+        return (self.e2e_ms - self.ttft_ms) / (self.workload_def.max_output - 1)
 
     @property
     def label(self) -> str:
@@ -96,12 +105,14 @@ def load_runs(path: str | Path = TRAINVAL_CSV) -> list[TrainvalRun]:
     out = []
     for i, r in enumerate(pd.read_csv(p).to_dict("records")):
         wl = str(r["workload"])
-        if wl not in WORKLOADS:
-            raise ValueError(f"trainval row {i}: unknown workload {wl!r}")
 
         def num(key: str, default: float, r=r) -> float:
             v = r.get(key)
             return default if v is None or v != v else float(v)
+
+        wdef = _row_workload(r)
+        if wdef is None and wl not in WORKLOADS:
+            raise ValueError(f"trainval row {i}: unknown workload {wl!r} and no stage/prompt columns to rebuild it")
 
         eid = r.get("exp_id")
         out.append(TrainvalRun(
@@ -113,11 +124,39 @@ def load_runs(path: str | Path = TRAINVAL_CSV) -> list[TrainvalRun]:
             max_num_seqs=int(num("max_num_seqs", 128)), max_model_len=int(num("max_model_len", 4096)),
             cpu_offload=str(r.get("cpu_offload")) == "True", workload=wl,
             ttft_ms=float(r["ttft_mean_ms"]), e2e_ms=float(r["e2e_mean_ms"]),
-            tpot_study_ms=float(r["tpot_mean_study_ms"])))
+            tpot_study_ms=float(r["tpot_mean_study_ms"]), gpu=_gpu_of(r), wdef=wdef))
     return out
 
 
-def regenerate(workload: str, seed: int = 0, *, share: str = "system", block_tokens: int = 16,
+def _gpu_of(r: dict) -> str:
+    """Catalog GPU of a row: its gpu_sku / gpu_type (PCIe SKUs map to the PCIe entry)."""
+    from backends.sim.catalog import get_gpu
+
+    sku, typ = str(r.get("gpu_sku") or ""), str(r.get("gpu_type") or "H100")
+    for name in ((f"{typ}-PCIe" if "pcie" in sku.lower() else ""), sku.split(" ")[0], typ):
+        if name and name != "nan":
+            try:
+                return get_gpu(name).name
+            except ValueError:
+                continue
+    raise ValueError(f"trainval run: unknown GPU {sku or typ!r}")
+
+
+def _row_workload(r: dict) -> WorkloadDef | None:
+    """The workload definition carried by the row's own columns, if complete."""
+    try:
+        rates = [float(x) for x in str(r["stage_rates_req_s"]).split(";")]
+        durs = [float(x) for x in str(r["stage_durations_s"]).split(";")]
+        vals = [int(float(r[k])) for k in ("num_unique_system_prompts", "num_users_per_system_prompt",
+                                           "system_prompt_len_tok", "question_len_tok", "output_len_max_tok")]
+    except (KeyError, ValueError, TypeError):
+        return None
+    if len(rates) != len(durs):
+        return None
+    return WorkloadDef(tuple(zip(rates, durs, strict=True)), *vals)
+
+
+def regenerate(workload: str | WorkloadDef, seed: int = 0, *, share: str = "system", block_tokens: int = 16,
                duration_scale: float = 1.0):
     """A ``Workload`` statistically equivalent to the named trainval workload (see module doc).
     ``share``: ``system`` (only the group's system prompt blocks are shared) or ``prompt``
@@ -125,11 +164,12 @@ def regenerate(workload: str, seed: int = 0, *, share: str = "system", block_tok
     same rates (for fast fitting)."""
     from workloads.workload import build_workload
 
-    if workload not in WORKLOADS:
+    if isinstance(workload, str) and workload not in WORKLOADS:
         raise ValueError(f"workload {workload!r}: choose one of {', '.join(WORKLOADS)}")
     if share not in ("system", "prompt"):
         raise ValueError(f"share={share!r}: must be system or prompt")
-    d = WORKLOADS[workload]
+    d = WORKLOADS[workload] if isinstance(workload, str) else workload
+    name = workload if isinstance(workload, str) else "custom"
     rng = np.random.default_rng(seed)
     arrivals, t0 = [], 0.0
     for rate, dur in d.stages:
@@ -152,7 +192,7 @@ def regenerate(workload: str, seed: int = 0, *, share: str = "system", block_tok
             b += [(1 + g * 1000 + u) * 10_000_000 + j for j in range(sys_blocks, all_blocks)]
         blocks.append(b)
     out = np.full(n, d.max_output, np.int64)
-    return build_workload(f"trainval-{workload}", arrival, np.full(n, prompt, np.int64), out, max_output=out,
+    return build_workload(f"trainval-{name}", arrival, np.full(n, prompt, np.int64), out, max_output=out,
                           prefix_blocks=blocks, prefix_block_tokens=block_tokens, sort=False,
                           meta={"source": "vllm_v0151_trainval_runs (SOURCES.md table)", "share": share})
 
@@ -169,7 +209,7 @@ def policy_for(run: TrainvalRun):
 def deployment_for(run: TrainvalRun):
     from backends.base import Deployment
 
-    return Deployment(model=run.model, gpu="h100-sxm", n_gpus=run.tp, engine="vllm-v1",
+    return Deployment(model=run.model, gpu=run.gpu, n_gpus=run.tp, engine="vllm-v1",
                       max_model_len=run.max_model_len, weight_dtype=run.weight_dtype)
 
 
