@@ -65,6 +65,7 @@ def set_wal(db: Path) -> None:
 def open_storage(url: str | None) -> Any:
     """An Optuna storage object for a journal file path, ``sqlite:///...`` or another RDB URL."""
     import optuna
+    import sqlalchemy.exc
     from optuna.storages import JournalStorage, RDBStorage
     from optuna.storages.journal import JournalFileBackend
 
@@ -83,8 +84,8 @@ def open_storage(url: str | None) -> Any:
     except (ImportError, ModuleNotFoundError) as e:
         raise ValueError(f"--storage {mask_url(url)}: database driver missing ({e}); "
                          "for PostgreSQL: pip install 'servetune[postgres]'") from None
-    except optuna.exceptions.StorageInternalError as e:
-        raise ValueError(f"--storage {mask_url(url)}: cannot open ({str(e).splitlines()[0]})") from None
+    except (optuna.exceptions.StorageInternalError, sqlalchemy.exc.SQLAlchemyError) as e:
+        raise ValueError(f"--storage {mask_url(url)}: cannot open ({mask_url(str(e).splitlines()[0])})") from None
 
 
 def has_heartbeat(storage: Any) -> bool:

@@ -15,6 +15,7 @@ import subprocess
 import sys
 import threading
 import time
+import warnings
 from collections.abc import Callable
 from dataclasses import asdict, dataclass
 from typing import Any
@@ -24,6 +25,12 @@ from tuner.space import default_params
 from tuner.storage import fail_stale_trials, has_heartbeat, mask_url, open_storage, study_lock, worker_id
 from tuner.study_spec import StudySpec, load_study
 from tuner.tracking import EXPERIMENT_ATTR, PARENT_ATTR, Tracker
+
+# We drive trials with ask/tell and record heartbeats ourselves (Worker._beat); Optuna warns
+# that heartbeats are meant for Study.optimize, and that heartbeat_interval is experimental.
+warnings.filterwarnings("ignore", message="Heartbeat of storage is supposed", category=UserWarning)
+warnings.filterwarnings("ignore", message="Argument ``heartbeat_interval``")
+warnings.filterwarnings("ignore", message="Argument ``grace_period``")
 
 STALE_ATTR = "stale_trials"
 RETRIED_ATTR = "retried_trials"

@@ -176,3 +176,31 @@ def test_killed_process_resumes_without_losing_or_duplicating(write_study, proje
                   (t.state == TrialState.FAIL and t.number not in running) for t in trials)
     assert counted == target
     assert len(children(stored("kill"))) == counted  # one MLflow run per finished, counted trial
+
+
+@pytest.mark.postgres  # SERVETUNE_TEST_PG_URL from scripts/start_postgres.sh
+def test_postgres_storage_two_workers_and_masked_password(write_study, run_cli, project, children):
+    import os
+    import uuid
+
+    import optuna
+
+    url = os.environ.get("SERVETUNE_TEST_PG_URL")
+    if not url:
+        pytest.skip("SERVETUNE_TEST_PG_URL not set (scripts/start_postgres.sh prints one)")
+    name = f"pg-{uuid.uuid4().hex[:8]}"
+    p = write_study(name=name)
+    code, out, err = run_cli("tune", str(p), "--trials", "4", "--storage", url, "--n-jobs", "2", "--no-progress")
+    assert code == 0, err
+    password = ":" + url.split("://", 1)[1].split("@")[0].split(":")[1] + "@"
+    assert password not in out + err and ":***@" in out
+    study = optuna.load_study(study_name=name, storage=url)
+    assert sorted(t.number for t in study.get_trials()) == [0, 1, 2, 3]
+    runs = children(study)
+    assert len(runs) == 4
+    from mlflow import MlflowClient
+
+    parent = MlflowClient(tracking_uri=f"sqlite:///{project / '.servetune' / 'mlflow.db'}").get_run(
+        study.user_attrs["mlflow_parent_run_id"])
+    assert "***" in parent.data.tags["servetune.storage"] and password not in str(parent.data.tags)
+    assert all(password not in str(r.data.params) + str(r.data.tags) for r in runs)
