@@ -49,6 +49,7 @@ def tune_cmd(
     from tuner.tracking import Tracker
     from tuner.tune import log_best_artifacts, tune
 
+
     spec = load_study(study_file)
     if mlflow_logger not in ("auto", "inline", "process"):
         raise ValueError(f"--mlflow-logger {mlflow_logger!r}: choose auto, inline or process")

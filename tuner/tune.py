@@ -102,7 +102,7 @@ def tune(spec: StudySpec, opts: TuneOptions, *, progress: bool = True, backend: 
     deadline = time.time() + opts.timeout_s if opts.timeout_s else None
     t0 = time.perf_counter()
     timings = Timings()
-    with _Progress(spec, target, counts(study)[0], enabled=progress) as bar:
+    with _Progress(spec, study, target, counts(study)[0], enabled=progress) as bar:
         if opts.n_jobs <= 1:
             w = Worker(spec, opts, tracker, study=study, backend=backend)
             timings = w.run(deadline, on_trial=bar.trial_done)
@@ -167,8 +167,8 @@ def replay(ev: Evaluator, spec: StudySpec, t: Any) -> tuple[Any, Any]:
 class _Progress:
     """A rich progress bar with the best value so far (no-op when disabled or not a terminal)."""
 
-    def __init__(self, spec: StudySpec, total: int, done: int, enabled: bool) -> None:
-        self.spec, self.total, self.done, self.enabled = spec, total, done, enabled
+    def __init__(self, spec: StudySpec, study: Any, total: int, done: int, enabled: bool) -> None:
+        self.spec, self.study, self.total, self.done, self.enabled = spec, study, total, done, enabled
         self.best: float | None = None
         self.bar: Any = None
 
@@ -197,6 +197,9 @@ class _Progress:
 
     def trial_done(self, number: int, out: Outcome) -> None:
         self.done += 1
+        if self.spec.multi_objective:
+            self.poll(self.study)
+            return
         if out.state == "COMPLETE" and out.values and out.feasible and not self.spec.multi_objective:
             v = out.values[0]
             better = self.best is None or (v > self.best if self.spec.objectives[0].direction == "maximize" else v < self.best)
