@@ -112,7 +112,8 @@ async def _replay(url: str, w: Workload, prompts: Sequence[list[int]], cfg: Repl
     sem = asyncio.Semaphore(cfg.max_concurrency)
     arrival = w.arrival_s.astype(np.float64) * cfg.time_scale
     conn = aiohttp.TCPConnector(limit=cfg.max_concurrency + 4)
-    async with aiohttp.ClientSession(connector=conn) as session:
+    # no session-wide time-out (aiohttp's default is 300 s): each request has request_timeout_s
+    async with aiohttp.ClientSession(connector=conn, timeout=aiohttp.ClientTimeout(total=None)) as session:
         t0 = time.monotonic()
 
         def now() -> float:
