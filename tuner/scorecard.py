@@ -230,7 +230,7 @@ def score(result: RunResult, workload: Workload | None = None) -> Scorecard:
     good_tokens = float(out_tok[met].sum())
 
     c = tel.counters
-    gpu_s = makespan * tel.n_gpus
+    gpu_s = c.get("gpu_seconds", 0.0) or makespan * tel.n_gpus  # a cluster counts active replica-seconds
     mfu = tel.flops / (gpu_s * tel.peak_flops_per_gpu) if tel.peak_flops_per_gpu > 0 else float("nan")
     mbu = tel.hbm_bytes / (gpu_s * tel.peak_hbm_bytes_s_per_gpu) if tel.peak_hbm_bytes_s_per_gpu > 0 else float("nan")
     kv_mean = kv_peak = float("nan")
