@@ -180,8 +180,7 @@ def _gen_in_flight(sim) -> dict[int, int]:
     return out
 
 
-def merge(w: Workload, lives: list[Life], policy: Policy, dep: Deployment, notes: tuple[str, ...],
-          interruptions: int = 0) -> RunResult:
+def merge(w: Workload, lives: list[Life], policy: Policy, dep: Deployment, notes: tuple[str, ...]) -> RunResult:
     """Per-request records (pieces composed) and the summed telemetry of all lives."""
     rec = empty_records(w)
     n = w.n
@@ -210,15 +209,16 @@ def merge(w: Workload, lives: list[Life], policy: Policy, dep: Deployment, notes
     rec["output_len"] = produced
     rec["rejected"], rec["failed"] = rej, fail & ~rej
     rec["preemptions"], rec["cached_tokens"], rec["replica"] = pre, cached, rep
-    tel = merge_telemetry(lives, w, rec, interruptions)
+    tel = merge_telemetry(lives, w, rec)
     meta = {"engine": dep.engine, "model": dep.model, "gpu": dep.gpu, "tp": str(policy.tp),
             "instances": str(len(lives)), "workload": w.name}
     return RunResult(records=rec, telemetry=tel, policy=policy, backend="sim", notes=notes, meta=meta)
 
 
-def merge_telemetry(lives: list[Life], w: Workload, rec: pd.DataFrame, interruptions: int) -> Telemetry:
+def merge_telemetry(lives: list[Life], w: Workload, rec: pd.DataFrame) -> Telemetry:
     """Sum of the lives' telemetry; GPU-seconds count each life from its start (cold start
-    included) to its interruption, or to the end of the run (to its last finish once retired)."""
+    included) to its interruption, or to the end of the run (to its last finish once retired);
+    interruptions: lives ended (spot) before the run's end."""
     t0 = float(w.arrival_s[0]) if w.n else 0.0
     fin = rec["finish_s"].to_numpy(float)
     t_end = max([float(np.nanmax(fin)) if np.isfinite(fin).any() else t0]
@@ -238,6 +238,7 @@ def merge_telemetry(lives: list[Life], w: Workload, rec: pd.DataFrame, interrupt
     for t in tels:
         for k, v in t.counters.items():
             counters[k] = max(counters.get(k, 0.0), v) if k.startswith("peak") else counters.get(k, 0.0) + v
+    interruptions = sum(1 for life in lives if life.end_s < t_end)
     counters["gpu_seconds"] = gpu_s
     counters["spot_gpu_seconds"] = spot_s
     counters["instances_started"] = float(len(lives))

@@ -21,9 +21,9 @@ from backends.sim.costmodel import CostModel
 from tuner.policy import Policy
 from workloads.workload import Workload
 
-MIGRATION_MARGIN = 8.0
-"""Llumnix-style migration moves queued requests while the most loaded instance's estimated
-queue exceeds the least loaded one's by more than this many requests."""
+MIGRATION_MARGIN_S = 1.0
+"""Llumnix-style migration moves requests while the most loaded instance's estimated backlog
+(outstanding tokens / drain rate) exceeds the least loaded one's by more than this, s."""
 
 
 @dataclass(frozen=True, slots=True)
@@ -97,6 +97,10 @@ class FluidRouter:
         o = self.out[k] - self.drains[k].rate * (t - self.last[k])
         return o if o > 0 else 0.0
 
+    def backlog_s(self, k: int, t: float) -> float:
+        """Seconds instance k needs to serve what it holds at time t (fluid estimate)."""
+        return self.load(k, t) / self.drains[k].rate
+
     def waiting(self, k: int, t: float) -> float:
         """Estimated requests queued at instance k at time t (beyond its typical batch)."""
         d = self.drains[k]
@@ -110,7 +114,9 @@ class FluidRouter:
     def route(self, i: int, t: float, up: list[int]) -> int:
         """The instance of ``up`` (non-empty) that request i goes to, and count it there."""
         if self.mode == "least_loaded":
-            k = min(up, key=lambda j: (self.load(j, t) / self.drains[j].rate, j))
+            n, rr = len(self.drains), self._rr  # ties (idle instances) taken in turn
+            k = min(up, key=lambda j: (self.backlog_s(j, t), (j - rr) % n))
+            self._rr = k + 1
         elif self._first is not None and self._first[i] >= 0:
             h = (int(self._first[i]) * 2654435761) & 0xFFFFFFFF
             k = up[h % len(up)]

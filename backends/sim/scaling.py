@@ -16,9 +16,10 @@ Lives (``cluster.Life``) are laid out as the router walks the arrivals:
     (prefilled); requests not yet decoding, or whose transfer would outlast the grace period,
     ``restart``: re-prefilled from scratch (prompt + tokens already streamed) on the new replica.
   * migration (Llumnix, simplified): after each routing decision, while the router's estimated
-    queue of the most loaded replica exceeds the least loaded one's by ``MIGRATION_MARGIN``
-    requests, the latest request routed to it (estimated still queued, so it holds no KV) is
-    re-routed there at that moment. Running requests are not moved by this knob.
+    backlog (s of work) of the most loaded replica exceeds the least loaded one's by
+    ``MIGRATION_MARGIN_S``, the latest request routed to it (behind that much work, so taken as
+    still queued: it holds no KV, nothing to transfer) is re-routed to the least loaded one at
+    that moment. Running requests are not moved by this knob.
 """
 
 from __future__ import annotations
@@ -30,7 +31,7 @@ import numpy as np
 from backends.base import Deployment, RunResult
 from backends.sim.cluster import Life, Piece, instance_policy, merge, resolved_replicas, run_life
 from backends.sim.costmodel import CostModel
-from backends.sim.router import MIGRATION_MARGIN, FluidRouter, instance_drain
+from backends.sim.router import MIGRATION_MARGIN_S, FluidRouter, instance_drain
 from tuner.policy import Policy
 from workloads.workload import Workload
 
@@ -94,7 +95,6 @@ def simulate_replicated(policy: Policy, w: Workload, dep: Deployment, *, seed: i
         new_life(s, r, e, spot=True)
     for _ in range(n0 - n_spot):
         new_life(t0, t0)
-    interruptions = sum(1 for life in lives if math.isfinite(life.end_s))
     router = FluidRouter(policy.routing, w, [drain] * len(lives))
     last_scale = -math.inf
     hold = max(policy.cold_start_s, 10.0)
@@ -133,18 +133,18 @@ def simulate_replicated(policy: Policy, w: Workload, dep: Deployment, *, seed: i
     _run_all(policy, pol, w, dep, seed, lives, cm)
     if policy.migration:
         notes.append("migration: queued requests re-routed by the router's estimate; running ones stay")
-    return merge(w, lives, policy, dep, tuple(dict.fromkeys(notes)), interruptions)
+    return merge(w, lives, policy, dep, tuple(dict.fromkeys(notes)))
 
 
 def _migrate_queued(router: FluidRouter, lives: list[Life], placed: list[list[int]], pieces: dict[int, Piece],
                     up: list[int], t: float) -> None:
-    """Move the latest-routed (estimated still queued) requests from the most to the least loaded
-    replica while their estimated queues differ by more than ``MIGRATION_MARGIN``."""
+    """Move the latest-routed requests (behind more than ``MIGRATION_MARGIN_S`` of estimated work,
+    so taken as still queued, holding no KV) from the most to the least loaded replica while their
+    estimated backlogs differ by more than that margin."""
     for _ in range(64):
-        a = max(up, key=lambda j: (router.waiting(j, t), -j))
-        b = min(up, key=lambda j: (router.waiting(j, t), j))
-        qa = router.waiting(a, t)
-        if qa - router.waiting(b, t) <= MIGRATION_MARGIN or not placed[a]:
+        a = max(up, key=lambda j: (router.backlog_s(j, t), -j))
+        b = min(up, key=lambda j: (router.backlog_s(j, t), j))
+        if router.backlog_s(a, t) - router.backlog_s(b, t) <= MIGRATION_MARGIN_S or len(placed[a]) < 2:
             return
         i = placed[a].pop()
         tok = router.tokens(i)
