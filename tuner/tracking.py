@@ -73,6 +73,20 @@ class Tracker:
         return MlflowClient(tracking_uri=self.uri)
 
     @cached_property
+    def store(self) -> Any:
+        """The tracking store behind the client (SQLAlchemy, REST, ...): same API for each."""
+        return self.client._tracking_client.store
+
+    @cached_property
+    def user(self) -> str:
+        import getpass
+
+        try:
+            return getpass.getuser()
+        except (KeyError, OSError):
+            return "servetune"
+
+    @cached_property
     def code_version(self) -> str:
         return code_version()
 
@@ -114,19 +128,25 @@ class Tracker:
     # ------------------------------------------------------------ trials
     def log_trial(self, experiment_id: str, parent_run_id: str, number: int, *, params: Mapping[str, Any],
                   metrics: Mapping[str, float], tags: Mapping[str, str], status: str = "FINISHED") -> str:
-        """One nested run for one trial (three store calls) → its run id."""
-        from mlflow.entities import Metric, Param
+        """One nested run for one trial → its run id.
+
+        Three calls straight to the tracking store (create with tags, one batch of params and
+        metrics, finish): the client's per-call wrappers (context tags from git, telemetry) cost
+        ~15 ms a run here and add nothing a trial needs. Keys are servetune's own, valid names."""
+        from mlflow.entities import Metric, Param, RunStatus, RunTag
 
         now = int(time.time() * 1000)
-        all_tags = {"mlflow.parentRunId": parent_run_id, "servetune.code_version": self.code_version,
-                    "optuna.trial": str(number), **tags}
-        run = self.client.create_run(experiment_id, run_name=f"trial-{number:04d}", tags=all_tags, start_time=now)
+        all_tags = {"mlflow.parentRunId": parent_run_id, "mlflow.runName": f"trial-{number:04d}",
+                    "servetune.code_version": self.code_version, "optuna.trial": str(number), **tags}
+        run = self.store.create_run(experiment_id, user_id=self.user, start_time=now,
+                                    tags=[RunTag(k, str(v)[:8000]) for k, v in all_tags.items()],
+                                    run_name=f"trial-{number:04d}")
         rid = run.info.run_id
         ms = [Metric(k, float(v), now, 0) for k, v in metrics.items() if isinstance(v, int | float) and math.isfinite(v)]
         ps = [Param(k, _param(v)[:6000]) for k, v in params.items()]
-        for i in range(0, max(len(ps), 1), 100):  # MLflow takes <= 100 params per batch
-            self.client.log_batch(rid, metrics=ms if i == 0 else (), params=ps[i:i + 100])
-        self.client.set_terminated(rid, status=status)
+        for i in range(0, max(len(ps), 1), 100):  # a store takes <= 100 params per batch
+            self.store.log_batch(rid, metrics=ms if i == 0 else [], params=ps[i:i + 100], tags=[])
+        self.store.update_run_info(rid, RunStatus.from_string(status), int(time.time() * 1000), None)
         return rid
 
     def log_artifacts(self, run_id: str, paths: list[Path], artifact_path: str | None = None) -> None:
