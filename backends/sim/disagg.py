@@ -23,7 +23,7 @@ from __future__ import annotations
 import numpy as np
 
 from backends.base import Deployment, RunResult
-from backends.sim.cluster import Life, Piece, instance_policy, merge, run_life
+from backends.sim.cluster import Life, Piece, in_force, instance_policy, merge, run_life
 from backends.sim.costmodel import CostModel
 from backends.sim.router import FluidRouter, instance_drain
 from backends.sim.scaling import link_bytes_s
@@ -80,10 +80,13 @@ def simulate_disaggregated(policy: Policy, w: Workload, dep: Deployment, *, seed
     for k, life in enumerate(dlives):
         run_life(life, dpol, w, dep, seed * 1000003 + P + k)
     notes = list(dict.fromkeys(pnotes + dnotes))
+    reset: dict[str, object] = {}
     for knob in ("autoscale", "migration"):
         if getattr(policy, knob):
-            notes.append(f"{knob}={getattr(policy, knob)} not simulated with disaggregated pools; ran without")
+            reset[knob] = False
+            notes.append(f"{knob}=True not simulated with disaggregated pools; ran without")
     if policy.spot_fraction > 0:
+        reset["spot_fraction"] = 0.0
         notes.append(f"spot_fraction={policy.spot_fraction} not simulated with disaggregated pools; all on-demand")
     notes.append(f"disaggregated: {int(dis.sum())} of {w.n} requests prefilled on the prefill pool")
-    return merge(w, plives + dlives, policy, dep, tuple(notes))
+    return merge(w, plives + dlives, in_force(policy, dpol, **reset), dep, tuple(notes))

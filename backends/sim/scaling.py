@@ -29,7 +29,7 @@ import math
 import numpy as np
 
 from backends.base import Deployment, RunResult
-from backends.sim.cluster import Life, Piece, instance_policy, merge, resolved_replicas, run_life
+from backends.sim.cluster import Life, Piece, in_force, instance_policy, merge, resolved_replicas, run_life
 from backends.sim.costmodel import CostModel
 from backends.sim.router import MIGRATION_MARGIN_S, FluidRouter, instance_drain
 from tuner.policy import Policy
@@ -133,7 +133,7 @@ def simulate_replicated(policy: Policy, w: Workload, dep: Deployment, *, seed: i
     _run_all(policy, pol, w, dep, seed, lives, cm)
     if policy.migration:
         notes.append("migration: queued requests re-routed by the router's estimate; running ones stay")
-    return merge(w, lives, policy, dep, tuple(dict.fromkeys(notes)))
+    return merge(w, lives, in_force(policy, pol), dep, tuple(dict.fromkeys(notes)))
 
 
 def _migrate_queued(router: FluidRouter, lives: list[Life], placed: list[list[int]], pieces: dict[int, Piece],

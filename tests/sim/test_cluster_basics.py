@@ -112,3 +112,11 @@ def test_cluster_scorecard_is_finite(w):
     s = score(simulate_cluster(Policy(replicas=2, tp=2), w, DEP4), w)
     for k in ("ttft_p99_ms", "throughput_tok_s", "mfu", "usd_per_1m_tokens", "kv_util_mean", "busy_frac"):
         assert math.isfinite(getattr(s, k)), k
+
+
+def test_result_policy_is_the_cluster_policy_in_force(w):
+    p = Policy(disaggregated=True, prefill_instances=1, decode_instances=3, autoscale=True, routing="least_loaded")
+    res = simulate_cluster(p, w, DEP4)
+    assert res.policy.disaggregated and res.policy.decode_instances == 3 and res.policy.routing == "least_loaded"
+    assert not res.policy.autoscale and any(n.startswith("autoscale=True not simulated") for n in res.notes)
+    assert res.meta["instances"] == "4"
