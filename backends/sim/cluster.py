@@ -129,7 +129,7 @@ def instance_policy(policy: Policy, tp: int, w: Workload | None) -> tuple[Policy
 def in_force(policy: Policy, inst: Policy, **reset: object) -> Policy:
     """The cluster policy actually simulated: the instances' effective policy ``inst`` with the
     cluster knobs of ``policy`` (and ``reset`` ones the cluster did not honour)."""
-    return inst.replace(tp=policy.tp, **{k: getattr(policy, k) for k in CLUSTER_KNOBS}, **reset)
+    return inst.replace(tp=policy.tp, **{**{k: getattr(policy, k) for k in CLUSTER_KNOBS}, **reset})
 
 
 def run_life(life: Life, pol: Policy, w: Workload, dep: Deployment, seed: int) -> None:
