@@ -62,6 +62,22 @@ def set_wal(db: Path) -> None:
         con.close()
 
 
+def sqlite_synchronous_normal(engine: Any) -> None:
+    """Make every connection of a SQLAlchemy SQLite engine use ``synchronous=NORMAL``.
+
+    In WAL mode that is still crash-safe (no corruption; a power cut may lose the last
+    commits) and saves an fsync per commit: ~3 ms here, and an MLflow run makes ~10 commits."""
+    if engine is None or engine.dialect.name != "sqlite":
+        return
+    from sqlalchemy import event
+
+    def _on_connect(dbapi_con: Any, _record: Any) -> None:
+        dbapi_con.execute("PRAGMA synchronous=NORMAL")
+
+    event.listen(engine, "connect", _on_connect)
+    engine.dispose()  # pooled connections reopen with the pragma
+
+
 def open_storage(url: str | None) -> Any:
     """An Optuna storage object for a journal file path, ``sqlite:///...`` or another RDB URL."""
     import optuna
@@ -77,8 +93,10 @@ def open_storage(url: str | None) -> Any:
     db = _sqlite_path(url)
     if db is not None:
         set_wal(db)
-        return RDBStorage(url, engine_kwargs={"connect_args": {"timeout": 60}},
-                          heartbeat_interval=HEARTBEAT_S, grace_period=4 * HEARTBEAT_S)
+        storage = RDBStorage(url, engine_kwargs={"connect_args": {"timeout": 60}},
+                             heartbeat_interval=HEARTBEAT_S, grace_period=4 * HEARTBEAT_S)
+        sqlite_synchronous_normal(storage.engine)
+        return storage
     try:
         return RDBStorage(url, heartbeat_interval=HEARTBEAT_S, grace_period=4 * HEARTBEAT_S)
     except (ImportError, ModuleNotFoundError) as e:

@@ -23,7 +23,7 @@ from functools import cached_property
 from pathlib import Path
 from typing import Any
 
-from tuner.storage import set_wal, workdir
+from tuner.storage import set_wal, sqlite_synchronous_normal, workdir
 
 PARENT_ATTR = "mlflow_parent_run_id"
 EXPERIMENT_ATTR = "mlflow_experiment_id"
@@ -70,7 +70,10 @@ class Tracker:
 
         if self._db is not None:
             set_wal(self._db)
-        return MlflowClient(tracking_uri=self.uri)
+        client = MlflowClient(tracking_uri=self.uri)
+        if self._db is not None:
+            sqlite_synchronous_normal(getattr(client._tracking_client.store, "engine", None))
+        return client
 
     @cached_property
     def store(self) -> Any:
