@@ -186,8 +186,10 @@ def _gen_in_flight(sim) -> dict[int, int]:
     return out
 
 
-def merge(w: Workload, lives: list[Life], policy: Policy, dep: Deployment, notes: tuple[str, ...]) -> RunResult:
-    """Per-request records (pieces composed) and the summed telemetry of all lives."""
+def merge(w: Workload, lives: list[Life], policy: Policy, dep: Deployment, notes: tuple[str, ...],
+          counters: dict[str, float] | None = None) -> RunResult:
+    """Per-request records (pieces composed) and the summed telemetry of all lives (plus the
+    cluster's own ``counters``, e.g. kv_transfer_bytes, migrated_requests)."""
     rec = empty_records(w)
     n = w.n
     first = np.full(n, np.inf)
@@ -215,13 +217,13 @@ def merge(w: Workload, lives: list[Life], policy: Policy, dep: Deployment, notes
     rec["output_len"] = produced
     rec["rejected"], rec["failed"] = rej, fail & ~rej
     rec["preemptions"], rec["cached_tokens"], rec["replica"] = pre, cached, rep
-    tel = merge_telemetry(lives, w, rec)
+    tel = merge_telemetry(lives, w, rec, counters or {})
     meta = {"engine": dep.engine, "model": dep.model, "gpu": dep.gpu, "tp": str(policy.tp),
             "instances": str(len(lives)), "workload": w.name}
     return RunResult(records=rec, telemetry=tel, policy=policy, backend="sim", notes=notes, meta=meta)
 
 
-def merge_telemetry(lives: list[Life], w: Workload, rec: pd.DataFrame) -> Telemetry:
+def merge_telemetry(lives: list[Life], w: Workload, rec: pd.DataFrame, extra: dict[str, float]) -> Telemetry:
     """Sum of the lives' telemetry; GPU-seconds count each life from its start (cold start
     included) to its interruption, or to the end of the run (to its last finish once retired);
     interruptions: lives ended (spot) before the run's end."""
@@ -248,6 +250,7 @@ def merge_telemetry(lives: list[Life], w: Workload, rec: pd.DataFrame) -> Teleme
     counters["gpu_seconds"] = gpu_s
     counters["spot_gpu_seconds"] = spot_s
     counters["instances_started"] = float(len(lives))
+    counters.update(extra)
     base = tels[0] if tels else None
     return Telemetry(
         makespan_s=max(t_end - t0, 0.0), busy_s=sum(t.busy_s for t in tels),

@@ -73,6 +73,9 @@ def simulate_disaggregated(policy: Policy, w: Workload, dep: Deployment, *, seed
                 items.append((ta, p.rid, Piece(p.rid, ta, p.prompt, int(ol[p.rid]) - 1, int(mo[p.rid]) - 1,
                                                prefilled=True)))
     items.sort(key=lambda x: (x[0], x[1]))
+    moved = [it[2].prompt for it in items if it[2].prefilled]
+    stats = {"disaggregated_requests": float(dis.sum()),
+             "kv_transfer_bytes": float(sum(moved)) * pcm.kv_bytes_per_token * ptp}
     drouter = FluidRouter(policy.routing, w, [ddrain] * D)
     for ta, i, piece in items:
         k = drouter.route(i, ta, dup)
@@ -89,4 +92,4 @@ def simulate_disaggregated(policy: Policy, w: Workload, dep: Deployment, *, seed
         reset["spot_fraction"] = 0.0
         notes.append(f"spot_fraction={policy.spot_fraction} not simulated with disaggregated pools; all on-demand")
     notes.append(f"disaggregated: {int(dis.sum())} of {w.n} requests prefilled on the prefill pool")
-    return merge(w, plives + dlives, in_force(policy, dpol, **reset), dep, tuple(notes))
+    return merge(w, plives + dlives, in_force(policy, dpol, **reset), dep, tuple(notes), stats)

@@ -100,6 +100,8 @@ def simulate_replicated(policy: Policy, w: Workload, dep: Deployment, *, seed: i
     hold = max(policy.cold_start_s, 10.0)
     q_out, cap = policy.autoscale_queue_per_replica, policy.autoscale_max_replicas
     placed: list[list[int]] = [[] for _ in lives]   # request ids routed to each life, in order
+    stats = {"migrated_queued_requests": 0.0, "spot_migrated_requests": 0.0, "spot_restarted_requests": 0.0,
+             "kv_transfer_bytes": 0.0}
     pieces: dict[int, Piece] = {}
     arr, pl, ol, mo = w.arrival_s, w.prompt_len, w.output_len, w.max_output
     for i in range(w.n):
@@ -127,25 +129,26 @@ def simulate_replicated(policy: Policy, w: Workload, dep: Deployment, *, seed: i
         lives[k].pieces.append(p)
         placed[k].append(i)
         if policy.migration and len(up) > 1:
-            _migrate_queued(router, lives, placed, pieces, up, t)
+            stats["migrated_queued_requests"] += _migrate_queued(router, lives, placed, pieces, up, t)
     for life in lives:  # keep only pieces still placed there (migration moved some)
         life.pieces = [pieces[i] for i in placed[life.idx] if pieces[i].t >= 0]
-    _run_all(policy, pol, w, dep, seed, lives, cm)
+    _run_all(policy, pol, w, dep, seed, lives, cm, stats)
     if policy.migration:
         notes.append("migration: queued requests re-routed by the router's estimate; running ones stay")
-    return merge(w, lives, in_force(policy, pol), dep, tuple(dict.fromkeys(notes)))
+    return merge(w, lives, in_force(policy, pol), dep, tuple(dict.fromkeys(notes)), stats)
 
 
 def _migrate_queued(router: FluidRouter, lives: list[Life], placed: list[list[int]], pieces: dict[int, Piece],
-                    up: list[int], t: float) -> None:
+                    up: list[int], t: float) -> int:
     """Move the latest-routed requests (behind more than ``MIGRATION_MARGIN_S`` of estimated work,
     so taken as still queued, holding no KV) from the most to the least loaded replica while their
     estimated backlogs differ by more than that margin."""
+    moved = 0
     for _ in range(64):
         a = max(up, key=lambda j: (router.backlog_s(j, t), -j))
         b = min(up, key=lambda j: (router.backlog_s(j, t), j))
         if router.backlog_s(a, t) - router.backlog_s(b, t) <= MIGRATION_MARGIN_S or len(placed[a]) < 2:
-            return
+            return moved
         i = placed[a].pop()
         tok = router.tokens(i)
         router.add(a, t, -tok)
@@ -153,10 +156,12 @@ def _migrate_queued(router: FluidRouter, lives: list[Life], placed: list[list[in
         pieces[i].t = t
         placed[b].append(i)
         lives[b].pieces.append(pieces[i])
+        moved += 1
+    return moved
 
 
 def _run_all(policy: Policy, pol: Policy, w: Workload, dep: Deployment, seed: int, lives: list[Life],
-             cm: CostModel) -> None:
+             cm: CostModel, stats: dict[str, float]) -> None:
     """Simulate every life; interrupted ones first, in time order, re-routing their cut pieces."""
     order = sorted(range(len(lives)), key=lambda k: (lives[k].end_s, k))
     link = link_bytes_s(policy, cm)
@@ -164,10 +169,11 @@ def _run_all(policy: Policy, pol: Policy, w: Workload, dep: Deployment, seed: in
         life = lives[k]
         run_life(life, pol, w, dep, seed * 1000003 + k)
         if math.isfinite(life.end_s):
-            _reroute_cut(policy, life, lives, cm, link)
+            _reroute_cut(policy, life, lives, cm, link, stats)
 
 
-def _reroute_cut(policy: Policy, life: Life, lives: list[Life], cm: CostModel, link: float | None) -> None:
+def _reroute_cut(policy: Policy, life: Life, lives: list[Life], cm: CostModel, link: float | None,
+                 stats: dict[str, float]) -> None:
     """Place the unfinished pieces of an interrupted life on other lives (migrate or restart)."""
     cut = [p for p in life.pieces if p.cut]
     if not cut:
@@ -187,6 +193,11 @@ def _reroute_cut(policy: Policy, life: Life, lives: list[Life], cm: CostModel, l
             dt = cm.kv_transfer_time(ctx, link)
             migrate = dt <= SPOT_GRACE_S
             ta = T + dt if migrate else T
+        if migrate:
+            stats["spot_migrated_requests"] += 1
+            stats["kv_transfer_bytes"] += ctx * cm.kv_bytes_per_token * cm.tp
+        else:
+            stats["spot_restarted_requests"] += 1
         cands = [j for j in recent if lives[j].up(ta) and lives[j].end_s > ta]
         if not cands:  # wait for the next life to come up (e.g. the replacement)
             cands = [min((j for j in recent if lives[j].ready_s > ta and lives[j].stop_s > lives[j].ready_s),

@@ -74,6 +74,10 @@ def test_deterministic_for_a_seed(w):
     a, b = simulate_cluster(p, w, DEP4, seed=11), simulate_cluster(p, w, DEP4, seed=11)
     assert a.records.equals(b.records)
     assert a.telemetry.interruptions == b.telemetry.interruptions > 0
+    c = a.telemetry.counters
+    assert c["spot_migrated_requests"] + c["spot_restarted_requests"] > 0
+    assert c["spot_gpu_seconds"] > 0 and 0 < a.telemetry.spot_fraction < 1
+    assert np.isfinite(a.records["finish_s"]).all()  # every cut request finished elsewhere
 
 
 def test_least_loaded_balances_uneven_requests():
@@ -120,3 +124,5 @@ def test_result_policy_is_the_cluster_policy_in_force(w):
     assert res.policy.disaggregated and res.policy.decode_instances == 3 and res.policy.routing == "least_loaded"
     assert not res.policy.autoscale and any(n.startswith("autoscale=True not simulated") for n in res.notes)
     assert res.meta["instances"] == "4"
+    c = res.telemetry.counters
+    assert c["disaggregated_requests"] == w.n and c["kv_transfer_bytes"] > 0
