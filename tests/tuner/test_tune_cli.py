@@ -204,3 +204,11 @@ def test_postgres_storage_two_workers_and_masked_password(write_study, run_cli, 
         study.user_attrs["mlflow_parent_run_id"])
     assert "***" in parent.data.tags["servetune.storage"] and password not in str(parent.data.tags)
     assert all(password not in str(r.data.params) + str(r.data.tags) for r in runs)
+
+
+def test_timeout_stops_starting_trials(write_study, run_cli, stored):
+    p = write_study(name="to")
+    code, out, err = run_cli("tune", str(p), "--trials", "500", "--timeout", "1", "--no-progress")
+    assert code == 0, err
+    n = len(stored("to").get_trials())
+    assert 1 <= n < 500 and f"{n} finished trials" in out
