@@ -104,6 +104,7 @@ def simulate_replicated(policy: Policy, w: Workload, dep: Deployment, *, seed: i
              "kv_transfer_bytes": 0.0}
     pieces: dict[int, Piece] = {}
     arr, pl, ol, mo = w.arrival_s, w.prompt_len, w.output_len, w.max_output
+    next_change, dirty, up_now = -math.inf, True, []
     for i in range(w.n):
         t = float(arr[i])
         if policy.autoscale and t - last_scale >= hold:
@@ -112,6 +113,7 @@ def simulate_replicated(policy: Policy, w: Workload, dep: Deployment, *, seed: i
             wait = sum(router.waiting(life.idx, t) for life in serving)
             if wait > q_out * max(len(serving), 1) and len(live) < cap:
                 new_life(t, t + policy.cold_start_s)
+                dirty = True
                 router.add_instance(drain)
                 placed.append([])
                 last_scale = t
@@ -119,7 +121,13 @@ def simulate_replicated(policy: Policy, w: Workload, dep: Deployment, *, seed: i
                 youngest = max(serving, key=lambda life: (life.ready_s, life.idx))
                 youngest.stop_s = t
                 last_scale = t
-        up = [life.idx for life in lives if life.up(t)]
+                dirty = True
+        if t >= next_change or dirty:  # the serving set only changes at lives' ready/end times
+            up_now = [life.idx for life in lives if life.up(t)]
+            next_change = min([life.ready_s for life in lives if life.ready_s > t]
+                              + [life.end_s for life in lives if life.end_s > t] + [math.inf])
+            dirty = False
+        up = up_now
         if not up:  # nobody serving: wait for the first life that comes up
             nxt = min((life for life in lives if life.ready_s > t and life.stop_s > life.ready_s),
                       key=lambda life: life.ready_s)
