@@ -126,3 +126,28 @@ def test_result_policy_is_the_cluster_policy_in_force(w):
     assert res.meta["instances"] == "4"
     c = res.telemetry.counters
     assert c["disaggregated_requests"] == w.n and c["kv_transfer_bytes"] > 0
+
+
+def test_replicas_zero_uses_every_gpu_at_this_tp(w):
+    res = simulate_cluster(Policy(tp=2), w, DEP4)
+    assert set(res.records["replica"]) == {0, 1} and res.telemetry.n_gpus == 4
+
+
+def test_disagg_min_queue_disaggregates_only_under_decode_backlog():
+    calm = poisson_workload(100, 1, 2000, 50, seed=2)
+    busy = poisson_workload(300, 80, 2000, 400, seed=2)
+    p = Policy(disaggregated=True, prefill_instances=1, decode_instances=1, disagg_min_queue=4)
+    assert simulate_cluster(p, calm, DEP4).telemetry.counters["disaggregated_requests"] == 0
+    c = simulate_cluster(p, busy, DEP4).telemetry.counters
+    assert 0 < c["disaggregated_requests"] < busy.n
+
+
+def test_autoscale_retires_replicas_when_load_falls():
+    n1, n2 = 1500, 60
+    arr = np.r_[np.sort(np.random.default_rng(1).uniform(0, 20, n1)), 20 + np.arange(n2) * 2.0]
+    w = build_workload("drop", arr, np.full(n1 + n2, 1000), np.full(n1 + n2, 200))
+    res = simulate_cluster(Policy(autoscale=True, cold_start_s=5, autoscale_queue_per_replica=8), w, DEP4)
+    c, mk = res.telemetry.counters, res.telemetry.makespan_s
+    assert c["instances_started"] >= 2
+    assert c["gpu_seconds"] < 0.8 * c["instances_started"] * mk  # retired replicas stop costing
+    assert np.isfinite(res.records["finish_s"]).all()
