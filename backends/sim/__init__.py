@@ -61,8 +61,9 @@ def effective_policy(policy: Policy, workload: Workload | None = None) -> tuple[
 
 def simulate(policy: Policy, workload: Workload, deployment: Deployment, *, seed: int = 0,
              trace_path: str | Path | None = None, max_sim_time_s: float | None = None,
-             check: bool = False) -> RunResult:
-    """Serve ``workload`` on one simulated instance under ``policy`` (see ``SimBackend.run``)."""
+             check: bool = False, prefilled=None) -> RunResult:
+    """Serve ``workload`` on one simulated instance under ``policy`` (see ``SimBackend.run``).
+    ``prefilled``: bool per request, prompt KV computed elsewhere (``engine.Simulation``)."""
     from backends.sim.engine import Simulation
     from backends.sim.telemetry import build_result
 
@@ -70,7 +71,7 @@ def simulate(policy: Policy, workload: Workload, deployment: Deployment, *, seed
         raise ValueError(f"policy knob tp={policy.tp}: needs {policy.tp} GPUs, the deployment has {deployment.n_gpus}")
     eff, notes = effective_policy(policy, workload)
     sim = Simulation(eff, workload, deployment, seed=seed, check=check, trace=trace_path is not None,
-                     max_sim_time_s=max_sim_time_s)
+                     max_sim_time_s=max_sim_time_s, prefilled=prefilled)
     sim.run()
     if deployment.n_gpus > eff.tp:
         notes = (*notes, f"deployment has {deployment.n_gpus} GPUs: simulated ONE instance of tp={eff.tp} "
@@ -90,8 +91,11 @@ class SimBackend:
         self.check = check
 
     def run(self, policy: Policy, workload: Workload, deployment: Deployment, *, seed: int = 0,
-            trace_path: str | Path | None = None, max_sim_time_s: float | None = None) -> RunResult:
+            trace_path: str | Path | None = None, max_sim_time_s: float | None = None,
+            prefilled=None) -> RunResult:
         """Per-request records, telemetry and the effective policy of one simulated run.
+        ``prefilled`` (bool per request or None): prompt KV already computed elsewhere (a prefill
+        instance): admitted straight to decoding, first token with the first decode iteration.
         Raises ValueError for an unknown model/GPU or a deployment whose weights do not fit."""
         return simulate(policy, workload, deployment, seed=seed, trace_path=trace_path,
-                        max_sim_time_s=max_sim_time_s, check=self.check)
+                        max_sim_time_s=max_sim_time_s, check=self.check, prefilled=prefilled)

@@ -47,22 +47,29 @@ class Arrivals:
             full = min(int(off[i + 1] - off[i]), prompt // self.pbt)
             if full:
                 ids = tuple(dict.fromkeys(self.w.prefix_ids[off[i]: off[i] + full].tolist()))
+        if self.prefilled is not None and self.prefilled[i]:
+            ids = ()  # its KV arrives whole from elsewhere: private blocks, no prefix-cache use
         req = Req(i, self._ca[k], prompt, out, max_out, self._cr[k], ids, len(ids) * self.pbt)
         req.ttft_slo_s = self._cs[k]
         return req
 
-    def _arrive(self, req: Req) -> None:
-        if not self.admission.active:
+    def _enqueue(self, req: Req) -> None:
+        if self.prefilled is not None and self.prefilled[req.rid] and not req.preemptions:
+            self.transferred.append(req)
+        else:
             self.waiting.push(req)
             self.queued_tokens += req.num_tokens
+
+    def _arrive(self, req: Req) -> None:
+        if not self.admission.active:
+            self._enqueue(req)
             return
         recent = self.recent_done
         rate = (len(recent) - 1) / (self.t - recent[0]) if len(recent) > 1 and self.t > recent[0] else 0.0
         v = self.admission.decide(req.prompt, req.ttft_slo_s, len(self.waiting), self.mem.avail,
                                   self.queued_tokens, req.retries, rate)
         if v is Verdict.ACCEPT:
-            self.waiting.push(req)
-            self.queued_tokens += req.num_tokens
+            self._enqueue(req)
         elif v is Verdict.DEFER:
             req.retries += 1
             self.c_defer += 1

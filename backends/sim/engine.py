@@ -55,13 +55,27 @@ class Simulation(Arrivals, Scheduling):
 
     def __init__(self, policy: Policy, workload: Workload, deployment: Deployment, *, seed: int = 0,
                  check: bool = False, trace: bool = False, max_sim_time_s: float | None = None,
-                 segment_cap: int = 0) -> None:
+                 segment_cap: int = 0, prefilled: np.ndarray | None = None) -> None:
         """``segment_cap`` (tests): most decode iterations per segment (1 = step every iteration,
-        the brute-force reference for the closed-form skipping; 0 = no cap)."""
+        the brute-force reference for the closed-form skipping; 0 = no cap).
+        ``prefilled`` (bool per request, or None): requests whose prompt KV was computed
+        elsewhere (a prefill instance, disaggregated serving). On admission such a request
+        allocates its prompt's KV blocks (all private: no prefix-cache hits) but computes
+        nothing; it joins the decoding pool at once and its first output token is sampled by
+        its first decode iteration. Prefilled requests are admitted FCFS ahead of the waiting
+        queue (they hold no prefill work); a prefilled request preempted by recompute
+        prefills normally afterwards."""
         self.policy, self.w, self.dep = policy, workload, deployment
         self.segment_cap = segment_cap or (1 << 62)
         self.check_full = check
         self.rng = np.random.default_rng(seed)
+        if prefilled is not None:
+            prefilled = np.asarray(prefilled, dtype=bool)
+            if prefilled.shape != (workload.n,):
+                raise ValueError(f"prefilled: needs one bool per request ({workload.n}), got shape {prefilled.shape}")
+        self.prefilled = prefilled if prefilled is not None and prefilled.any() else None
+        self.transferred: deque[Req] = deque()  # prefilled requests waiting for KV blocks and a seat
+        self._fresh: list[tuple[Req, int]] = []  # (joined the pool with gen=0, its ver): first token due
         model, gpu = get_model(deployment.model), get_gpu(deployment.gpu)
         tp = policy.tp
         self.cm = cm = CostModel(model, gpu, tp=tp, weight_dtype=deployment.weight_dtype,
@@ -217,6 +231,8 @@ class Simulation(Arrivals, Scheduling):
                 self._sampled(req, t)
         if r and pool.heap[0][0] <= pool.g:
             self._pool_finished(t)
+        if r and self._fresh:
+            self._first_decode_tokens(t)
         self._record(t0, dt, cost.flops, cost.hbm_bytes, 1, r + len(chunks), r + pf, held, held, used, used)
         if self.trace is not None:
             self.trace.iteration(t0, dt, 1, r, pf, len(chunks))
@@ -272,6 +288,8 @@ class Simulation(Arrivals, Scheduling):
             n = min(n, self._steps_until(self.max_t - t0 - self.pending_s, r, ctx, a, ts))
         if n > self.segment_cap:
             n = self.segment_cap
+        if self._fresh:  # a prefilled request samples its first token in the first iteration
+            n = 1
         if self.prefilling or mem.cached:
             held0, used0 = self._kv_now()
         else:  # (inline fast path of _kv_now)
@@ -297,10 +315,21 @@ class Simulation(Arrivals, Scheduling):
         held = mem.total - mem.free - mem.evictable  # during the last iteration
         if heap[0][0] <= g + n:
             self._pool_finished(t)
+        if self._fresh:
+            self._first_decode_tokens(t)
         self._record(t0, dt, n * c[2] + c[3] * csum, n * c[4] + c[5] * csum, n, r * n, r,
                      held0 + d1, held, used0 + r, used0 + r * n)
         if self.trace is not None:
             self.trace.iteration(t0, dt, n, r, 0, 0)
+
+    def _first_decode_tokens(self, t: float) -> None:
+        """Prefilled requests that joined the pool before this decode step sampled their first
+        token at ``t`` (unless preempted before it ran)."""
+        for req, ver in self._fresh:
+            if req.ver == ver or (self._served[req.rid] and self.finish[req.rid] == t):
+                req.first_token = t
+                self.first_tok[req.rid] = t
+        self._fresh.clear()
 
     def _kv_now(self) -> tuple[int, int]:
         """(KV blocks held: private + referenced cache, KV tokens in them) right now."""
@@ -383,6 +412,8 @@ class Simulation(Arrivals, Scheduling):
                 break
             if swapped:
                 self.swap_in()  # resumed sequences first (vLLM), before the decodes' blocks are counted
+            if self.transferred:
+                self.admit_transferred()
             need = 0
             if grow and pool.n:
                 need = pool.cnt[bs - 1 - pool.g % bs]
@@ -414,6 +445,10 @@ class Simulation(Arrivals, Scheduling):
                 self.failed[req.rid] = True
                 self.out_done[req.rid] = req.gen
                 self.preempts[req.rid] = req.preemptions
+                continue
+            if self.transferred:  # its prompt's KV cannot fit even in an empty instance
+                req = self.transferred.popleft()
+                self.failed[req.rid] = True
                 continue
             if self.swapped:
                 raise SimInvariantError("swapped requests cannot come back into an empty instance")

@@ -106,6 +106,27 @@ class Scheduling:
                 req.state = PREFILL
                 self.prefilling.append(req)
 
+    def admit_transferred(self) -> None:
+        """Admit prefilled requests (prompt KV computed elsewhere) straight into the decoding
+        pool, FCFS, while seats and blocks allow: their prompt's blocks (+1 for the next token)
+        are allocated, nothing is computed."""
+        mem, q = self.mem, self.transferred
+        while q and self.seats_free():
+            req = q[0]
+            kv = self._blocks_for(req.prompt + req.max_out) if self.reserve else self._blocks_for(req.prompt)
+            if mem.avail - kv - 1 < (self.watermark if self.n_running() else 0):
+                return
+            q.popleft()
+            mem.take(kv)
+            req.computed = req.prompt
+            self._adm += 1
+            req.adm = self._adm
+            if self.reserve:
+                req.priv = kv
+                self.priv_explicit += kv
+            self.pool.add(req)
+            self._fresh.append((req, req.ver))
+
     # ============================================================= preemption
     def _victim(self) -> Req:
         cands = self.prefilling + self.pool.members()
