@@ -76,6 +76,14 @@ def main(argv: Sequence[str] | None = None) -> int:
         print(f"  {name}: median {m:.1f} % vs target {t:.0f} %: {'met' if m <= t else 'MISSED'}")
     if args.write:
         write_fidelity(oos, runs)
+        import yaml
+
+        from tuner.calibration.summary import FIDELITY_FILE
+
+        cal_file = FIDELITY_FILE.parent / "engine_vllm-v1_h100-sxm.yaml"
+        cal_file.write_text("# EngineCalibration fitted by benchmarks/bench_trainval.py on all real vLLM runs\n"
+                            + yaml.safe_dump(full.to_dict(), sort_keys=False))
+        print(f"wrote {cal_file}")
     print(f"({time.perf_counter() - t0:.0f} s)")
     return 0
 

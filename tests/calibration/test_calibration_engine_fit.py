@@ -47,3 +47,11 @@ def test_stats_ignore_nan():
 
     med, p90 = stats([1.0, float("nan"), -3.0, 2.0])
     assert med == 2.0 and np.isfinite(p90)
+
+
+def test_stored_vllm_h100_calibration_loads():
+    from tuner.calibration.engine_fit import engine_calibration
+
+    c = engine_calibration("vllm", "h100")
+    assert c is not None and 0.3 < c.efficiency.mem <= 1.0 and 1.0 < c.lag_steps < 3.0
+    assert engine_calibration("sglang", "h100") is None

@@ -17,7 +17,7 @@ def calibrate_cmd(
     tp: int = typer.Option(1, "--tp", help="Tensor-parallel degree: shapes are divided by it."),
     device: str = typer.Option("auto", "--device", help="auto (CUDA when present), cpu or cuda."),
     out: Path = typer.Option(Path("profile.parquet"), "--out", "-o", help="Profile file (.parquet or .csv)."),
-    quick: bool = typer.Option(False, "--quick", help="Fewer shapes and repeats (~1 min for an 8B layer on CPU)."),
+    quick: bool = typer.Option(False, "--quick", help="Fewer shapes and repeats (1-2 min for an 8B layer on a 2-core CPU)."),
 ) -> None:
     """Time a model's operators (GEMMs, attention prefill/decode, all-reduce) on this machine
     with torch and write a calibration profile (schema: docs/calibration.md)."""

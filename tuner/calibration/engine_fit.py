@@ -156,5 +156,19 @@ def leave_one_out(runs: Sequence[TrainvalRun], key: Callable[[TrainvalRun], obje
     return [preds[i] for i in range(len(runs))], cals
 
 
-__all__ = ["FIT_PARAMS", "EngineCalibration", "RunError", "default_factory", "fit_engine", "leave_one_out",
+def engine_calibration(engine: str, gpu: str) -> EngineCalibration | None:
+    """The stored calibration of an engine preset on a GPU (``data/engine_<engine>_<gpu>.yaml``,
+    written by ``benchmarks/bench_trainval.py --write``), or None."""
+    from pathlib import Path
+
+    import yaml
+
+    from backends.sim.catalog import get_gpu
+    from backends.sim.engines import get_engine
+
+    p = Path(__file__).parent / "data" / f"engine_{get_engine(engine).name}_{get_gpu(gpu).name}.yaml"
+    return EngineCalibration.from_dict(yaml.safe_load(p.read_text())) if p.is_file() else None
+
+
+__all__ = ["FIT_PARAMS", "EngineCalibration", "engine_calibration", "RunError", "default_factory", "fit_engine", "leave_one_out",
            "simulate_run"]
