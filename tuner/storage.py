@@ -117,7 +117,8 @@ def worker_id() -> str:
     return f"{socket.gethostname()}:{os.getpid()}"
 
 
-def _alive(pid: int) -> bool:
+def pid_alive(pid: int) -> bool:
+    """Whether a process with this id exists on this host."""
     try:
         os.kill(pid, 0)
     except ProcessLookupError:
@@ -148,7 +149,7 @@ def fail_stale_trials(study: Any) -> list[int]:
     for t in study.get_trials(deepcopy=False, states=(TrialState.RUNNING,)):
         w = str(t.user_attrs.get("worker", ""))
         h, _, pid = w.rpartition(":")
-        stale = (h == host and pid.isdigit() and not _alive(int(pid))) or (
+        stale = (h == host and pid.isdigit() and not pid_alive(int(pid))) or (
             not w and not rdb)
         if stale:
             storage.set_trial_system_attr(t._trial_id, "fail_reason", "stale: worker died while running")

@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import json
 import os
+import socket
 import subprocess
 import sys
 import threading
@@ -22,7 +23,15 @@ from typing import Any
 
 from tuner.evaluate import DEFAULT_ATTR, RESULT_ATTR, Evaluator, Outcome, Timings
 from tuner.space import default_params
-from tuner.storage import fail_stale_trials, has_heartbeat, mask_url, open_storage, study_lock, worker_id
+from tuner.storage import (
+    fail_stale_trials,
+    has_heartbeat,
+    mask_url,
+    open_storage,
+    pid_alive,
+    study_lock,
+    worker_id,
+)
 from tuner.study_spec import StudySpec, load_study
 from tuner.tracking import EXPERIMENT_ATTR, PARENT_ATTR, Tracker
 
@@ -127,7 +136,46 @@ def prepare(spec: StudySpec, opts: TuneOptions, tracker: Tracker) -> tuple[Any, 
         "servetune.sampler": spec.sampler, "servetune.objectives": ",".join(f"{o.name}:{o.direction}" for o in spec.objectives),
         "servetune.model": d.model, "servetune.gpu": d.gpu, "servetune.engine": d.engine,
         "servetune.backend": opts.backend}, spec.path)
+    log_missing_runs(spec, study, tracker)
     return study, stale
+
+
+def log_missing_runs(spec: StudySpec, study: Any, tracker: Tracker) -> list[int]:
+    """Log an MLflow run for every finished trial that has none (its worker died between telling
+    Optuna and logging, or the trial was failed as stale), from what Optuna stored. Trials of a
+    worker process still alive on this host are left to it. Returns the trial numbers logged."""
+    from optuna.trial import TrialState
+
+    exp, parent = study.user_attrs[EXPERIMENT_ATTR], study.user_attrs[PARENT_ATTR]
+    have = {r.data.tags.get("optuna.trial") for r in tracker.child_runs(exp, parent)}
+    host = socket.gethostname()
+    logged = []
+    for t in study.get_trials(deepcopy=False, states=(TrialState.COMPLETE, TrialState.PRUNED, TrialState.FAIL)):
+        if str(t.number) in have:
+            continue
+        h, _, pid = str(t.user_attrs.get("worker", "")).rpartition(":")
+        if h == host and pid.isdigit() and pid_alive(int(pid)) and int(pid) != os.getpid():
+            continue
+        info = t.user_attrs.get(RESULT_ATTR) or {}
+        metrics = dict(info.get("scorecard") or {})
+        for o, v in zip(spec.objectives, t.values or [], strict=False):
+            metrics[f"objective.{o.name}"] = v
+        metrics.update({f"constraint.{k}": v for k, v in (t.constraints or {}).items()})
+        if info.get("rate") is not None:
+            metrics["max_rate_req_s"] = info["rate"]
+        d = spec.deployment
+        tags = {"optuna.study": spec.name, "optuna.state": t.state.name, "servetune.repaired": "true",
+                "servetune.model": d.model, "servetune.gpu": d.gpu, "servetune.engine": d.engine,
+                "servetune.sampler": spec.sampler,
+                "servetune.default_policy": str(bool(t.user_attrs.get(DEFAULT_ATTR))).lower()}
+        err = info.get("error") or t.system_attrs.get("fail_reason")
+        if err:
+            tags["servetune.error"] = str(err)[:5000]
+        status = {"COMPLETE": "FINISHED", "PRUNED": "KILLED"}.get(t.state.name, "FAILED")
+        tracker.log_trial(exp, parent, t.number, params=info.get("effective_policy") or info.get("policy") or t.params,
+                          metrics=metrics, tags=tags, status=status)
+        logged.append(t.number)
+    return logged
 
 
 class Worker:
@@ -186,28 +234,34 @@ class Worker:
         stop = threading.Event()
         if self._heartbeat:
             threading.Thread(target=self._beat, args=(trial._trial_id, stop), daemon=True).start()
+        told = [False]
         try:
-            return self._evaluate_and_tell(trial)
+            return self._evaluate_and_tell(trial, told)
         except BaseException:  # an internal error is never scored: the trial fails, the error surfaces
-            self.study.tell(trial, state=TrialState.FAIL)
+            if not told[0]:
+                self.study.tell(trial, state=TrialState.FAIL)
             raise
         finally:
             stop.set()
 
-    def _evaluate_and_tell(self, trial: Any) -> Outcome:
+    def _evaluate_and_tell(self, trial: Any, told: list[bool]) -> Outcome:
+        """Evaluate, tell Optuna (the source of truth), then mirror the trial to MLflow. A worker
+        killed between the two leaves a finished trial without a run: the next ``tune`` logs it
+        (``log_missing_runs``)."""
         from optuna.trial import TrialState
 
         out = self.ev.evaluate(trial, self.timings)
-        t = time.perf_counter()
-        self._log(trial, out)
-        self.timings.mlflow += time.perf_counter() - t
         t = time.perf_counter()
         for name, v in out.constraints.items():
             trial.set_constraint(name, v)
         trial.set_user_attr(RESULT_ATTR, _result_attr(out))
         state = {"COMPLETE": TrialState.COMPLETE, "PRUNED": TrialState.PRUNED, "FAIL": TrialState.FAIL}[out.state]
         self.study.tell(trial, out.values if out.state == "COMPLETE" else None, state=state)
+        told[0] = True
         self.timings.storage += time.perf_counter() - t
+        t = time.perf_counter()
+        self._log(trial, out)
+        self.timings.mlflow += time.perf_counter() - t
         self.timings.trials += 1
         return out
 
@@ -249,6 +303,8 @@ def _result_attr(out: Outcome) -> dict[str, Any]:
     d: dict[str, Any] = {"state": out.state}
     if out.policy is not None:
         d["policy"] = out.policy.to_dict()
+        if out.result is not None and out.result.policy != out.policy:
+            d["effective_policy"] = out.result.policy.to_dict()
     if out.scorecard is not None:
         d["scorecard"] = out.scorecard.metrics()
     if out.rate is not None:
