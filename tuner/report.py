@@ -176,7 +176,10 @@ Trials: {html.escape(', '.join(f'{k} {v}' for k, v in sorted(states.items())))}.
 def _summary_table(spec: StudySpec, best: list[Any], default: Any, feasible: bool) -> str:
     if not best:
         return "<p>No completed trial yet.</p>"
-    head = "".join(f"<th>{html.escape(o.name)}</th><th>gain</th>" for o in spec.objectives)
+    from tuner.tune import trial_policy
+
+    head = "".join(f"<th>{html.escape(o.name)}</th><th>gain</th>" for o in spec.objectives) + "<th>knobs changed</th>"
+    base = spec.base_policy()
     rows = []
     for t in ([default] if default is not None else []) + [t for t in best if default is None or t.number != default.number]:
         cells = ""
@@ -184,7 +187,9 @@ def _summary_table(spec: StudySpec, best: list[Any], default: Any, feasible: boo
             g = gain_pct(t.values[i], default.values[i], o.direction) if default is not None else math.nan
             cells += f"<td>{t.values[i]:.4g}</td><td>{'' if math.isnan(g) else f'{g:+.1f}%'}</td>"
         label = f"{t.number}{' (default)' if default is not None and t.number == default.number else ''}"
-        rows.append(f"<tr><td>{label}</td>{cells}</tr>")
+        diff = trial_policy(spec, t).diff(base)
+        knobs = ", ".join(f"{k}={v:.4g}" if isinstance(v, float) else f"{k}={v}" for k, v in diff.items()) or "-"
+        rows.append(f"<tr><td>{label}</td>{cells}<td style='text-align:left'>{html.escape(knobs)}</td></tr>")
     note = "" if feasible else "<p><b>No trial met the constraints.</b></p>"
     return f"<h2>Best vs default</h2>{note}<table><tr><th>trial</th>{head}</tr>{''.join(rows)}</table>"
 
