@@ -63,11 +63,11 @@ def tune_cmd(
                    + (" (retried)" if retry_failed else " (use --retry-failed to re-run them)"))
     log_best_artifacts(res, opts)
     _print_summary(res)
-    tr = Tracker(mlflow_uri)
     typer.echo(f"study {spec.name!r}: {res.n_finished} finished trials in storage "
                f"{mask_url(storage) if storage else '.servetune/optuna.journal'} ({res.wall_s:.1f} s this run)")
-    typer.echo(f"MLflow: {mask_url(tr.uri)} experiment {spec.name!r}; browse with "
-               f"`mlflow ui --backend-store-uri {mask_url(tr.uri)}`")
+    uri = mask_url(Tracker(mlflow_uri).uri) if mlflow_uri else "sqlite:///.servetune/mlflow.db"
+    typer.echo(f"MLflow: {uri} experiment {spec.name!r}; browse with `mlflow ui --backend-store-uri {uri}`"
+               + ("" if mlflow_uri else " (from this folder)"))
     typer.echo(f"next: servetune export {study_file}" + (f" --storage {mask_url(storage)}" if storage else ""))
 
 
@@ -80,7 +80,7 @@ def _print_summary(res) -> None:
     spec = res.spec
     table = Table(title=f"{spec.name}: " + ("best trial" if not spec.multi_objective else
                                             f"Pareto front ({len(res.best)} trials)")
-                  + ("" if res.feasible or not res.best else " (NO trial met the constraints)"))
+                  + ("" if res.feasible else " (NO trial met the constraints)"))
     table.add_column("trial", justify="right")
     for o in spec.objectives:
         table.add_column(f"{o.name} ({o.direction[:3]})", justify="right")
