@@ -69,8 +69,9 @@ for _mod in COMMAND_MODULES:
 
 
 # By convention, every error in what the user gave us (a file, a flag, a name) is raised as
-# ValueError (or an OSError for files) with a one-line message naming the field and why.
-USER_ERRORS: tuple[type[BaseException], ...] = (ValueError, FileNotFoundError, PermissionError, IsADirectoryError)
+# ValueError (or an OSError for files and folders) with a one-line message naming the field
+# and why.
+USER_ERRORS: tuple[type[BaseException], ...] = (ValueError, OSError)
 
 
 def main(argv: list[str] | None = None) -> None:

@@ -18,4 +18,6 @@ if ! su postgres -c "$PGBIN/pg_ctl -D $PGDATA status" >/dev/null 2>&1; then
 fi
 psql -h 127.0.0.1 -p "$PORT" -U postgres -tc "SELECT 1 FROM pg_roles WHERE rolname='servetune'" | grep -q 1 \
   || psql -h 127.0.0.1 -p "$PORT" -U postgres -qc "CREATE ROLE servetune LOGIN PASSWORD 'servetune' CREATEDB"
-echo "postgresql+psycopg2://servetune:servetune@127.0.0.1:$PORT/postgres"
+psql -h 127.0.0.1 -p "$PORT" -U postgres -tc "SELECT 1 FROM pg_database WHERE datname='servetune'" | grep -q 1 \
+  || psql -h 127.0.0.1 -p "$PORT" -U postgres -qc "CREATE DATABASE servetune OWNER servetune"
+echo "postgresql+psycopg2://servetune:servetune@127.0.0.1:$PORT/servetune"

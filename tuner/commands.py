@@ -133,6 +133,16 @@ def export_cmd(
 
 
 def _existing_study(spec, storage, open_study, TuneOptions):
+    """The stored study, loaded without creating it (export/report never write a new study)."""
+    import optuna
+
+    from tuner.storage import open_storage
+
+    try:
+        optuna.load_study(study_name=spec.name, storage=open_storage(storage))
+    except KeyError:
+        raise ValueError(f"study {spec.name!r} has no trials in this storage (run `servetune tune` first, "
+                         "or pass the --storage it used)") from None
     study = open_study(spec, TuneOptions(storage=storage))
     if not study.get_trials(deepcopy=False):
         raise ValueError(f"study {spec.name!r} has no trials in this storage (run `servetune tune` first, "
