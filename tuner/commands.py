@@ -39,6 +39,10 @@ def tune_cmd(
     mlflow_logger: str = typer.Option("auto", "--mlflow-logger",
                                       help="inline: log each trial in the worker; process: a logger process per "
                                            "worker takes MLflow's ~50 ms/run off the loop; auto: process from 50 trials."),
+    verify_top: int = typer.Option(0, "--verify-top", min=0,
+                                   help="After the study, re-run the K best policies on --verify-backend and log "
+                                        "simulated vs measured scorecards (with the error) to MLflow."),
+    verify_backend: str = typer.Option("vllm", "--verify-backend", help="Backend for --verify-top (vllm, sglang)."),
 ) -> None:
     """Run (or resume) a study: search the policy space, log every trial to MLflow, print the
     best policy (or Pareto front) against the engine defaults."""
@@ -53,16 +57,27 @@ def tune_cmd(
     spec = load_study(study_file)
     if mlflow_logger not in ("auto", "inline", "process"):
         raise ValueError(f"--mlflow-logger {mlflow_logger!r}: choose auto, inline or process")
-    get_backend(backend)  # fail fast (exit 2) on an unknown or missing backend
+    study_backend = get_backend(backend)  # fail fast (exit 2) on an unknown or missing backend
+    checker = get_backend(verify_backend) if verify_top else None  # and on a missing verify engine
     opts = TuneOptions(trials=trials, timeout_s=timeout, storage=storage, mlflow_uri=mlflow_uri, n_jobs=n_jobs,
                        backend=backend, seed=seed, retry_failed=retry_failed,
                        mlflow_logger=mlflow_logger)
-    res = tune(spec, opts, progress=progress)
-    if res.stale:
-        typer.echo(f"marked {len(res.stale)} stale trial(s) as FAIL: {res.stale}"
-                   + (" (retried)" if retry_failed else " (use --retry-failed to re-run them)"))
-    log_best_artifacts(res, opts)
-    _print_summary(res)
+    try:
+        res = tune(spec, opts, progress=progress, backend=study_backend if n_jobs <= 1 else None)
+        if res.stale:
+            typer.echo(f"marked {len(res.stale)} stale trial(s) as FAIL: {res.stale}"
+                       + (" (retried)" if retry_failed else " (use --retry-failed to re-run them)"))
+        log_best_artifacts(res, opts, backend=study_backend)
+        _print_summary(res)
+        if checker is not None:
+            from tuner.verify import print_verifications
+            from tuner.verify import verify_top as run_verify
+
+            print_verifications(run_verify(res, opts, verify_top, checker, study_backend), verify_backend, typer.echo)
+    finally:
+        for b in (study_backend, checker):
+            if hasattr(b, "close"):
+                b.close()
     typer.echo(f"study {spec.name!r}: {res.n_finished} finished trials in storage "
                f"{mask_url(storage) if storage else '.servetune/optuna.journal'} ({res.wall_s:.1f} s this run)")
     uri = mask_url(Tracker(mlflow_uri).uri) if mlflow_uri else "sqlite:///.servetune/mlflow.db"

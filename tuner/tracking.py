@@ -130,7 +130,8 @@ class Tracker:
 
     # ------------------------------------------------------------ trials
     def log_trial(self, experiment_id: str, parent_run_id: str, number: int, *, params: Mapping[str, Any],
-                  metrics: Mapping[str, float], tags: Mapping[str, str], status: str = "FINISHED") -> str:
+                  metrics: Mapping[str, float], tags: Mapping[str, str], status: str = "FINISHED",
+                  run_name: str | None = None) -> str:
         """One nested run for one trial → its run id.
 
         Three calls straight to the tracking store (create with tags, one batch of params and
@@ -139,11 +140,12 @@ class Tracker:
         from mlflow.entities import Metric, Param, RunStatus, RunTag
 
         now = int(time.time() * 1000)
-        all_tags = {"mlflow.parentRunId": parent_run_id, "mlflow.runName": f"trial-{number:04d}",
+        name = run_name or f"trial-{number:04d}"
+        all_tags = {"mlflow.parentRunId": parent_run_id, "mlflow.runName": name,
                     "servetune.code_version": self.code_version, "optuna.trial": str(number), **tags}
         run = self.store.create_run(experiment_id, user_id=self.user, start_time=now,
                                     tags=[RunTag(k, str(v)[:8000]) for k, v in all_tags.items()],
-                                    run_name=f"trial-{number:04d}")
+                                    run_name=name)
         rid = run.info.run_id
         ms = [Metric(k, float(v), now, 0) for k, v in metrics.items() if isinstance(v, int | float) and math.isfinite(v)]
         ps = [Param(k, _param(v)[:6000]) for k, v in params.items()]
