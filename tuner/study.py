@@ -195,6 +195,7 @@ class Worker:
         """Path where the logger process writes its per-run times (benchmarks)."""
         attrs = self.study.user_attrs
         self.experiment_id, self.parent_run_id = attrs[EXPERIMENT_ATTR], attrs[PARENT_ATTR]
+        self._own_parent = self.parent_run_id
         self.workload_hash = self.ev.workload.content_hash()
         self._heartbeat = has_heartbeat(self.study._storage)
 
@@ -211,6 +212,7 @@ class Worker:
         finally:
             t = time.perf_counter()
             self.logger.close()
+            self.parent_run_id = self.tracker.adopt_parent(self.study, self._own_parent)
             self.timings.mlflow_drain += time.perf_counter() - t
         return self.timings
 
@@ -294,6 +296,7 @@ class Worker:
         if out.error:
             tags["servetune.error"] = out.error[:5000]
         status = {"COMPLETE": "FINISHED", "PRUNED": "KILLED", "FAIL": "FAILED"}[out.state]
+        self.parent_run_id = self.study.user_attrs.get(PARENT_ATTR, self.parent_run_id)  # a racing worker's
         self.logger.submit(self.experiment_id, self.parent_run_id, trial.number,
                            params=policy.to_dict() if policy is not None else {}, metrics=metrics, tags=tags,
                            status=status)

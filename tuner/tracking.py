@@ -128,6 +128,22 @@ class Tracker:
         study.set_user_attr(PARENT_ATTR, run_id)
         return exp, run_id
 
+    def adopt_parent(self, study: Any, own_run_id: str) -> str:
+        """Converge on the study's one parent run → its id.
+
+        Workers that start at the same moment may each create a parent before seeing another's;
+        the study attr keeps the last one written. A worker whose own parent lost moves its
+        trial runs under the winner and deletes its own parent, so every trial run ends up
+        under one parent run."""
+        current = study.user_attrs.get(PARENT_ATTR, own_run_id)
+        if current != own_run_id:
+            exp = study.user_attrs[EXPERIMENT_ATTR]
+            for r in self.child_runs(exp, own_run_id):
+                self.client.set_tag(r.info.run_id, "mlflow.parentRunId", current)
+            with contextlib.suppress(Exception):  # already gone (another worker cleaned up)
+                self.client.delete_run(own_run_id)
+        return current
+
     # ------------------------------------------------------------ trials
     def log_trial(self, experiment_id: str, parent_run_id: str, number: int, *, params: Mapping[str, Any],
                   metrics: Mapping[str, float], tags: Mapping[str, str], status: str = "FINISHED",
