@@ -151,7 +151,9 @@ class Scheduling:
         req.preemptions += 1
         self.c_preempt += 1
         kv = self._blocks_for(req.computed)
-        if self.swap_mode and kv and self.swap.fits(kv):
+        # Swap only while other sequences keep running: with none left, a swapped request would come
+        # straight back and be preempted again (a livelock); it recomputes instead.
+        if self.swap_mode and kv and self.swap.fits(kv) and self.pool.n:
             self.swap.used += kv
             self.pending_s += self.swap.transfer_s(kv)
             self.c_swapped += kv
