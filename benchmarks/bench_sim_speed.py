@@ -62,6 +62,38 @@ def _poisson(n: int, rate: float = 10.0):
     return build_workload(f"poisson-{n // 1000}k", arr, prompt, out, sort=False)
 
 
+PRIMITIVES = {  # in-instance primitives switched on (servetune issue 5): case "azure-conv:<name>"
+    "spec": {"speculation": "ngram", "spec_k": 4},
+    "spec_dyn": {"speculation": "ngram", "spec_k": 4, "spec_dynamic": True},
+    "tiers": {"cpu_offload_gb": 64.0, "ssd_offload_gb": 256.0, "offload_threshold": 0.8},
+    "vtc": {"queue": "vtc", "tenant_cap_tokens_s": 0.0},
+    "lora": {"max_loras": 4},
+    "all": {"speculation": "ngram", "spec_k": 4, "spec_dynamic": True, "cpu_offload_gb": 64.0,
+            "queue": "vtc", "max_loras": 4},
+}
+
+
+def _with_tenants(w, k: int):
+    """The workload with requests spread round-robin over k tenants."""
+    import dataclasses
+
+    import numpy as np
+
+    return dataclasses.replace(w, tenant=(np.arange(w.n) % k).astype(np.int32),
+                               tenants=tuple(f"t{i}" for i in range(k)))
+
+
+def _with_adapters(w, k: int):
+    """The workload with requests spread over k LoRA adapters (Zipf-like: adapter i ∝ 1/(i+1))."""
+    import dataclasses
+
+    import numpy as np
+
+    p = 1.0 / np.arange(1, k + 1)
+    a = np.random.default_rng(0).choice(k, w.n, p=p / p.sum()).astype(np.int32)
+    return dataclasses.replace(w, adapter=a, adapters=tuple(f"lora{i}" for i in range(k)))
+
+
 def run_case(case: str, repeat: int) -> dict:
     from backends.base import Deployment
     from backends.sim import simulate
@@ -69,7 +101,14 @@ def run_case(case: str, repeat: int) -> dict:
 
     kind, _, arg = case.partition(":")
     w = _azure_conv() if kind == "azure-conv" else _poisson(int(arg))
-    policy = Policy(batching=arg) if kind == "azure-conv" and arg else Policy()
+    if arg in PRIMITIVES:
+        policy = Policy(**PRIMITIVES[arg])
+        if arg in ("vtc", "all"):
+            w = _with_tenants(w, 8)
+        if arg in ("lora", "all"):
+            w = _with_adapters(w, 32)
+    else:
+        policy = Policy(batching=arg) if kind == "azure-conv" and arg else Policy()
     dep = Deployment("llama-3.1-8b", "h100")
     base = _rss_mb()
     wall = cpu = float("inf")
@@ -79,7 +118,7 @@ def run_case(case: str, repeat: int) -> dict:
         wall, cpu = min(wall, time.perf_counter() - t0), min(cpu, time.process_time() - c0)
     peak = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
     done = int(res.records["finish_s"].notna().sum())
-    return {"case": case, "workload": w.name, "policy": policy.batching, "requests": w.n, "completed": done,
+    return {"case": case, "workload": w.name, "policy": arg if arg in PRIMITIVES else policy.batching, "requests": w.n, "completed": done,
             "wall_s": wall, "cpu_s": cpu, "req_s_wall": w.n / wall, "req_s_cpu": w.n / cpu,
             "iterations": res.telemetry.counters["iterations"], "peak_rss_mb": peak, "sim_mb": peak - base}
 
@@ -94,7 +133,7 @@ def main() -> None:
         print(json.dumps(run_case(args.case, args.repeat)))
         return
     cases = ["azure-conv:", "azure-conv:continuous", "azure-conv:decode_maximal", "azure-conv:static",
-             "poisson:10000", "poisson:100000"] + ([] if args.quick else ["poisson:1000000"])
+             *(f"azure-conv:{p}" for p in PRIMITIVES), "poisson:10000", "poisson:100000"] + ([] if args.quick else ["poisson:1000000"])
     hdr = (f"{'workload':14s} {'batching':15s} {'requests':>9s} {'iters':>9s} {'wall s':>8s} {'cpu s':>7s} "
            f"{'req/s wall':>11s} {'req/s cpu':>10s} {'peak RSS MB':>12s} {'sim MB':>7s}")
     print(f"Llama-3.1-8B on one H100 (vllm-v1 preset); best of {args.repeat} runs per case (1M: one run)")

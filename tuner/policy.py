@@ -105,6 +105,9 @@ class Policy:
     """Catalog name of the draft model (speculation=draft)."""
     spec_acceptance: float = 0.0
     """Per-token acceptance rate α to assume (0 = the workload's or the method's default)."""
+    spec_acceptance_by_tenant: tuple[tuple[str, float], ...] = ()
+    """Per-tenant acceptance α as (tenant, α) pairs, used when spec_acceptance is 0 (missing
+    tenants: the method's default; the simulator runs the workload's request-weighted mean)."""
 
     # ---- prefill/decode disaggregation -----------------------------------
     disaggregated: bool = False
@@ -186,6 +189,8 @@ class Policy:
         need(self.tenant_cap_tokens_s >= 0, "tenant_cap_tokens_s", "must be >= 0")
         need(1 <= self.spec_k <= 16, "spec_k", "must be in 1..16")
         need(0 <= self.spec_acceptance < 1, "spec_acceptance", "must be in 0..1 (exclusive)")
+        need(all(0 < a < 1 for _, a in self.spec_acceptance_by_tenant), "spec_acceptance_by_tenant",
+             "each α must be in 0..1 (exclusive)")
         need(self.speculation != "draft" or bool(self.spec_draft_model), "spec_draft_model",
              "speculation=draft needs a draft model")
         need(self.prefill_instances >= 1 and self.decode_instances >= 1, "prefill_instances", "pools need >= 1 instance")
@@ -212,7 +217,8 @@ class Policy:
     def to_dict(self) -> dict[str, Any]:
         """Plain types only (YAML/JSON/MLflow-safe); tenant_weights becomes a mapping."""
         out = {f.name: getattr(self, f.name) for f in fields(self)}
-        out["tenant_weights"] = {k: float(v) for k, v in self.tenant_weights}
+        for name in _PAIR_KNOBS:
+            out[name] = {k: float(v) for k, v in getattr(self, name)}
         return out
 
     def diff(self, other: Policy | None = None) -> dict[str, Any]:
@@ -264,6 +270,7 @@ def _atomic_write(path: Path, text: str) -> None:
 
 
 _HINTS: dict[str, Any] = {}
+_PAIR_KNOBS = ("tenant_weights", "spec_acceptance_by_tenant")  # (tenant, float) pairs; YAML: a mapping
 
 
 def knob_types() -> dict[str, Any]:
@@ -291,7 +298,7 @@ def _coerce_and_check(p: Policy) -> None:
             if v not in choices:
                 raise ValueError(f"policy knob {f.name}={v!r}: must be one of {', '.join(map(str, choices))}")
             continue
-        if f.name == "tenant_weights":
+        if f.name in _PAIR_KNOBS:
             if isinstance(v, Mapping):
                 v = tuple(sorted((str(k), float(w)) for k, w in v.items()))
             else:

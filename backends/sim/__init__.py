@@ -23,7 +23,6 @@ _DEFAULTS = {f.name: f.default for f in fields(Policy)}
 
 # knob groups not simulated yet: (knobs, reason shown in the note)
 _NOT_YET: tuple[tuple[tuple[str, ...], str], ...] = (
-    (("speculation", "spec_k", "spec_dynamic", "spec_draft_model", "spec_acceptance"), "speculative decoding"),
     (("disaggregated", "prefill_instances", "decode_instances", "disagg_min_prompt", "disagg_min_queue"),
      "prefill/decode disaggregation"),
     (("cpu_offload_gb", "ssd_offload_gb", "offload_threshold"), "KV offload tiers"),

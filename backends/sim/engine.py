@@ -30,12 +30,13 @@ from backends.sim.arrivals import Arrivals
 from backends.sim.batching import PLANNERS
 from backends.sim.catalog import default_activation_reserve, get_gpu, get_model, kv_budget
 from backends.sim.chrome_trace import TraceWriter
-from backends.sim.costmodel import CostModel
+from backends.sim.costmodel import CostModel, weight_bytes_per_gpu
 from backends.sim.engines import get_engine
 from backends.sim.memory import BlockManager, SwapTier
 from backends.sim.queue import make_queue
 from backends.sim.request_state import DecodePool, Req
 from backends.sim.scheduler import Scheduling
+from backends.sim.speculation import Speculator
 from backends.sim.telemetry import TelemetryRecorder
 from tuner.policy import Policy
 from workloads.workload import Workload
@@ -84,6 +85,21 @@ class Simulation(Arrivals, Scheduling):
         B = policy.max_num_batched_tokens
         total = kv_budget(model, gpu, tp, policy.gpu_memory_utilization, deployment.weight_dtype,
                           deployment.kv_dtype, bs, activation_reserve=default_activation_reserve(model, tp, B))
+        self.spec: Speculator | None = None
+        if policy.speculation != "off":
+            draft = None
+            if policy.speculation == "draft":
+                dm = get_model(policy.spec_draft_model)
+                draft = CostModel(dm, gpu, tp=tp, weight_dtype=deployment.weight_dtype, kv_dtype=deployment.kv_dtype,
+                                  engine=get_engine(deployment.engine))
+                # the draft's weights and its own KV (same tokens, its bytes per token) share the pool
+                total -= int(weight_bytes_per_gpu(dm, tp, deployment.weight_dtype) // (bs * cm.kv_bytes_per_token))
+                total = int(total * cm.kv_bytes_per_token / (cm.kv_bytes_per_token + draft.kv_bytes_per_token))
+                if total < 1:
+                    raise ValueError(f"policy knob spec_draft_model={policy.spec_draft_model!r}: the draft model "
+                                     "leaves no KV memory")
+            self.spec = Speculator(policy, workload, cm, draft)
+        self.c_draft = self.c_acc = self._spec_frac = 0.0
         caching = policy.prefix_caching and workload.prefix_offsets is not None
         self.pbt = workload.prefix_block_tokens if caching else 0
         self.mem = BlockManager(total, bs, self.pbt)
@@ -216,13 +232,34 @@ class Simulation(Arrivals, Scheduling):
             pairs += c * (req.computed + (c + 1) * 0.5)
         if pf + r > self.budget and self.chunked:
             raise SimInvariantError(f"token budget exceeded: {pf + r} > {self.budget}")
-        cost = self.cm.iteration(pf, pairs, r, r, pool.ctx() if r else 0, prefill_seqs=len(chunks))
+        spec, m = self.spec, 1
+        if spec is not None and r:
+            ctx = pool.ctx()
+            k = spec.pick_k(r, ctx)
+            cost = self.cm.iteration(pf, pairs, r, r * (k + 1), ctx, prefill_seqs=len(chunks))
+            if spec.draft is not None and k:
+                db, dp = spec.draft.decode_affine(r)
+                cost = type(cost)(cost.time_s + k * (db.time_s + dp.time_s * ctx),
+                                  cost.flops + k * (db.flops + dp.flops * ctx),
+                                  cost.hbm_bytes + k * (db.hbm_bytes + dp.hbm_bytes * ctx))
+            self._spec_frac += spec.coef(r, k)[6]
+            m = int(self._spec_frac)  # tokens this step: the expectation, carried over (deterministic)
+            self._spec_frac -= m
+            fin = pool.heap[0][0] - pool.g if pool.heap[0][2] == pool.heap[0][3].ver else pool.next_finish() - pool.g
+            if m > fin:
+                m = fin
+            if m > 1 and pool.grow and ((self.mem.free + self.mem.evictable) // r) * self.bs < m:
+                m = max(pool.steps_fitting(self.mem.free + self.mem.evictable, m), 1)
+            self.c_draft += r * k
+            self.c_acc += r * (m - 1)
+        else:
+            cost = self.cm.iteration(pf, pairs, r, r, pool.ctx() if r else 0, prefill_seqs=len(chunks))
         t0 = self.t
         dt = cost.time_s + self.pending_s
         self.pending_s = 0.0
         t = self.t = t0 + dt
         if r:
-            self.mem.take(pool.advance(1))
+            self.mem.take(pool.advance(m))
         for req, c in chunks:
             req.computed += c
         held, used = self._kv_now()  # held during the iteration, before anything is released
@@ -259,7 +296,7 @@ class Simulation(Arrivals, Scheduling):
         pool, mem = self.pool, self.mem
         r, g, t0 = pool.n, pool.g, self.t
         ctx = pool.sum_b + pool.sum_s + r * g
-        c = self._coef.get(r) or self._coef_of(r)
+        c = self._coef.get(r) or self._coef_of(r) if self.spec is None else self.spec.coef(r, self.spec.pick_k(r, ctx))
         a, ts = c[0], c[1]
         heap = pool.heap
         while heap[0][2] != heap[0][3].ver:  # drop entries of members that left
@@ -317,7 +354,12 @@ class Simulation(Arrivals, Scheduling):
             self._pool_finished(t)
         if self._fresh:
             self._first_decode_tokens(t)
-        self._record(t0, dt, n * c[2] + c[3] * csum, n * c[4] + c[5] * csum, n, r * n, r,
+        iters = n
+        if self.spec is not None:  # n token steps = n / E speculative iterations
+            iters = n / c[6]
+            self.c_draft += r * iters * c[7]
+            self.c_acc += r * (n - iters)
+        self._record(t0, dt, n * c[2] + c[3] * csum, n * c[4] + c[5] * csum, iters, r * iters, r,
                      held0 + d1, held, used0 + r, used0 + r * n)
         if self.trace is not None:
             self.trace.iteration(t0, dt, n, r, 0, 0)

@@ -115,6 +115,9 @@ def build_result(sim, policy, notes: tuple[str, ...]):
                 "prefix_query_tokens": float(sim.c_pq), "prefix_hit_tokens": float(sim.c_ph),
                 "cache_evictions": float(sim.mem.evictions), "kv_capacity_blocks": float(sim.mem.total),
                 "deferrals": float(sim.c_defer)}
+    if sim.spec is not None:
+        counters.update(spec_draft_tokens=float(sim.c_draft), spec_accepted_tokens=float(sim.c_acc),
+                        spec_alpha=sim.spec.alpha)
     tel = sim.tel.build(
         makespan_s=makespan, tp=cm.tp, peak_flops=cm.peak_flops, peak_bw=gpu.hbm_bytes_s,
         kv_capacity_tokens=sim.mem.total * sim.bs, price=gpu.price_hour, spot_price=gpu.spot_price_hour,
