@@ -4,8 +4,9 @@
     result = SimBackend().run(policy, workload, deployment, seed=0)   # -> backends.base.RunResult
 
 ``RunResult.policy`` is the policy actually simulated: knobs this simulator does not model yet
-(disaggregation, speculation, offload tiers, several replicas, LoRA, VTC fairness) are reset to
-their defaults, one line each in ``RunResult.notes``.
+are reset to their defaults, one line each in ``RunResult.notes``. ``SimBackend.run`` serves a
+policy that needs several instances (replicas > 1, disaggregated pools, autoscaling, spot) on
+the cluster simulator (``backends.sim.cluster``, docs/primitives.md); ``simulate`` serves one.
 """
 
 from __future__ import annotations
@@ -23,10 +24,7 @@ _DEFAULTS = {f.name: f.default for f in fields(Policy)}
 
 # knob groups not simulated yet: (knobs, reason shown in the note)
 _NOT_YET: tuple[tuple[tuple[str, ...], str], ...] = (
-    (("disaggregated", "prefill_instances", "decode_instances", "disagg_min_prompt", "disagg_min_queue"),
-     "prefill/decode disaggregation"),
     (("cpu_offload_gb", "ssd_offload_gb", "offload_threshold"), "KV offload tiers"),
-    (("routing", "migration", "autoscale", "spot_fraction"), "multi-replica placement"),
     (("max_loras",), "LoRA adapters"),
     (("tenant_weights", "tenant_cap_tokens_s"), "VTC tenant fairness"),
 )
@@ -42,9 +40,12 @@ def effective_policy(policy: Policy, workload: Workload | None = None) -> tuple[
             if v != _DEFAULTS[k]:
                 changes[k] = _DEFAULTS[k]
                 notes.append(f"{k}={v} not simulated yet ({what}); ran with {_DEFAULTS[k]!r}")
-    if policy.replicas > 1:
-        changes["replicas"] = 1
-        notes.append(f"replicas={policy.replicas} not simulated yet (one instance); ran with 1")
+    for k in ("replicas", "disaggregated", "autoscale", "spot_fraction"):  # simulate(): one instance
+        v = getattr(policy, k)
+        if (v > 1) if k == "replicas" else v:
+            changes[k] = 1 if k == "replicas" else _DEFAULTS[k]
+            notes.append(f"{k}={v}: simulate() serves one instance (SimBackend.run serves the cluster); "
+                         f"ran with {changes[k]!r}")
     if policy.queue == "vtc":
         changes["queue"] = "fcfs"
         notes.append("queue=vtc not simulated yet (VTC fairness); ran with fcfs")
@@ -96,5 +97,12 @@ class SimBackend:
         ``prefilled`` (bool per request or None): prompt KV already computed elsewhere (a prefill
         instance): admitted straight to decoding, first token with the first decode iteration.
         Raises ValueError for an unknown model/GPU or a deployment whose weights do not fit."""
+        from backends.sim.cluster import needs_cluster, simulate_cluster
+
+        if needs_cluster(policy, deployment):  # several instances: backends/sim/cluster.py
+            if trace_path is not None or max_sim_time_s is not None or prefilled is not None:
+                raise ValueError("trace_path, max_sim_time_s and prefilled need one instance; this policy "
+                                 "needs a cluster (replicas > 1, disaggregated, autoscale or spot_fraction > 0)")
+            return simulate_cluster(policy, workload, deployment, seed=seed)
         return simulate(policy, workload, deployment, seed=seed, trace_path=trace_path,
                         max_sim_time_s=max_sim_time_s, check=self.check, prefilled=prefilled)

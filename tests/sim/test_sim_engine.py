@@ -104,12 +104,12 @@ def test_max_sim_time_stops_and_marks_the_rest_failed():
 
 
 def test_effective_policy_resets_unsimulated_knobs_with_one_note_each():
-    # (speculation, offload tiers, vtc and LoRA are simulated since issue 5: not reset)
+    # speculation is simulated (not reset); one instance resets the cluster knobs (SimBackend.run serves them)
     p = Policy(speculation="ngram", disaggregated=True, replicas=4)
     eff, notes = effective_policy(p)
     assert eff.speculation == "ngram" and not eff.disaggregated
     assert eff.replicas == 1
-    assert any(n.startswith("disaggregated=True not simulated yet") for n in notes)
+    assert any(n.startswith("disaggregated=True: simulate() serves one instance") for n in notes)
     assert len(notes) == 2
     w = poisson_workload(20, 5.0, 200, 20)
     res = simulate(p, w, H100_8B)
