@@ -21,6 +21,18 @@ def _plt():
     return plt
 
 
+def _style(ax) -> None:
+    ax.grid(alpha=0.3)
+    ax.legend(fontsize=8)
+
+
+def _save(plt, fig, path: Path) -> Path:
+    fig.tight_layout()
+    fig.savefig(path, dpi=100)
+    plt.close(fig)
+    return path
+
+
 def latency_cdf_png(records: Mapping[str, pd.DataFrame], path: Path, title: str = "") -> Path:
     """Empirical CDFs of TTFT and TPOT (ms) per labelled run, side by side, saved as PNG."""
     from tuner.scorecard import latencies_ms
@@ -37,14 +49,10 @@ def latency_cdf_png(records: Mapping[str, pd.DataFrame], path: Path, title: str 
         ax.set_xscale("log")
         ax.set_xlabel(name)
         ax.set_ylabel("fraction of requests")
-        ax.grid(alpha=0.3)
-        ax.legend(fontsize=8)
+        _style(ax)
     if title:
         fig.suptitle(title)
-    fig.tight_layout()
-    fig.savefig(path, dpi=100)
-    plt.close(fig)
-    return path
+    return _save(plt, fig, path)
 
 
 def history_png(numbers: Sequence[int], values: Sequence[float], direction: str, path: Path,
@@ -58,12 +66,8 @@ def history_png(numbers: Sequence[int], values: Sequence[float], direction: str,
     ax.step(numbers, best, where="post", color="C3", label="best so far")
     ax.set_xlabel("trial")
     ax.set_ylabel(name)
-    ax.grid(alpha=0.3)
-    ax.legend(fontsize=8)
-    fig.tight_layout()
-    fig.savefig(path, dpi=100)
-    plt.close(fig)
-    return path
+    _style(ax)
+    return _save(plt, fig, path)
 
 
 def pareto_png(points: Sequence[Sequence[float]], front: Sequence[Sequence[float]], names: Sequence[str],
@@ -77,9 +81,5 @@ def pareto_png(points: Sequence[Sequence[float]], front: Sequence[Sequence[float
     ax.scatter(f[:, 0], f[:, 1], s=30, color="C3", label="Pareto front")
     ax.set_xlabel(names[0])
     ax.set_ylabel(names[1])
-    ax.grid(alpha=0.3)
-    ax.legend(fontsize=8)
-    fig.tight_layout()
-    fig.savefig(path, dpi=100)
-    plt.close(fig)
-    return path
+    _style(ax)
+    return _save(plt, fig, path)

@@ -16,7 +16,7 @@ from dataclasses import dataclass
 from typing import Any
 
 from tuner.evaluate import Evaluator, Timings
-from tuner.scorecard import Scorecard
+from tuner.scorecard import Scorecard, score
 from tuner.tracking import EXPERIMENT_ATTR, PARENT_ATTR, Tracker
 
 COMPARED = ("ttft_p50_ms", "ttft_p99_ms", "tpot_p50_ms", "tpot_p95_ms", "e2e_p50_ms", "e2e_p99_ms",
@@ -71,8 +71,6 @@ def verify_top(res: Any, opts: Any, k: int, verify_backend: Any, sim_backend: An
     name = getattr(verify_backend, "name", "live")
     for t in top_trials(res.best, study, spec, k):
         sim_result, w = replay(ev_sim, spec, t)
-        from tuner.scorecard import score
-
         sim_sc = score(sim_result, w)
         try:
             live_result, live_sc = ev_live.run(sim_result.policy, w, Timings())
