@@ -93,6 +93,22 @@ class _Builder:
         if value is not None:
             self.args.append(_text(value))
 
+    def model_and_dtypes(self, deployment: Deployment, *, model_flag: str, model: str, host: str | None,
+                         port: int | None, context_flag: str, fp8_kv: str) -> None:
+        """The launch header both engines share: model, address, context, weight/KV dtypes."""
+        self.flag(model_flag, model)
+        if host:
+            self.flag("--host", host)
+        if port is not None:
+            self.flag("--port", port)
+        if deployment.max_model_len > 0:
+            self.flag(context_flag, deployment.max_model_len)
+        self.flag("--dtype", _dtype(deployment.weight_dtype))
+        if deployment.weight_dtype == "fp8":
+            self.flag("--quantization", "fp8")
+        if deployment.kv_dtype == "fp8":
+            self.flag("--kv-cache-dtype", fp8_kv)
+
     def handled(self, *knobs: str) -> None:
         self.seen.update(knobs)
 
@@ -152,18 +168,8 @@ def vllm_args(
     b = _Builder(policy)
     p = policy
     cpu = is_cpu(deployment)
-    b.flag("--model", model_path or deployment.model)
-    if host:
-        b.flag("--host", host)
-    if port is not None:
-        b.flag("--port", port)
-    if deployment.max_model_len > 0:
-        b.flag("--max-model-len", deployment.max_model_len)
-    b.flag("--dtype", _dtype(deployment.weight_dtype))
-    if deployment.weight_dtype == "fp8":
-        b.flag("--quantization", "fp8")
-    if deployment.kv_dtype == "fp8":
-        b.flag("--kv-cache-dtype", "fp8")
+    b.model_and_dtypes(deployment, model_flag="--model", model=model_path or deployment.model, host=host, port=port,
+                       context_flag="--max-model-len", fp8_kv="fp8")
 
     # batch planner
     b.handled("batching", "max_num_seqs", "max_num_batched_tokens", "long_prefill_token_threshold", "tp")
@@ -286,18 +292,8 @@ def sglang_args(
     """SGLang (``sglang.launch_server``) flags for ``policy`` on ``deployment``."""
     b = _Builder(policy)
     p = policy
-    b.flag("--model-path", model_path or deployment.model)
-    if host:
-        b.flag("--host", host)
-    if port is not None:
-        b.flag("--port", port)
-    if deployment.max_model_len > 0:
-        b.flag("--context-length", deployment.max_model_len)
-    b.flag("--dtype", _dtype(deployment.weight_dtype))
-    if deployment.weight_dtype == "fp8":
-        b.flag("--quantization", "fp8")
-    if deployment.kv_dtype == "fp8":
-        b.flag("--kv-cache-dtype", "fp8_e4m3")
+    b.model_and_dtypes(deployment, model_flag="--model-path", model=model_path or deployment.model, host=host,
+                       port=port, context_flag="--context-length", fp8_kv="fp8_e4m3")
 
     b.handled("batching", "max_num_seqs", "max_num_batched_tokens", "long_prefill_token_threshold", "tp")
     if p.batching in ("static", "decode_maximal"):
