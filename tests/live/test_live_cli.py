@@ -5,34 +5,13 @@ from __future__ import annotations
 import shlex
 
 import pytest
-import typer
 
 
 @pytest.fixture
-def run_cli(monkeypatch, capsys):
-    import cli
+def run_cli(cli_with):
     from backends.live.commands import register
 
-    app = typer.Typer(no_args_is_help=True, pretty_exceptions_enable=False)
-
-    @app.callback()
-    def _root() -> None:
-        """root"""
-
-    register(app)
-    monkeypatch.setattr(cli, "app", app)
-    monkeypatch.delenv("SERVETUNE_DEBUG", raising=False)
-
-    def run(*args: str) -> tuple[int, str, str]:
-        code = 0
-        try:
-            cli.main(["engine", *map(str, args)])
-        except SystemExit as e:
-            code = int(e.code or 0)
-        out = capsys.readouterr()
-        return code, out.out, out.err
-
-    return run
+    return cli_with(register, "engine")
 
 
 def test_engine_flags_prints_command_and_unsupported(run_cli, tmp_path):

@@ -6,7 +6,6 @@ import os
 from pathlib import Path
 
 import pytest
-import typer
 
 SHARED_TRACES = Path(os.environ.get("SERVETUNE_SHARED_DATA", Path(__file__).resolve().parents[3] / "shared" / "data")) / "traces"
 
@@ -20,29 +19,8 @@ def shared_traces() -> Path:
 
 
 @pytest.fixture
-def run_cli(monkeypatch, capsys):
-    """Run ``servetune workloads ...`` through cli.main (the real error handling) with only the
-    workloads commands registered; returns (exit code, stdout, stderr)."""
-    import cli
+def run_cli(cli_with):
+    """Run ``servetune workloads ...`` with only the workloads commands registered."""
     from workloads.commands import register
 
-    app = typer.Typer(no_args_is_help=True, pretty_exceptions_enable=False)
-
-    @app.callback()
-    def _root() -> None:
-        """root"""
-
-    register(app)
-    monkeypatch.setattr(cli, "app", app)
-    monkeypatch.delenv("SERVETUNE_DEBUG", raising=False)
-
-    def run(*args: str) -> tuple[int, str, str]:
-        code = 0
-        try:
-            cli.main(["workloads", *map(str, args)])
-        except SystemExit as e:
-            code = int(e.code or 0)
-        out = capsys.readouterr()
-        return code, out.out, out.err
-
-    return run
+    return cli_with(register, "workloads")
