@@ -14,6 +14,7 @@ import os
 import re
 import socket
 import sqlite3
+import time
 from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
@@ -98,7 +99,15 @@ def open_storage(url: str | None) -> Any:
         sqlite_synchronous_normal(storage.engine)
         return storage
     try:
-        return RDBStorage(url, heartbeat_interval=HEARTBEAT_S, grace_period=4 * HEARTBEAT_S)
+        for attempt in range(5):
+            try:
+                return RDBStorage(url, heartbeat_interval=HEARTBEAT_S, grace_period=4 * HEARTBEAT_S)
+            except sqlalchemy.exc.IntegrityError:
+                # workers starting together on an empty database race to create Optuna's
+                # tables: one wins, the others see a duplicate and open what it made
+                if attempt == 4:
+                    raise
+                time.sleep(0.2 * (attempt + 1))
     except (ImportError, ModuleNotFoundError) as e:
         raise ValueError(f"--storage {mask_url(url)}: database driver missing ({e}); "
                          "for PostgreSQL: pip install 'servetune[postgres]'") from None

@@ -24,16 +24,18 @@ from typing import Any
 from tuner.evaluate import DEFAULT_ATTR, RESULT_ATTR, Evaluator, Outcome, Timings
 from tuner.space import default_params
 from tuner.storage import (
+    JOURNAL_NAME,
     fail_stale_trials,
     has_heartbeat,
     mask_url,
     open_storage,
     pid_alive,
     study_lock,
+    workdir,
     worker_id,
 )
 from tuner.study_spec import StudySpec, load_study
-from tuner.tracking import EXPERIMENT_ATTR, PARENT_ATTR, Tracker
+from tuner.tracking import EXPERIMENT_ATTR, KEY_TAG, PARENT_ATTR, Tracker, study_key
 
 # We drive trials with ask/tell and record heartbeats ourselves (Worker._beat); Optuna warns
 # that heartbeats are meant for Study.optimize, and that heartbeat_interval is experimental.
@@ -130,24 +132,30 @@ def prepare(spec: StudySpec, opts: TuneOptions, tracker: Tracker) -> tuple[Any, 
             study.enqueue_trial(default_params(spec.search, spec.base_policy()), user_attrs={DEFAULT_ATTR: True})
             study.set_user_attr(DEFAULT_ENQUEUED_ATTR, True)
             study.set_user_attr("study_file", spec.path)
-    d = spec.deployment
-    tracker.ensure_parent(study, {
-        "servetune.study_file": spec.path, "servetune.storage": mask_url(opts.storage or "journal:.servetune/optuna.journal"),
-        "servetune.sampler": spec.sampler, "servetune.objectives": ",".join(f"{o.name}:{o.direction}" for o in spec.objectives),
-        "servetune.model": d.model, "servetune.gpu": d.gpu, "servetune.engine": d.engine,
-        "servetune.backend": opts.backend}, spec.path)
-    log_missing_runs(spec, study, tracker)
+        d = spec.deployment  # under the lock: local workers starting together make one parent
+        tracker.ensure_parent(study, {
+            "servetune.study_file": spec.path, "servetune.storage": storage_label(opts),
+            "servetune.sampler": spec.sampler,
+            "servetune.objectives": ",".join(f"{o.name}:{o.direction}" for o in spec.objectives),
+            "servetune.model": d.model, "servetune.gpu": d.gpu, "servetune.engine": d.engine,
+            "servetune.backend": opts.backend}, study_key(study, storage_label(opts)), spec.path)
+    log_missing_runs(spec, study, tracker, study_key(study, storage_label(opts)))
     return study, stale
 
 
-def log_missing_runs(spec: StudySpec, study: Any, tracker: Tracker) -> list[int]:
+def storage_label(opts: TuneOptions) -> str:
+    """The Optuna storage as logged (password masked)."""
+    return mask_url(opts.storage or f"journal:{(workdir() / JOURNAL_NAME).resolve()}")
+
+
+def log_missing_runs(spec: StudySpec, study: Any, tracker: Tracker, key: str) -> list[int]:
     """Log an MLflow run for every finished trial that has none (its worker died between telling
     Optuna and logging, or the trial was failed as stale), from what Optuna stored. Trials of a
     worker process still alive on this host are left to it. Returns the trial numbers logged."""
     from optuna.trial import TrialState
 
     exp, parent = study.user_attrs[EXPERIMENT_ATTR], study.user_attrs[PARENT_ATTR]
-    have = {r.data.tags.get("optuna.trial") for r in tracker.child_runs(exp, parent)}
+    have = {r.data.tags.get("optuna.trial") for r in [*tracker.child_runs(exp, parent), *tracker.study_runs(exp, key)]}
     host = socket.gethostname()
     logged = []
     for t in study.get_trials(deepcopy=False, states=(TrialState.COMPLETE, TrialState.PRUNED, TrialState.FAIL)):
@@ -164,7 +172,7 @@ def log_missing_runs(spec: StudySpec, study: Any, tracker: Tracker) -> list[int]
         if info.get("rate") is not None:
             metrics["max_rate_req_s"] = info["rate"]
         d = spec.deployment
-        tags = {"optuna.study": spec.name, "optuna.state": t.state.name, "servetune.repaired": "true",
+        tags = {KEY_TAG: key, "optuna.study": spec.name, "optuna.state": t.state.name, "servetune.repaired": "true",
                 "servetune.model": d.model, "servetune.gpu": d.gpu, "servetune.engine": d.engine,
                 "servetune.sampler": spec.sampler,
                 "servetune.default_policy": str(bool(t.user_attrs.get(DEFAULT_ATTR))).lower()}
@@ -195,7 +203,7 @@ class Worker:
         """Path where the logger process writes its per-run times (benchmarks)."""
         attrs = self.study.user_attrs
         self.experiment_id, self.parent_run_id = attrs[EXPERIMENT_ATTR], attrs[PARENT_ATTR]
-        self._own_parent = self.parent_run_id
+        self.study_key = study_key(self.study, storage_label(opts))
         self.workload_hash = self.ev.workload.content_hash()
         self._heartbeat = has_heartbeat(self.study._storage)
 
@@ -212,7 +220,7 @@ class Worker:
         finally:
             t = time.perf_counter()
             self.logger.close()
-            self.parent_run_id = self.tracker.adopt_parent(self.study, self._own_parent)
+            self.parent_run_id = self.tracker.converge(self.study, self.study_key)
             self.timings.mlflow_drain += time.perf_counter() - t
         return self.timings
 
@@ -283,7 +291,7 @@ class Worker:
         metrics.update({f"constraint.{k}": v for k, v in out.constraints.items()})
         if out.rate is not None:
             metrics["max_rate_req_s"] = out.rate
-        tags = {"servetune.backend": getattr(self.backend, "name", self.opts.backend),
+        tags = {KEY_TAG: self.study_key, "servetune.backend": getattr(self.backend, "name", self.opts.backend),
                 "servetune.workload_hash": self.workload_hash, "servetune.workload": self.ev.workload.name,
                 "servetune.model": d.model, "servetune.gpu": d.gpu, "servetune.engine": d.engine,
                 "servetune.sampler": spec.sampler, "optuna.study": spec.name, "optuna.state": out.state,

@@ -8,12 +8,18 @@ Default store: SQLite ``.servetune/mlflow.db`` (WAL mode, set once) with artifac
 Each trial costs three store calls (create run with its tags, one ``log_batch`` with the
 effective policy as params and the scorecard as metrics, set terminated), ~20-40 ms on SQLite.
 The parent run id is kept as an Optuna study user attr, so resumed studies and workers in other
-processes log their trials under the same parent (``mlflow.parentRunId`` tag).
+processes log their trials under the same parent (``mlflow.parentRunId`` tag). Optuna has no
+compare-and-set for attrs, so workers on several machines that open a new study at once may
+each create a parent; every run carries the study's key (``servetune.study_key``) and each
+worker, when it stops, moves every run of the study under the one parent the attr names and
+deletes the others (``Tracker.converge``). The last worker to stop has seen every run and the
+final attr, so the store ends with one parent and every trial under it.
 """
 
 from __future__ import annotations
 
 import contextlib
+import hashlib
 import io
 import math
 import subprocess
@@ -27,6 +33,14 @@ from tuner.storage import set_wal, sqlite_synchronous_normal, workdir
 
 PARENT_ATTR = "mlflow_parent_run_id"
 EXPERIMENT_ATTR = "mlflow_experiment_id"
+KEY_TAG = "servetune.study_key"
+
+
+def study_key(study: Any, storage: str) -> str:
+    """Names one Optuna study in every worker on every machine: its storage, id and name (a
+    study deleted and created again under the same name gets another key)."""
+    raw = f"{storage}|{study._study_id}|{study.study_name}"
+    return hashlib.sha1(raw.encode()).hexdigest()[:16]
 
 
 def default_mlflow_uri() -> str:
@@ -107,7 +121,8 @@ class Tracker:
                 raise
             return exp.experiment_id
 
-    def ensure_parent(self, study: Any, tags: Mapping[str, str], study_file: str | None = None) -> tuple[str, str]:
+    def ensure_parent(self, study: Any, tags: Mapping[str, str], key: str,
+                      study_file: str | None = None) -> tuple[str, str]:
         """The study's parent run (created once, id kept as a study user attr) → (experiment id, run id)."""
         attrs = study.user_attrs
         if PARENT_ATTR in attrs:
@@ -119,7 +134,7 @@ class Tracker:
                 pass
         exp = self.experiment_id(study.study_name)
         run = self.client.create_run(exp, run_name=study.study_name,
-                                     tags={**tags, "servetune.code_version": self.code_version,
+                                     tags={**tags, KEY_TAG: key, "servetune.code_version": self.code_version,
                                            "servetune.role": "study"})
         run_id = run.info.run_id
         if study_file and Path(study_file).is_file():
@@ -128,21 +143,34 @@ class Tracker:
         study.set_user_attr(PARENT_ATTR, run_id)
         return exp, run_id
 
-    def adopt_parent(self, study: Any, own_run_id: str) -> str:
-        """Converge on the study's one parent run → its id.
-
-        Workers that start at the same moment may each create a parent before seeing another's;
-        the study attr keeps the last one written. A worker whose own parent lost moves its
-        trial runs under the winner and deletes its own parent, so every trial run ends up
-        under one parent run."""
-        current = study.user_attrs.get(PARENT_ATTR, own_run_id)
-        if current != own_run_id:
-            exp = study.user_attrs[EXPERIMENT_ATTR]
-            for r in self.child_runs(exp, own_run_id):
-                self.client.set_tag(r.info.run_id, "mlflow.parentRunId", current)
-            with contextlib.suppress(Exception):  # already gone (another worker cleaned up)
-                self.client.delete_run(own_run_id)
+    def converge(self, study: Any, key: str) -> str:
+        """Put every run of the study (``key``) under the one parent the study attr names, delete
+        the parents racing workers created, and return the parent's id. Idempotent; safe while
+        other workers do the same (they all read the same attr)."""
+        current, exp = study.user_attrs[PARENT_ATTR], study.user_attrs[EXPERIMENT_ATTR]
+        if self.client.get_run(current).info.lifecycle_stage == "deleted":  # a racer deleted it before the attr named it
+            self.client.restore_run(current)
+        for r in self._search(exp, f"tags.`{KEY_TAG}` = '{key}' and tags.`servetune.role` = 'study'"):
+            if r.info.run_id != current:
+                with contextlib.suppress(Exception):  # already gone (another worker cleaned up)
+                    self.client.delete_run(r.info.run_id)
+        for r in self._search(exp, f"tags.`{KEY_TAG}` = '{key}' and tags.`mlflow.parentRunId` != '{current}'"):
+            self.client.set_tag(r.info.run_id, "mlflow.parentRunId", current)
         return current
+
+    def study_runs(self, experiment_id: str, key: str) -> list[Any]:
+        """Every trial run of the study, under whichever parent."""
+        return self._search(experiment_id, f"tags.`{KEY_TAG}` = '{key}' and tags.`optuna.trial` != ''")
+
+    def _search(self, experiment_id: str, filter_string: str) -> list[Any]:
+        out, token = [], None
+        while True:
+            page = self.client.search_runs([experiment_id], filter_string=filter_string, max_results=5000,
+                                           page_token=token)
+            out += list(page)
+            token = page.token
+            if not token:
+                return out
 
     # ------------------------------------------------------------ trials
     def log_trial(self, experiment_id: str, parent_run_id: str, number: int, *, params: Mapping[str, Any],
