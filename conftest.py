@@ -27,15 +27,26 @@ def cli_with(monkeypatch, capsys):
         register(app)
         monkeypatch.setattr(cli, "app", app)
 
-        def run(*args: str) -> tuple[int, str, str]:
-            code = 0
-            try:
-                cli.main([group, *map(str, args)])
-            except SystemExit as e:
-                code = int(e.code or 0)
-            out = capsys.readouterr()
-            return code, out.out, out.err
-
-        return run
+        return lambda *args: invoke(capsys, [group, *map(str, args)])
 
     return make
+
+
+@pytest.fixture
+def run_cli_full(monkeypatch, capsys):
+    """run(*args) -> (exit code, stdout, stderr): ``servetune ARGS`` on the whole app."""
+    monkeypatch.delenv("SERVETUNE_DEBUG", raising=False)
+    return lambda *args: invoke(capsys, list(map(str, args)))
+
+
+def invoke(capsys, argv: list[str]) -> tuple[int, str, str]:
+    """cli.main(argv) as a user runs it: (exit code, stdout, stderr)."""
+    import cli
+
+    code = 0
+    try:
+        cli.main(argv)
+    except SystemExit as e:
+        code = int(e.code or 0)
+    out = capsys.readouterr()
+    return code, out.out, out.err

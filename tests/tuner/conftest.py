@@ -66,21 +66,10 @@ def write_study(project):
 
 
 @pytest.fixture
-def run_cli(capsys):
+def run_cli(run_cli_full):
     """Run ``servetune ARGS`` through cli.main (exit codes and one-line errors as a user sees
     them); returns (exit code, stdout, stderr)."""
-    import cli
-
-    def run(*args: str) -> tuple[int, str, str]:
-        try:
-            cli.main(list(args))
-            code = 0
-        except SystemExit as e:
-            code = int(e.code or 0)
-        out = capsys.readouterr()
-        return code, out.out, out.err
-
-    return run
+    return run_cli_full
 
 
 @pytest.fixture
