@@ -51,7 +51,16 @@ def importances(study: Any, spec: StudySpec) -> tuple[dict[str, float], str]:
 def _cost_statement(result: Any, spec: StudySpec) -> str:
     meta = dict(getattr(result, "meta", {}) or {})
     parts = []
-    if meta.get("cost_model"):
+    if result.backend == "sim":  # the cost model in force and its measured error on this GPU
+        from tuner.calibration.summary import fidelity_summary
+
+        d = spec.deployment
+        try:
+            parts.append(fidelity_summary(d.model, d.gpu, result.policy.tp, engine=d.engine, profile=d.profile,
+                                          weight_dtype=d.weight_dtype, kv_dtype=d.kv_dtype))
+        except (OSError, ValueError) as e:
+            parts.append(f"{meta.get('cost_model', 'cost model unknown')} (its measured error: not available, {e})")
+    elif meta.get("cost_model"):
         parts.append(str(meta["cost_model"]))
     try:
         from backends.sim.catalog import get_gpu

@@ -220,6 +220,9 @@ def merge(w: Workload, lives: list[Life], policy: Policy, dep: Deployment, notes
     tel = merge_telemetry(lives, w, rec, counters or {})
     meta = {"engine": dep.engine, "model": dep.model, "gpu": dep.gpu, "tp": str(policy.tp),
             "instances": str(len(lives)), "workload": w.name}
+    sources = sorted({life.result.meta["cost_model"] for life in lives if life.result is not None})
+    if sources:
+        meta["cost_model"] = " | ".join(sources)
     return RunResult(records=rec, telemetry=tel, policy=policy, backend="sim", notes=notes, meta=meta)
 
 

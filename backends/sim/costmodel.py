@@ -104,6 +104,8 @@ class CostModel:
         self.weight_dtype, self.kv_dtype = weight_dtype, kv_dtype
         self.engine = engine or get_engine("vllm-v1")
         self.eff = eff = efficiency or Efficiency()
+        self.source = "roofline (default efficiency)" if efficiency is None else "roofline (given efficiency)"
+        """Which cost model answers (``backends.sim.profiled`` says which profile, if any)."""
         m, L = model, model.layers
         wb = dtype_bytes(weight_dtype)
         self.weight_bytes = weight_bytes_per_gpu(model, tp, weight_dtype)
@@ -171,14 +173,12 @@ class CostModel:
         T = prefill_tokens + decode_tokens
         if T <= 0:
             return 0.0, 0.0, 0.0, 0.0, 0.0, 0.0
-        t = f = b = 0.0
         inv_pc, inv_bw, p, ip = self._inv_pc, self._inv_bw, self._p, self._ip
+        t = self.linear_time(T)
+        f = b = 0.0
         for fo, wo, ao in self._ops:
-            fl, by = fo * T, wo + ao * T
-            tc, tm = fl * inv_pc, by * inv_bw
-            t += (tc ** p + tm ** p) ** ip
-            f += fl
-            b += by
+            f += fo * T
+            b += wo + ao * T
         if self._moe:
             touched = self.model.n_experts * (1.0 - self._moe_miss ** T)
             fl = self._moe_f * T + self._moe_router * T
@@ -188,12 +188,9 @@ class CostModel:
             f += fl
             b += by
         if prefill_tokens:
-            fl = self._attn_f_pair * prefill_attn_pairs
-            by = self._attn_pf_a * prefill_tokens
-            tc, tm = fl * self._inv_pa, by * inv_bw
-            t += tc if tc > tm else tm
-            f += fl
-            b += by
+            t += self.prefill_attention_time(prefill_attn_pairs, prefill_tokens)
+            f += self._attn_f_pair * prefill_attn_pairs
+            b += self._attn_pf_a * prefill_tokens
         # elementwise (memory-bound)
         by = self._elem_a * T
         t += by * inv_bw
@@ -214,16 +211,39 @@ class CostModel:
             t += self._oh_eager
         # decode attention: per context token, memory-bound KV read vs QK/PV FLOPs
         if decode_seqs:
-            fs = self._attn_f_pair * decode_tokens / decode_seqs
-            bs = self._kv_tok
-            tc, tm = fs * self._inv_pa, bs * inv_bw
-            ts = tc if tc > tm else tm
-            # q and output of each decode token
-            by = self._attn_pf_a * decode_tokens
-            t += by * inv_bw
-            b += by
-            return t, f, b, ts, fs, bs
+            t0, ts = self.decode_attention_time(decode_seqs, decode_tokens)
+            t += t0
+            b += self._attn_pf_a * decode_tokens  # q and output of each decode token
+            return t, f, b, ts, self._attn_f_pair * decode_tokens / decode_seqs, self._kv_tok
         return t, f, b, 0.0, 0.0, 0.0
+
+    # ------------------------------------------------------------ operator-time hooks
+    # The three operator groups a calibration profile can measure. ``_fixed`` asks these for
+    # TIMES only (FLOPs and bytes stay analytical, for MFU/MBU); ``backends.sim.profiled``
+    # overrides them with fitted curves. Each is called once per priced step shape.
+    def linear_time(self, tokens: int) -> float:
+        """Time of the dense linear operators (QKV, O, MLP, shared experts; all layers, per GPU)
+        for a step of ``tokens`` tokens, s. Excludes their kernel-launch floor
+        (``Efficiency.op_latency_s``, part of the fixed per-step overhead)."""
+        t = 0.0
+        inv_pc, inv_bw, p, ip = self._inv_pc, self._inv_bw, self._p, self._ip
+        for fo, wo, ao in self._ops:
+            tc, tm = fo * tokens * inv_pc, (wo + ao * tokens) * inv_bw
+            t += (tc ** p + tm ** p) ** ip
+        return t
+
+    def prefill_attention_time(self, pairs: float, tokens: int) -> float:
+        """Time of prefill attention over ``pairs`` causal query-key pairs for ``tokens`` new
+        tokens (all layers), s."""
+        tc, tm = self._attn_f_pair * pairs * self._inv_pa, self._attn_pf_a * tokens * self._inv_bw
+        return tc if tc > tm else tm
+
+    def decode_attention_time(self, seqs: int, tokens: int) -> tuple[float, float]:
+        """Decode attention of ``seqs`` sequences processing ``tokens`` tokens (all layers), as
+        ``(fixed s, s per token of summed context)``: the step's time is AFFINE in the summed
+        context, which the closed-form decode segments rely on."""
+        tc, tm = self._attn_f_pair * tokens / seqs * self._inv_pa, self._kv_tok * self._inv_bw
+        return self._attn_pf_a * tokens * self._inv_bw, (tc if tc > tm else tm)
 
     def iteration(self, prefill_tokens: int, prefill_attn_pairs: float, decode_seqs: int,
                   decode_tokens: int, decode_ctx: float, *, prefill_seqs: int = 1) -> IterCost:

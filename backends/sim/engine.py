@@ -30,9 +30,10 @@ from backends.sim.arrivals import Arrivals
 from backends.sim.batching import PLANNERS
 from backends.sim.catalog import default_activation_reserve, get_gpu, get_model, kv_budget
 from backends.sim.chrome_trace import TraceWriter
-from backends.sim.costmodel import CostModel, weight_bytes_per_gpu
+from backends.sim.costmodel import weight_bytes_per_gpu
 from backends.sim.engines import get_engine
 from backends.sim.memory import BlockManager, SwapTier
+from backends.sim.profiled import instance_cost_model
 from backends.sim.queue import make_queue
 from backends.sim.request_state import DecodePool, Req
 from backends.sim.scheduler import Scheduling
@@ -79,8 +80,9 @@ class Simulation(Arrivals, Scheduling):
         self._fresh: list[tuple[Req, int]] = []  # (joined the pool with gen=0, its ver): first token due
         model, gpu = get_model(deployment.model), get_gpu(deployment.gpu)
         tp = policy.tp
-        self.cm = cm = CostModel(model, gpu, tp=tp, weight_dtype=deployment.weight_dtype,
-                                 kv_dtype=deployment.kv_dtype, engine=get_engine(deployment.engine))
+        engine = get_engine(deployment.engine)
+        self.cm = cm = instance_cost_model(model, gpu, tp, deployment.weight_dtype, deployment.kv_dtype, engine,
+                                           deployment.profile)
         bs = self.bs = policy.block_size
         B = policy.max_num_batched_tokens
         total = kv_budget(model, gpu, tp, policy.gpu_memory_utilization, deployment.weight_dtype,
@@ -90,8 +92,8 @@ class Simulation(Arrivals, Scheduling):
             draft = None
             if policy.speculation == "draft":
                 dm = get_model(policy.spec_draft_model)
-                draft = CostModel(dm, gpu, tp=tp, weight_dtype=deployment.weight_dtype, kv_dtype=deployment.kv_dtype,
-                                  engine=get_engine(deployment.engine))
+                draft = instance_cost_model(dm, gpu, tp, deployment.weight_dtype, deployment.kv_dtype, engine,
+                                            deployment.profile)
                 # the draft's weights and its own KV (same tokens, its bytes per token) share the pool
                 total -= int(weight_bytes_per_gpu(dm, tp, deployment.weight_dtype) // (bs * cm.kv_bytes_per_token))
                 total = int(total * cm.kv_bytes_per_token / (cm.kv_bytes_per_token + draft.kv_bytes_per_token))

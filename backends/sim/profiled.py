@@ -20,6 +20,7 @@ All times in seconds.
 
 from __future__ import annotations
 
+from functools import lru_cache
 from pathlib import Path
 from typing import Any
 
@@ -67,43 +68,36 @@ class ProfiledCostModel(CostModel):
         """Which cost model answered: the profile (and which ops) or the roofline."""
         self._lin = [(_OP_NAMES.get(n, n), i) for i, n in enumerate(self._op_names) if _OP_NAMES.get(n, n) in self._curves]
 
-    # ------------------------------------------------------------ overrides
-    def _roofline_op(self, i: int, tokens: int) -> float:
-        """The base class's time of linear op ``i`` for ``tokens`` tokens (all layers, with op latency)."""
-        fo, wo, ao = self._ops[i]
-        tc, tm = fo * tokens * self._inv_pc, (wo + ao * tokens) * self._inv_bw
-        return (tc ** self._p + tm ** self._p) ** self._ip + self.model.layers * self.eff.op_latency_s
+    # ------------------------------------------------------------ CostModel's operator-time hooks
+    def linear_time(self, tokens: int) -> float:
+        if not self._lin:
+            return super().linear_time(tokens)
+        # measured curves include the kernel-launch floor, which the base prices in its overhead
+        floor = len(self._op_names) * self.model.layers * self.eff.op_latency_s
+        return sum(self.linear_op_times(tokens).values()) - floor
 
-    def _fixed(self, prefill_tokens: int, prefill_attn_pairs: float, decode_seqs: int,
-               decode_tokens: int, prefill_seqs: int) -> tuple[float, float, float, float, float, float]:
-        t, f, b, ts, fs, bs = super()._fixed(prefill_tokens, prefill_attn_pairs, decode_seqs, decode_tokens,
-                                             prefill_seqs)
-        T = prefill_tokens + decode_tokens
-        if T <= 0:
-            return t, f, b, ts, fs, bs
-        L = self.model.layers
-        for name, i in self._lin:
-            t += L * self._curves[name](T) - self._roofline_op(i, T)
+    def prefill_attention_time(self, pairs: float, tokens: int) -> float:
         pre = self._attn.get("attn_prefill")
-        if pre is not None and prefill_tokens:
-            tc = self._attn_f_pair * prefill_attn_pairs * self._inv_pa
-            tm = self._attn_pf_a * prefill_tokens * self._inv_bw
-            t += L * pre(prefill_attn_pairs, prefill_tokens) - max(tc, tm)
+        if pre is None:
+            return super().prefill_attention_time(pairs, tokens)
+        return self.model.layers * pre(pairs, tokens)
+
+    def decode_attention_time(self, seqs: int, tokens: int) -> tuple[float, float]:
         dec = self._attn.get("attn_decode")
-        if self.kv_mem and decode_seqs and dec is None:
-            tc = self._attn_f_pair * decode_tokens / decode_seqs * self._inv_pa
+        if dec is not None:
+            L = self.model.layers
+            return L * (dec.lat + dec.b * seqs), L * dec.a
+        t0, ts = super().decode_attention_time(seqs, tokens)
+        if self.kv_mem:
+            tc = self._attn_f_pair * tokens / seqs * self._inv_pa
             tm = self._kv_tok / (self.gpu.hbm_bytes_s * self.kv_mem)
             ts = tc if tc > tm else tm
-        if dec is not None and decode_seqs:
-            t += L * (dec.lat + dec.b * decode_seqs) - self._attn_pf_a * decode_tokens * self._inv_bw
-            ts = L * dec.a
-        return t, f, b, ts, fs, bs
+        return t0, ts
 
     def linear_op_times(self, tokens: int) -> dict[str, float]:
         out = super().linear_op_times(tokens)
-        for name, _ in self._lin:
-            key = next(k for k, v in _OP_NAMES.items() if v == name)
-            out[key] = self.model.layers * self._curves[name](tokens)
+        for name, i in self._lin:
+            out[self._op_names[i]] = self.model.layers * self._curves[name](tokens)
         return out
 
 
@@ -120,4 +114,56 @@ def cost_model_for(model: str | Path | ModelSpec, gpu: str | Path | GPUSpec, tp:
     return ProfiledCostModel(m, g, tp, weight_dtype, kv_dtype, e, efficiency, profile, kv_mem)
 
 
-__all__ = ["ProfiledCostModel", "cost_model_for"]
+DEFAULT_PROFILE = "shared"
+"""The profile a simulation consults unless its ``Deployment.profile`` names another: the measured
+public tables (Vidur operators, Splitwise and Sarathi batches; ``tuner.calibration.profile``)."""
+NO_PROFILE = ("", "none")
+
+
+@lru_cache(maxsize=8)
+def _fit_of(source: str, stamp: tuple[int, int]) -> Any:
+    """The ``ProfileFit`` of a profile file or shared table name. A pure function of its
+    arguments (``stamp`` = the file's (mtime ns, size), so an edited file is read again): one
+    process reuses a profile and its memoised fits (keyed by the profile's content hash) across
+    simulations."""
+    from tuner.calibration.fit import ProfileFit
+
+    return ProfileFit(source)
+
+
+def profile_fit(profile: str) -> Any:
+    """The cached ``ProfileFit`` of ``profile`` (a file or a shared table name), None for
+    ``""`` / ``"none"``."""
+    if profile in NO_PROFILE:
+        return None
+    p = Path(profile)
+    if p.is_file():
+        st = p.stat()
+        return _fit_of(str(p.resolve()), (st.st_mtime_ns, st.st_size))
+    return _fit_of(profile, (0, 0))
+
+
+def instance_cost_model(model: ModelSpec, gpu: GPUSpec, tp: int = 1, weight_dtype: str = "bf16",
+                        kv_dtype: str = "bf16", engine: EnginePreset | None = None,
+                        profile: str = DEFAULT_PROFILE) -> CostModel:
+    """The cost model one simulated instance uses: where ``profile`` measured (model, GPU, TP),
+    its fitted operators (``ProfiledCostModel``; roofline efficiency fitted to that group's batch
+    rows if it has any, else the default one); elsewhere the plain ``CostModel`` (the roofline
+    whose default efficiency was fitted to real vLLM V1 runs), exactly as without a profile.
+    ``.source`` says which, and why."""
+    engine = engine or get_engine("vllm-v1")
+    fit = profile_fit(profile)
+    if fit is None or not fit.covers(model.name, gpu.name, tp):
+        cm = CostModel(model, gpu, tp, weight_dtype, kv_dtype, engine)
+        if fit is not None:
+            cm.source += f"; profile {profile} has no {model.name} {gpu.name} tp{tp} rows"
+        return cm
+    eff, scope = fit.efficiency(model.name, gpu.name, tp, engine)
+    cm = ProfiledCostModel(model, gpu, tp, weight_dtype, kv_dtype, engine, eff if scope == "group" else Efficiency(),
+                           fit)
+    how = f"fitted to profile:{fit.key}'s {model.name} {gpu.name} tp{tp} batch rows" if scope == "group" else "default"
+    cm.source = f"roofline (efficiency {how})" if cm.source.startswith("roofline") else f"{cm.source}, {how} efficiency"
+    return cm
+
+
+__all__ = ["DEFAULT_PROFILE", "ProfiledCostModel", "cost_model_for", "instance_cost_model", "profile_fit"]

@@ -125,6 +125,8 @@ def build_result(sim, policy, notes: tuple[str, ...]):
         counters=counters)
     if sim.stopped:
         notes = (*notes, f"stopped at max_sim_time_s={sim.max_t:g}: {sim.stopped} unfinished requests marked failed")
+    source = getattr(cm, "source", "roofline")
     meta = {"engine": sim.dep.engine, "model": cm.model.name, "gpu": gpu.name, "tp": str(cm.tp),
-            "kv_blocks": str(sim.mem.total), "workload": sim.w.name}
+            "kv_blocks": str(sim.mem.total), "workload": sim.w.name, "cost_model": source}
+    notes = (*notes, f"cost model: {source}")
     return RunResult(records=rec, telemetry=tel, policy=policy, backend="sim", notes=tuple(notes), meta=meta)

@@ -61,6 +61,7 @@ def test_report_writes_html_and_logs_it(tuned, project, run_cli, stored):
     for section in ("Optimisation history", "Knob importances", "Latency CDFs: best vs default", "Scorecards",
                     "Cost model:", "data:image/png;base64"):
         assert section in page, section
+    assert "Cost model for" in page and ("median" in page or "UNKNOWN" in page)  # the model and its measured error
     assert (project / "rep" / "latency_cdf.png").stat().st_size > 1000
     parent = stored("exp").user_attrs["mlflow_parent_run_id"]
     c = MlflowClient(tracking_uri=f"sqlite:///{project / '.servetune' / 'mlflow.db'}")

@@ -111,8 +111,16 @@ class ProfileFit:
 
     def groups(self) -> list[tuple[str, str, int]]:
         """(model, device, tp) groups that hold operator or batch rows."""
-        d = self.df[self.df.op != "all_reduce"]
-        return sorted({(m, g, int(t)) for m, g, t in zip(d.model, d.device, d.tp, strict=True)})
+        if ("groups",) not in self._memo:
+            d = self.df[self.df.op != "all_reduce"]
+            self._memo[("groups",)] = sorted({(m, g, int(t)) for m, g, t in zip(d.model, d.device, d.tp, strict=True)})
+        return list(self._memo[("groups",)])  # type: ignore[arg-type]
+
+    def covers(self, model: str, device: str, tp: int) -> bool:
+        """Whether this profile measured (model, device, tp): operator or batch rows."""
+        if ("covers",) not in self._memo:
+            self._memo[("covers",)] = frozenset(self.groups())
+        return (model, device, tp) in self._memo[("covers",)]  # type: ignore[operator]
 
     def sources(self, model: str, device: str, tp: int) -> list[str]:
         d = self._rows(model, device, tp, (*LINEAR_OPS, *ATTN_OPS, *BATCH_OPS))

@@ -72,7 +72,7 @@ def normalise(df: pd.DataFrame) -> pd.DataFrame:
         if col not in df.columns:
             df[col] = "" if dt == "object" else 0
         if dt == "object":
-            df[col] = df[col].fillna("").astype(str)
+            df[col] = df[col].astype(object).fillna("").astype(str)
         else:
             v = pd.to_numeric(df[col], errors="coerce")
             bad = v.isna() & df[col].notna()

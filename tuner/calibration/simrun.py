@@ -1,8 +1,9 @@
 """Run the simulator with a given cost model (a fitted ``ProfiledCostModel`` or any CostModel-like).
 
-Until ``backends/sim/engine.py`` takes a cost model itself (see docs/calibration.md, "Wiring"),
-``simulate_with`` builds a ``Simulation`` and swaps in ``cost_model`` (and the admission
-controller that uses it) before the run; nothing global is touched.
+The simulator picks its own cost model (``backends.sim.profiled.instance_cost_model``, from
+``Deployment.profile``); ``simulate_with`` builds a ``Simulation`` and swaps in ``cost_model``
+(and the admission controller that uses it) before the run, to evaluate a candidate fit;
+nothing global is touched.
 """
 
 from __future__ import annotations
@@ -37,8 +38,7 @@ def simulate_with(cost_model, policy: Policy, workload: Workload, deployment: De
         sim.cm = cost_model
         sim.admission = AdmissionControl(eff, cost_model, sim.mem.total)
     sim.run()
-    src = getattr(cost_model, "source", "roofline (default efficiency)")
-    res = build_result(sim, eff, (*notes, f"cost model: {src}"))
+    res = build_result(sim, eff, notes)
     if lag_steps or lag_s:
         rec = res.records
         gen = rec.output_len.clip(lower=2) - 1

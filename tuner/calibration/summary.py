@@ -18,14 +18,18 @@ def _measured() -> dict[str, Any]:
     return yaml.safe_load(FIDELITY_FILE.read_text()) or {}
 
 
-def fidelity_summary(model: str, gpu: str, tp: int = 1, *, engine: str = "vllm-v1", profile: Any = None) -> str:
-    """What cost model the simulator uses for (model, gpu, tp) and how accurate it measured on
-    that GPU (out of sample), in plain sentences; says so when nothing was measured there."""
-    from backends.sim.catalog import get_gpu
-    from backends.sim.profiled import cost_model_for
+def fidelity_summary(model: str, gpu: str, tp: int = 1, *, engine: str = "vllm-v1", profile: str = "shared",
+                     weight_dtype: str = "bf16", kv_dtype: str = "bf16") -> str:
+    """What cost model the simulator uses for (model, gpu, tp) under ``profile`` (as
+    ``Deployment.profile``: ``backends.sim.profiled.instance_cost_model``) and how accurate it
+    measured on that GPU (out of sample), in plain sentences; says so when nothing was measured
+    there."""
+    from backends.sim.catalog import get_gpu, get_model
+    from backends.sim.engines import get_engine
+    from backends.sim.profiled import instance_cost_model
 
-    cm = cost_model_for(model, gpu, tp, engine=engine, profile=profile)
-    g = get_gpu(gpu).name
+    cm = instance_cost_model(get_model(model), get_gpu(gpu), tp, weight_dtype, kv_dtype, get_engine(engine), profile)
+    g = cm.gpu.name
     lines = [f"Cost model for {cm.model.name} on {tp}x {g} ({cm.engine.name}): {cm.source}."]
     meas = _measured().get("gpus", {})
     entries = meas.get(g, [])
