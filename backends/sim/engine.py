@@ -118,6 +118,7 @@ class Simulation(Arrivals, Scheduling):
         if self.tier_hits:
             self.mem.demote = self._demote
         self.c_tier_hit = self.c_paged = 0  # prefix tokens loaded from a tier; preemptions paged out
+        self._tier_busy = 0.0  # tiers.busy_s at the last step check
         self.pool = DecodePool(bs, grow=not self.reserve)
         self.budget = B
         self.chunk_cap = policy.long_prefill_token_threshold or (1 << 60)
@@ -416,9 +417,12 @@ class Simulation(Arrivals, Scheduling):
             if mem.free + self.priv_explicit + pool.cur + mem.cached != mem.total or mem.free < 0:
                 self.check()
                 raise SimInvariantError("KV blocks not conserved")
-            if self.tiers is not None and self.tiers.over_capacity():
-                self.check()
-                raise SimInvariantError("a KV tier holds more than its capacity")
+            tiers = self.tiers
+            if tiers is not None and tiers.busy_s != self._tier_busy:  # something moved this step
+                self._tier_busy = tiers.busy_s
+                if tiers.over_capacity():
+                    self.check()
+                    raise SimInvariantError("a KV tier holds more than its capacity")
             if len(self.prefilling) + pool.n > self.seat_cap or dt < 0:
                 raise SimInvariantError(f"running {len(self.prefilling) + pool.n} > {self.seat_cap} seats "
                                         f"or time went back (dt={dt})")
@@ -477,7 +481,7 @@ class Simulation(Arrivals, Scheduling):
         planner = self.planner
         grow = pool.grow
         bs = self.bs
-        page_above = self.page_above
+        paging, page_above = self.tier_hits, self.page_above
         retry, prefilling, waiting, swapped = self.retry, self.prefilling, self.waiting, self.swapped
         while True:
             t = self.t
@@ -485,7 +489,7 @@ class Simulation(Arrivals, Scheduling):
                 self._arrivals()
             if t >= self.max_t:
                 break
-            if mem.total - mem.free > page_above and mem.evictable:
+            if paging and mem.total - mem.free > page_above and mem.evictable:
                 self._page_out_cold()
             if swapped:
                 self.swap_in()  # resumed sequences first (vLLM), before the decodes' blocks are counted
