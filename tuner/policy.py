@@ -62,11 +62,13 @@ class Policy:
     prefix_caching: bool = True
     """Reuse KV blocks of identical prompt prefixes (hash of block contents), LRU eviction."""
     cpu_offload_gb: float = 0.0
-    """CPU KV tier per instance, GiB (0 = none)."""
+    """CPU KV tier per instance, GiB (0 = none): preemption victims page out to it instead of
+    recomputing (whatever preemption_mode), evicted prefix-cache entries are kept and loaded back."""
     ssd_offload_gb: float = 0.0
     """SSD KV tier per instance, GiB (0 = none); needs a CPU tier."""
     offload_threshold: float = 0.9
-    """When GPU KV use passes this fraction, cold/preempted blocks move down a tier (0.5..1)."""
+    """Paging threshold, fraction of GPU KV blocks: above it cold prefix-cache entries move down a
+    tier; paged-out sequences come back only while use stays below it (0.1..1)."""
 
     # ---- queue manager and admission -------------------------------------
     queue: QueueOrder = "fcfs"

@@ -24,7 +24,6 @@ _DEFAULTS = {f.name: f.default for f in fields(Policy)}
 
 # knob groups not simulated yet: (knobs, reason shown in the note)
 _NOT_YET: tuple[tuple[tuple[str, ...], str], ...] = (
-    (("cpu_offload_gb", "ssd_offload_gb", "offload_threshold"), "KV offload tiers"),
     (("max_loras",), "LoRA adapters"),
     (("tenant_weights", "tenant_cap_tokens_s"), "VTC tenant fairness"),
 )

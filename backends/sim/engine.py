@@ -32,17 +32,16 @@ from backends.sim.catalog import default_activation_reserve, get_gpu, get_model,
 from backends.sim.chrome_trace import TraceWriter
 from backends.sim.costmodel import weight_bytes_per_gpu
 from backends.sim.engines import get_engine
-from backends.sim.memory import BlockManager, SwapTier
+from backends.sim.memory import BlockManager
 from backends.sim.profiled import instance_cost_model
 from backends.sim.queue import make_queue
 from backends.sim.request_state import DecodePool, Req
 from backends.sim.scheduler import Scheduling
 from backends.sim.speculation import Speculator
 from backends.sim.telemetry import TelemetryRecorder
+from backends.sim.tiers import make_tiers
 from tuner.policy import Policy
 from workloads.workload import Workload
-
-SWAP_SPACE_BYTES = 4 * (1 << 30)  # vLLM's default swap_space per GPU
 
 
 class SimInvariantError(AssertionError):
@@ -105,11 +104,23 @@ class Simulation(Arrivals, Scheduling):
         caching = policy.prefix_caching and workload.prefix_offsets is not None
         self.pbt = workload.prefix_block_tokens if caching else 0
         self.mem = BlockManager(total, bs, self.pbt)
-        # per GPU: each GPU moves its own shard of a block over its own PCIe link, in parallel
-        self.swap = SwapTier(int(SWAP_SPACE_BYTES // (bs * cm.kv_bytes_per_token)), bs * cm.kv_bytes_per_token,
-                             gpu.pcie_bytes_s)
         self.reserve = policy.preemption == "request" or policy.batching == "static"
-        self.swap_mode = policy.preemption_mode == "swap" and not self.reserve
+        # lower KV tiers (tiers.py): swap_space for preemption_mode=swap, or the CPU/SSD offload tiers
+        self.tiers = tiers = make_tiers(
+            cpu_offload_gb=policy.cpu_offload_gb, ssd_offload_gb=policy.ssd_offload_gb,
+            swap=policy.preemption_mode == "swap" and not self.reserve, tp=tp,
+            block_bytes_gpu=bs * cm.kv_bytes_per_token, pcie_bytes_s=gpu.pcie_bytes_s, entry_blocks=self.mem.entry_blocks)
+        self.page_victims = tiers is not None and not self.reserve  # victims' KV moves down, not dropped
+        # paging threshold: above it cold prefix entries move down; paged-out sequences come back
+        # only while GPU KV use stays below it (hysteresis: no page-in/page-out ping-pong)
+        thr = policy.offload_threshold if policy.cpu_offload_gb > 0 else 1.0
+        self.page_above = int(thr * total) if tiers is not None and tiers.caching else total  # blocks
+        self.headroom = total - int(thr * total)  # free blocks a page-in leaves (0 at threshold 1)
+        self.tier_hits = tiers is not None and tiers.caching  # hit runs continue into the tiers
+        if self.tier_hits:
+            self.mem.demote = self._demote
+        self.c_tier_hit = self.c_paged = 0  # prefix tokens loaded from a tier; preemptions paged out
+        self._tier_busy = 0.0  # tiers.busy_s at the last step check
         self.pool = DecodePool(bs, grow=not self.reserve)
         self.budget = B
         self.chunk_cap = policy.long_prefill_token_threshold or (1 << 60)
@@ -126,7 +137,7 @@ class Simulation(Arrivals, Scheduling):
         self.swapped: deque[Req] = deque()
         self.priv_explicit = 0      # Σ Req.priv of running sequences (blocks)
         self.t = 0.0
-        self.pending_s = 0.0        # swap transfer time to add to the next iteration
+        self.pending_s = 0.0        # KV tier transfer time to add to the next iteration, s
         self.queued_tokens = 0      # Σ prefill tokens of waiting requests (admission's TTFT guess)
         self.retry: list[tuple[float, int, Req]] = []
         self._adm = 0
@@ -375,6 +386,17 @@ class Simulation(Arrivals, Scheduling):
                 self.first_tok[req.rid] = t
         self._fresh.clear()
 
+    def _demote(self, i: int) -> None:
+        """The GPU evicts prefix entry ``i``: it moves down a tier (if one can hold it)."""
+        self.pending_s += self.tiers.store_entry(i)
+
+    def _page_out_cold(self) -> None:
+        """GPU KV use is above the paging threshold: cold (unreferenced, oldest first) prefix
+        entries move down a tier until it is not, while a tier can take them."""
+        mem = self.mem
+        if self.tiers.can_store_entry():
+            mem.evict(min(mem.total - mem.free - self.page_above, mem.evictable))
+
     def _kv_now(self) -> tuple[int, int]:
         """(KV blocks held: private + referenced cache, KV tokens in them) right now."""
         mem, pool = self.mem, self.pool
@@ -397,6 +419,12 @@ class Simulation(Arrivals, Scheduling):
             if mem.free + self.priv_explicit + pool.cur + mem.cached != mem.total or mem.free < 0:
                 self.check()
                 raise SimInvariantError("KV blocks not conserved")
+            tiers = self.tiers
+            if tiers is not None and tiers.busy_s != self._tier_busy:  # something moved this step
+                self._tier_busy = tiers.busy_s
+                if tiers.over_capacity():
+                    self.check()
+                    raise SimInvariantError("a KV tier holds more than its capacity")
             if len(self.prefilling) + pool.n > self.seat_cap or dt < 0:
                 raise SimInvariantError(f"running {len(self.prefilling) + pool.n} > {self.seat_cap} seats "
                                         f"or time went back (dt={dt})")
@@ -425,6 +453,14 @@ class Simulation(Arrivals, Scheduling):
         if mem.free + priv + dec + mem.cached != mem.total:
             raise SimInvariantError(f"KV blocks not conserved: free {mem.free} + private {priv + dec} + "
                                     f"cached {mem.cached} != total {mem.total}")
+        if self.tiers is not None:
+            seq = [0] * len(self.tiers.tiers)
+            for r in self.swapped:
+                seq[r.tier] += self._blocks_for(r.computed)
+            try:
+                self.tiers.check(seq)
+            except AssertionError as e:
+                raise SimInvariantError(str(e)) from None
         if self.n_running() > self.policy.max_num_seqs:
             raise SimInvariantError(f"{self.n_running()} running > max_num_seqs {self.policy.max_num_seqs}")
         if self.t < self._last_t:
@@ -447,6 +483,7 @@ class Simulation(Arrivals, Scheduling):
         planner = self.planner
         grow = pool.grow
         bs = self.bs
+        paging, page_above = self.tier_hits, self.page_above
         retry, prefilling, waiting, swapped = self.retry, self.prefilling, self.waiting, self.swapped
         while True:
             t = self.t
@@ -454,6 +491,8 @@ class Simulation(Arrivals, Scheduling):
                 self._arrivals()
             if t >= self.max_t:
                 break
+            if paging and mem.total - mem.free > page_above and mem.evictable:
+                self._page_out_cold()
             if swapped:
                 self.swap_in()  # resumed sequences first (vLLM), before the decodes' blocks are counted
             if self.transferred:
@@ -495,7 +534,7 @@ class Simulation(Arrivals, Scheduling):
                 self.failed[req.rid] = True
                 continue
             if self.swapped:
-                raise SimInvariantError("swapped requests cannot come back into an empty instance")
+                raise SimInvariantError("paged-out requests cannot come back into an empty instance")
             te = self._next_event()
             if te == math.inf:
                 break

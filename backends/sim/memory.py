@@ -1,4 +1,4 @@
-"""Paged KV-cache blocks of one instance: free pool, prefix cache (LRU), CPU swap tier.
+"""Paged KV-cache blocks of one instance: free pool and prefix cache (LRU). Lower tiers: tiers.py.
 
 Every GPU KV block is in exactly one of three places: ``free``; held privately by a running
 sequence (the engine counts these: explicit ``Req.priv`` plus the lazily grown DecodePool);
@@ -11,6 +11,8 @@ holds ceil(block_tokens / block_size) KV blocks, is shared by every running requ
 references it, becomes hittable ("ready") once the request that created it has computed it,
 and when no longer referenced it stays cached (evictable) until LRU eviction needs its
 blocks. Hits count only the leading run of ready ids (block hashes chain on the prefix).
+With lower KV tiers (``tiers.py``) an evicted entry goes to ``demote`` (the tiers' store) instead
+of vanishing, and a hit run continues through entries held there (``hits_through``).
 """
 
 from __future__ import annotations
@@ -26,7 +28,7 @@ class BlockManager:
     """KV blocks of one instance. Units: blocks, except ``block_tokens`` (tokens)."""
 
     __slots__ = ("total", "block_size", "block_tokens", "entry_blocks", "free", "cached", "evictable",
-                 "_ref", "_ready", "_lru", "evictions")
+                 "_ref", "_ready", "_lru", "evictions", "demote")
 
     def __init__(self, total_blocks: int, block_size: int, block_tokens: int = 0) -> None:
         if total_blocks < 1:
@@ -42,6 +44,7 @@ class BlockManager:
         self._ready: set[int] = set()
         self._lru: OrderedDict[int, None] = OrderedDict()  # unreferenced entries, oldest first
         self.evictions = 0
+        self.demote = None    # callable(id) given each evicted entry (lower tiers), or None
 
     # -------------------------------------------------------------- queries
     @property
@@ -59,6 +62,18 @@ class BlockManager:
             k += 1
         return k
 
+    def hits_through(self, ids: tuple[int, ...], k: int, lower) -> tuple[int, list[int]]:
+        """Continue a hit run of ``k`` leading ids through entries absent from the GPU but held in
+        ``lower`` (a container of ids): (run length, the ids to load from there)."""
+        ready, ref, load = self._ready, self._ref, []
+        for i in ids[k:]:
+            if i not in ready:
+                if i in ref or i not in lower:
+                    break
+                load.append(i)
+            k += 1
+        return k, load
+
     def claim_blocks(self, ids: tuple[int, ...]) -> int:
         """Blocks that ``acquire(ids)`` would take out of ``avail``: new entries, and cached
         entries that are evictable now (referencing them pins them)."""
@@ -72,7 +87,7 @@ class BlockManager:
     def take(self, n: int) -> None:
         """Allocate n blocks, evicting LRU cache entries when the free pool is short."""
         if n > self.free:
-            self._evict(n - self.free)
+            self.evict(n - self.free)
         self.free -= n
 
     def give(self, n: int) -> None:
@@ -120,8 +135,9 @@ class BlockManager:
                 self.cached -= eb
                 self.free += eb
 
-    def _evict(self, need: int) -> None:
-        lru, ref, eb = self._lru, self._ref, self.entry_blocks
+    def evict(self, need: int) -> None:
+        """Free at least ``need`` blocks by evicting unreferenced entries, oldest first."""
+        lru, ref, eb, demote = self._lru, self._ref, self.entry_blocks, self.demote
         got = 0
         while got < need:
             if not lru:
@@ -129,6 +145,8 @@ class BlockManager:
             i, _ = lru.popitem(last=False)
             del ref[i]
             self._ready.discard(i)
+            if demote is not None:
+                demote(i)
             got += eb
             self.evictions += 1
         self.cached -= got
@@ -149,23 +167,3 @@ class BlockManager:
         if not self._ready <= set(self._ref):
             raise AssertionError("a ready id has no cache entry")
 
-
-class SwapTier:
-    """CPU swap space for preempted sequences (vLLM's ``swap_space``, 4 GiB per GPU by default).
-    Units: blocks; ``block_bytes`` is one GPU's shard of a block (the tp GPUs copy in parallel,
-    each over its own PCIe link), so time in s = blocks × block_bytes / PCIe bandwidth."""
-
-    __slots__ = ("capacity", "used", "block_bytes", "pcie_bytes_s")
-
-    def __init__(self, capacity_blocks: int, block_bytes: float, pcie_bytes_s: float) -> None:
-        self.capacity = capacity_blocks
-        self.used = 0
-        self.block_bytes = block_bytes
-        self.pcie_bytes_s = pcie_bytes_s
-
-    def fits(self, blocks: int) -> bool:
-        return self.used + blocks <= self.capacity
-
-    def transfer_s(self, blocks: int) -> float:
-        """Seconds to copy ``blocks`` over PCIe (one direction)."""
-        return blocks * self.block_bytes / self.pcie_bytes_s

@@ -6,9 +6,13 @@ grown ``DecodePool``). A mixin of ``engine.Simulation``: it reads the state that
 
 Preemption (token-level): when a decoding sequence cannot get its next block, victims leave the
 running set in order of (priority value, arrival) descending (vLLM: the last of the running
-list). ``recompute`` drops the victim's KV and puts it at the FRONT of the waiting queue to
-prefill prompt + generated tokens again; ``swap`` copies its KV to the CPU tier (PCIe time added
-to the next iteration) and brings it back before new requests are admitted.
+list). Without a lower KV tier (``tiers.py``) the victim's KV is dropped and it goes to the FRONT
+of the waiting queue to prefill prompt + generated tokens again (recompute). With one (the
+``preemption_mode=swap`` swap space, or the CPU/SSD offload tiers) its KV is paged out (CPU, else
+SSD; transfer time added to the next iteration) and paged back in, before new requests are
+admitted, once the GPU has room below the paging threshold. With prefix caching and offload
+tiers, an admission's prefix hit run continues through entries held in a tier: they are loaded
+(transfer time) instead of recomputed.
 """
 
 from __future__ import annotations
@@ -28,8 +32,12 @@ class Scheduling:
         mem = self.mem
         ids = req.ids
         cached = 0
+        load = None
         if ids:
-            cached = min(mem.hits(ids) * self.pbt, req.num_tokens - 1)
+            h = mem.hits(ids)
+            if self.tier_hits and h < len(ids):
+                h, load = mem.hits_through(ids, h, self.tiers.where)
+            cached = min(h * self.pbt, req.num_tokens - 1)
         c = req.num_tokens - cached
         if whole:
             if c > limit and not first:
@@ -47,7 +55,13 @@ class Scheduling:
         self.waiting.pop()
         self.queued_tokens -= req.num_tokens
         if ids:
+            if load:
+                for i in load:
+                    self.pending_s += self.tiers.load_entry(i)
+                self.c_tier_hit += len(load) * self.pbt
             mem.acquire(ids)
+            if load:
+                mem.mark_ready(load)
             self.c_pq += req.prompt
             self.c_ph += cached
         mem.take(priv)
@@ -84,17 +98,17 @@ class Scheduling:
         return c
 
     def swap_in(self) -> None:
-        """Bring swapped-out sequences back (oldest first) while seats and blocks allow."""
+        """Page paged-out sequences back in (oldest first) while seats and blocks allow, keeping
+        the watermark and the paging threshold's headroom free."""
         mem, swapped = self.mem, self.swapped
         while swapped and self.seats_free():
             req = swapped[0]
             kv = self._blocks_for(req.computed)
-            if mem.avail - kv - 1 < (self.watermark if self.n_running() else 0):
+            if mem.avail - kv - 1 < (max(self.watermark, self.headroom) if self.n_running() else 0):
                 return  # (+1: room for its next block)
             swapped.popleft()
             mem.take(kv)
-            self.swap.used -= kv
-            self.pending_s += self.swap.transfer_s(kv)
+            self.pending_s += self.tiers.load_seq(req.tier, kv)
             self.c_swapped += kv
             req.priv = kv
             self.priv_explicit += kv
@@ -133,7 +147,7 @@ class Scheduling:
         return max(cands, key=Req.victim_key.fget)
 
     def preempt(self, req: Req) -> None:
-        """Evict ``req`` from the running set: swap its KV to CPU or drop it for recompute."""
+        """Evict ``req`` from the running set: page its KV down a tier or drop it for recompute."""
         mem = self.mem
         if req.state == DECODE:
             blocks = self.pool.remove(req)
@@ -151,11 +165,13 @@ class Scheduling:
         req.preemptions += 1
         self.c_preempt += 1
         kv = self._blocks_for(req.computed)
-        # Swap only while other sequences keep running: with none left, a swapped request would come
-        # straight back and be preempted again (a livelock); it recomputes instead.
-        if self.swap_mode and kv and self.swap.fits(kv) and self.pool.n:
-            self.swap.used += kv
-            self.pending_s += self.swap.transfer_s(kv)
+        # Page out only while other sequences keep running: with none left, a paged-out request would
+        # come straight back and be preempted again (a livelock); it recomputes instead.
+        tier = self.tiers.store_seq(kv) if self.page_victims and kv and self.pool.n else -1
+        if tier >= 0:
+            req.tier = tier
+            self.c_paged += 1
+            self.pending_s += self.tiers.move_s(tier, kv)
             self.c_swapped += kv
             req.ids, req.shared = (), 0   # its whole KV comes back as private blocks
             req.state = SWAPPED
@@ -175,7 +191,7 @@ class Scheduling:
             self.queued_tokens -= req.num_tokens
         else:
             self.swapped.pop()
-            self.swap.used -= self._blocks_for(req.computed)
+            self.tiers.drop_seq(req.tier, self._blocks_for(req.computed))
         self.failed[req.rid] = True
         self.preempts[req.rid] = req.preemptions - 1
         self.out_done[req.rid] = req.gen

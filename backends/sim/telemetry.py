@@ -110,18 +110,25 @@ def build_result(sim, policy, notes: tuple[str, ...]):
     t_end = max(sim.tel.t_end, float(np.nanmax(sim.finish)) if served.any() else 0.0)
     makespan = max(t_end - t_first, 0.0)
     cm, gpu = sim.cm, sim.cm.gpu
-    swap_bytes = sim.c_swapped * sim.swap.block_bytes * sim.cm.tp  # all GPUs
+    tiers = sim.tiers
     counters = {"preemptions": float(sim.c_preempt), "swapped_blocks": float(sim.c_swapped),
                 "prefix_query_tokens": float(sim.c_pq), "prefix_hit_tokens": float(sim.c_ph),
                 "cache_evictions": float(sim.mem.evictions), "kv_capacity_blocks": float(sim.mem.total),
                 "deferrals": float(sim.c_defer)}
+    if tiers is not None:
+        counters["paged_out_preemptions"] = float(sim.c_paged)
+    if tiers is not None and tiers.caching:
+        counters.update({f"offload_{t.name}_blocks_moved": float(t.moved) for t in tiers.tiers})
+        counters.update(offload_hit_tokens=float(sim.c_tier_hit), offload_transfer_s=tiers.busy_s,
+                        offload_spill_bytes=tiers.spilled * tiers.block_bytes)
     if sim.spec is not None:
         counters.update(spec_draft_tokens=float(sim.c_draft), spec_accepted_tokens=float(sim.c_acc),
                         spec_alpha=sim.spec.alpha)
     tel = sim.tel.build(
         makespan_s=makespan, tp=cm.tp, peak_flops=cm.peak_flops, peak_bw=gpu.hbm_bytes_s,
         kv_capacity_tokens=sim.mem.total * sim.bs, price=gpu.price_hour, spot_price=gpu.spot_price_hour,
-        offload_bytes=swap_bytes, offload_bw=gpu.pcie_bytes_s * cm.tp if sim.swap_mode else 0.0,
+        offload_bytes=tiers.moved_bytes if tiers is not None else 0.0,
+        offload_bw=tiers.tiers[0].bytes_s if tiers is not None else 0.0,  # every move crosses PCIe
         counters=counters)
     if sim.stopped:
         notes = (*notes, f"stopped at max_sim_time_s={sim.max_t:g}: {sim.stopped} unfinished requests marked failed")

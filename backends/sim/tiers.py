@@ -1,0 +1,186 @@
+"""KV tiers below the GPU of one instance: CPU (host DRAM over PCIe), then SSD (NVMe).
+
+LMCache / vLLM KV-offloading-connector semantics, simplified. Two kinds of KV live here:
+
+* **paged-out sequences**: a preemption victim's KV moves down instead of being dropped for
+  recompute; it stays put (pinned) until its request runs again and loads it back whole.
+  vLLM's ``preemption_mode=swap`` is the case "CPU tier = swap_space (4 GiB per GPU), no SSD,
+  no prefix entries".
+* **prefix-cache entries** (``caching``): a GPU prefix entry that is evicted, or paged out above
+  the paging threshold, is stored here instead of dropped; a later request whose hit run
+  continues into an entry held here loads it (bytes / bandwidth) instead of recomputing it.
+  The tiers are a cache: a loaded entry keeps its copy here (LRU refreshed), so evicting the GPU
+  copy again moves nothing.
+
+Placement: CPU first, then SSD. To make room in a tier its least recently used entries spill
+down (CPU → SSD: host-side, off the GPU's critical path) or are dropped (SSD); a sequence never
+moves once placed and displaces entries, never other sequences.
+
+Units: blocks (the GPU pool's block size); bytes and bytes/s for the whole instance (the tp
+GPUs move their shards over their own PCIe links in parallel: CPU bandwidth = tp × PCIe). The
+GPU-side time of a move is blocks × ``block_bytes`` / the tier's bandwidth (a GPU↔SSD move is
+bound by the drive; its PCIe hop is pipelined under it).
+"""
+
+from __future__ import annotations
+
+from collections import OrderedDict
+
+GIB = 1 << 30
+SWAP_SPACE_BYTES = 4 * GIB
+"""vLLM's default ``swap_space`` per GPU, bytes: the CPU tier of ``preemption_mode=swap``."""
+SSD_BYTES_S = 6.0e9
+"""NVMe bandwidth per instance, bytes/s, both directions. A PCIe 4.0 x4 datacenter drive reads
+6.8-7 GB/s and writes 4-5.3 GB/s sequentially (Micron 7450 PRO, Samsung PM1733 datasheets);
+~6 GB/s is LMCache's local-disk ballpark for large KV chunks."""
+
+
+class Tier:
+    """One tier's books (blocks): ``used`` = ``seq`` (pinned sequences) + entry blocks."""
+
+    __slots__ = ("name", "capacity", "bytes_s", "used", "seq", "lru", "moved")
+
+    def __init__(self, name: str, capacity: int, bytes_s: float) -> None:
+        self.name = name
+        self.capacity = capacity        # blocks
+        self.bytes_s = bytes_s          # GPU <-> tier, bytes/s (instance)
+        self.used = 0
+        self.seq = 0
+        self.lru: OrderedDict[int, None] = OrderedDict()  # prefix entries, oldest first
+        self.moved = 0                  # blocks moved to or from the GPU
+
+
+class KVTiers:
+    """The lower tiers of one instance (see module doc). Mutators return GPU-side seconds."""
+
+    __slots__ = ("tiers", "block_bytes", "entry_blocks", "caching", "where", "busy_s", "spilled")
+
+    def __init__(self, tiers: list[Tier], block_bytes: float, entry_blocks: int, caching: bool) -> None:
+        self.tiers = tiers
+        self.block_bytes = block_bytes  # one KV block, all tp shards, bytes
+        self.entry_blocks = entry_blocks
+        self.caching = caching and entry_blocks > 0
+        self.where: dict[int, int] = {}  # prefix entry id -> tier index
+        self.busy_s = 0.0               # GPU-side transfer time so far, s
+        self.spilled = 0                # blocks spilled CPU -> SSD (host side)
+
+    # -------------------------------------------------------------- queries
+    def seconds(self, t: int, blocks: int) -> float:
+        return blocks * self.block_bytes / self.tiers[t].bytes_s
+
+    def can_store_entry(self) -> bool:
+        """Whether some tier could take a prefix entry (making room among its entries)."""
+        eb = self.entry_blocks
+        return self.caching and any(t.capacity - t.seq >= eb for t in self.tiers)
+
+    @property
+    def moved_bytes(self) -> float:
+        return sum(t.moved for t in self.tiers) * self.block_bytes
+
+    # ------------------------------------------------------------ mutation
+    def move_s(self, t: int, blocks: int) -> float:
+        """Count a GPU <-> tier ``t`` move of ``blocks``; its seconds."""
+        self.tiers[t].moved += blocks
+        s = blocks * self.block_bytes / self.tiers[t].bytes_s
+        self.busy_s += s
+        return s
+
+    def store_seq(self, blocks: int) -> int:
+        """Place a paged-out sequence's ``blocks`` in the first tier that can hold them (its
+        entries make room); the tier index, or -1 (nowhere: the victim recomputes)."""
+        for k in range(len(self.tiers)):
+            if self._room(k, blocks):
+                tier = self.tiers[k]
+                tier.used += blocks
+                tier.seq += blocks
+                return k
+        return -1
+
+    def load_seq(self, t: int, blocks: int) -> float:
+        """A paged-out sequence's KV goes back to the GPU."""
+        self.drop_seq(t, blocks)
+        return self.move_s(t, blocks)
+
+    def drop_seq(self, t: int, blocks: int) -> None:
+        tier = self.tiers[t]
+        tier.used -= blocks
+        tier.seq -= blocks
+
+    def store_entry(self, i: int) -> float:
+        """The GPU drops prefix entry ``i`` (ready KV): keep it here if room can be made."""
+        t = self.where.get(i)
+        if t is not None:               # a copy is here already: refresh it, move nothing
+            self.tiers[t].lru.move_to_end(i)
+            return 0.0
+        t = self._place(i, 0)
+        return self.move_s(t, self.entry_blocks) if t >= 0 else 0.0
+
+    def load_entry(self, i: int) -> float:
+        """A request hits entry ``i`` here: its KV is copied to the GPU (the copy stays)."""
+        t = self.where[i]
+        self.tiers[t].lru.move_to_end(i)
+        return self.move_s(t, self.entry_blocks)
+
+    def _place(self, i: int, t0: int) -> int:
+        eb = self.entry_blocks
+        for k in range(t0, len(self.tiers)):
+            if self._room(k, eb):
+                tier = self.tiers[k]
+                tier.used += eb
+                tier.lru[i] = None
+                self.where[i] = k
+                return k
+        return -1
+
+    def _room(self, t: int, need: int) -> bool:
+        """Free ``need`` blocks in tier ``t`` by spilling its oldest entries down (or dropping
+        them from the last tier); False (nothing changed) when even that cannot."""
+        tier = self.tiers[t]
+        if tier.capacity - tier.seq < need:
+            return False
+        eb, lru = self.entry_blocks, tier.lru
+        while tier.capacity - tier.used < need:
+            i, _ = lru.popitem(last=False)
+            tier.used -= eb
+            del self.where[i]
+            if t + 1 < len(self.tiers) and self._place(i, t + 1) >= 0:
+                self.spilled += eb
+        return True
+
+    # -------------------------------------------------------------- checks
+    def over_capacity(self) -> bool:
+        """O(tiers) check of every step."""
+        return any(t.used > t.capacity or t.seq < 0 for t in self.tiers)
+
+    def check(self, seq_blocks: list[int]) -> None:
+        """Full recount; ``seq_blocks[k]``: blocks the engine's paged-out sequences hold in tier k."""
+        eb = self.entry_blocks
+        for k, t in enumerate(self.tiers):
+            if t.used != t.seq + eb * len(t.lru) or not 0 <= t.used <= t.capacity:
+                raise AssertionError(f"{t.name} tier: used {t.used} != {t.seq} sequence + {eb} × {len(t.lru)} "
+                                     f"entry blocks, or outside 0..{t.capacity}")
+            if t.seq != seq_blocks[k]:
+                raise AssertionError(f"{t.name} tier holds {t.seq} sequence blocks, paged-out requests {seq_blocks[k]}")
+            if any(self.where.get(i) != k for i in t.lru):
+                raise AssertionError(f"{t.name} tier: entry locations disagree")
+        if len(self.where) != sum(len(t.lru) for t in self.tiers):
+            raise AssertionError("tier entry index disagrees with the tiers' entries")
+
+
+def make_tiers(*, cpu_offload_gb: float, ssd_offload_gb: float, swap: bool, tp: int, block_bytes_gpu: float,
+               pcie_bytes_s: float, entry_blocks: int) -> KVTiers | None:
+    """The tiers of one instance, or None (no CPU tier: victims recompute, entries are dropped).
+    ``cpu_offload_gb`` > 0: a CPU tier of that size (GiB per instance) that also caches prefix
+    entries, plus the SSD tier when ``ssd_offload_gb`` > 0. Otherwise ``swap``: a CPU tier of
+    ``SWAP_SPACE_BYTES`` per GPU for paged-out sequences only. ``block_bytes_gpu``: one GPU's
+    shard of a KV block, bytes."""
+    if cpu_offload_gb > 0:
+        cpu_blocks = int(cpu_offload_gb * GIB // (block_bytes_gpu * tp))
+    elif swap:
+        cpu_blocks = int(SWAP_SPACE_BYTES // block_bytes_gpu)
+    else:
+        return None
+    tiers = [Tier("cpu", cpu_blocks, pcie_bytes_s * tp)]
+    if cpu_offload_gb > 0 and ssd_offload_gb > 0:
+        tiers.append(Tier("ssd", int(ssd_offload_gb * GIB // (block_bytes_gpu * tp)), SSD_BYTES_S))
+    return KVTiers(tiers, block_bytes_gpu * tp, entry_blocks, caching=cpu_offload_gb > 0)

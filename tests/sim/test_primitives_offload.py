@@ -1,0 +1,151 @@
+"""Tiered KV memory (CPU / SSD offload tiers, paging threshold): victims paged out instead of
+recomputed, evicted prefix entries kept and loaded back, SSD slower than CPU, swap = a CPU tier."""
+
+from __future__ import annotations
+
+import numpy as np
+import optuna
+import pytest
+from simkit import poisson_workload, run
+
+from backends.base import Deployment
+from backends.sim import effective_policy
+from backends.sim.catalog import get_gpu
+from backends.sim.engine import Simulation
+from backends.sim.tiers import SSD_BYTES_S
+from tuner.policy import Policy
+from tuner.space import parse_range, sample
+from tuner.study_spec import load_study
+from workloads.workload import build_workload
+
+A100_40_8B = Deployment("llama-3.1-8b", "a100-40gb")   # 0.5 × 40 GiB: ~31k KV tokens
+MEM = 0.5
+
+
+def long_workload():
+    """Long prompts and outputs at 1 req/s: the KV cache overflows, decodes preempt each other."""
+    return poisson_workload(100, 1.0, (3000, 6000), (300, 800), seed=3)
+
+
+def shared_prefix_workload(groups: int = 40, n: int = 400, rate: float = 4.0):
+    """40 distinct 4096-token system prompts (164k tokens: 5× the GPU cache) + a short question."""
+    rng = np.random.default_rng(9)
+    arr = np.cumsum(rng.exponential(1 / rate, n))
+    g = rng.integers(0, groups, n)
+    blocks = [[int(gi) * 1000 + k for k in range(8)] for gi in g]
+    return build_workload("shared40", arr, 4096 + rng.integers(200, 400, n), rng.integers(20, 80, n),
+                          prefix_blocks=blocks, prefix_block_tokens=512)
+
+
+def _same(a, b) -> bool:
+    cols = ("first_token_s", "finish_s", "preemptions", "cached_tokens")
+    return all(np.array_equal(a.records[c].to_numpy(), b.records[c].to_numpy(), equal_nan=True) for c in cols)
+
+
+def _recomputes(res) -> float:
+    c = res.telemetry.counters
+    return c["preemptions"] - c.get("paged_out_preemptions", 0.0)
+
+
+def test_cpu_tier_pages_victims_out_instead_of_recomputing():
+    w = long_workload()
+    res0, off = run(w, A100_40_8B, gpu_memory_utilization=MEM)
+    res1, on = run(w, A100_40_8B, gpu_memory_utilization=MEM, cpu_offload_gb=32)
+    assert _recomputes(res0) > 500                   # recompute thrash: ~10 per request
+    assert _recomputes(res1) == 0 and res1.telemetry.counters["paged_out_preemptions"] > 0
+    assert on.throughput_tok_s > 1.8 * off.throughput_tok_s
+    assert on.ttft_p50_ms < 0.5 * off.ttft_p50_ms and on.tpot_p50_ms < 0.6 * off.tpot_p50_ms
+    assert on.n_completed == off.n_completed == w.n
+    assert 0 < on.offload_bw_util < 1 and off.offload_bw_util == 0
+
+
+def test_paged_out_bytes_are_conserved_and_counted():
+    w = long_workload()
+    sim = Simulation(Policy(gpu_memory_utilization=MEM, cpu_offload_gb=32), w, A100_40_8B, check=True).run()
+    cpu = sim.tiers.tiers[0]
+    assert cpu.used == cpu.seq == 0 and not sim.swapped     # every paged-out block came back
+    assert cpu.moved == sim.c_swapped > 0 and cpu.moved % 2 == 0   # out and in, block for block
+    assert sim.tiers.moved_bytes == cpu.moved * sim.bs * sim.cm.kv_bytes_per_token * sim.cm.tp
+    # offload_bytes_s_capacity is the PCIe link: utilisation = transfer seconds / makespan
+    from backends.sim.telemetry import build_result
+    from tuner.scorecard import score
+
+    res = build_result(sim, sim.policy, ())
+    sc = score(res, w)
+    assert res.telemetry.offload_bytes_s_capacity == sim.cm.gpu.pcie_bytes_s * sim.cm.tp
+    assert sc.offload_bw_util == pytest.approx(sim.tiers.busy_s / res.telemetry.makespan_s)
+
+
+def test_cpu_tier_turns_prefix_cache_misses_into_loads():
+    w = shared_prefix_workload()
+    res0, off = run(w, A100_40_8B, gpu_memory_utilization=MEM)
+    res1, on = run(w, A100_40_8B, gpu_memory_utilization=MEM, cpu_offload_gb=64)
+    assert off.prefix_hit_rate < 0.3 and on.prefix_hit_rate > 0.7
+    assert res1.telemetry.counters["offload_hit_tokens"] > 0.5 * res1.telemetry.counters["prefix_query_tokens"]
+    assert on.ttft_p50_ms < 0.05 * off.ttft_p50_ms
+    assert on.throughput_tok_s > 1.3 * off.throughput_tok_s
+    assert on.offload_bw_util > 0
+
+
+def test_ssd_hits_come_back_slower_than_cpu_hits():
+    w = shared_prefix_workload()
+    res_c, cpu = run(w, A100_40_8B, gpu_memory_utilization=MEM, cpu_offload_gb=64)
+    res_s, ssd = run(w, A100_40_8B, gpu_memory_utilization=MEM, cpu_offload_gb=0.5, ssd_offload_gb=64)
+    cs, ss = res_c.telemetry.counters, res_s.telemetry.counters
+    assert ss["offload_ssd_blocks_moved"] > 0 and ss["offload_spill_bytes"] > 0
+    assert ssd.prefix_hit_rate == pytest.approx(cpu.prefix_hit_rate, abs=0.05)   # same hits ...
+    moved = (ss["offload_cpu_blocks_moved"] + ss["offload_ssd_blocks_moved"]) / cs["offload_cpu_blocks_moved"]
+    assert ss["offload_transfer_s"] > 3 * moved * cs["offload_transfer_s"]        # ... slower bytes
+    assert ssd.ttft_p50_ms > 5 * cpu.ttft_p50_ms
+    assert SSD_BYTES_S < get_gpu("a100-40gb").pcie_bytes_s
+
+
+def test_tiny_tier_changes_nothing():
+    for w in (long_workload(), shared_prefix_workload()):
+        res0, _ = run(w, A100_40_8B, gpu_memory_utilization=MEM)
+        res1, _ = run(w, A100_40_8B, gpu_memory_utilization=MEM, cpu_offload_gb=0.01)  # < one entry / sequence
+        assert _same(res0, res1)
+        assert res1.telemetry.offload_bytes == 0
+
+
+def test_small_tiers_spill_and_drop_with_invariants_checked():
+    w = shared_prefix_workload(n=200)
+    res, _ = run(w, A100_40_8B, gpu_memory_utilization=MEM, cpu_offload_gb=0.5, ssd_offload_gb=2,
+                 offload_threshold=0.7)   # run(): every invariant recounted every step
+    c = res.telemetry.counters
+    assert c["offload_spill_bytes"] > 0 and c["offload_ssd_blocks_moved"] > 0
+
+
+def test_swap_is_a_cpu_tier_of_swap_space():
+    w = long_workload()
+    res_swap, _ = run(w, A100_40_8B, gpu_memory_utilization=MEM, preemption_mode="swap")
+    res_tier, _ = run(w, A100_40_8B, gpu_memory_utilization=MEM, cpu_offload_gb=4.0, offload_threshold=1.0)
+    assert _same(res_swap, res_tier)                  # 4 GiB per GPU, tp=1, no prefix entries to keep
+    assert res_swap.telemetry.offload_bytes == res_tier.telemetry.offload_bytes > 0
+
+
+def test_default_policy_is_untouched_by_the_offload_knobs():
+    w = poisson_workload(200, 20.0, (500, 1500), (200, 600), seed=11)
+    a, _ = run(w, A100_40_8B, gpu_memory_utilization=MEM)
+    b, _ = run(w, A100_40_8B, gpu_memory_utilization=MEM, offload_threshold=0.5)  # no CPU tier: inert
+    assert _same(a, b) and "paged_out_preemptions" not in a.telemetry.counters
+    assert a.telemetry.offload_bytes == 0 and a.telemetry.offload_bytes_s_capacity == 0
+    eff, notes = effective_policy(Policy(cpu_offload_gb=16, ssd_offload_gb=64, offload_threshold=0.8))
+    assert eff.cpu_offload_gb == 16 and eff.ssd_offload_gb == 64 and not notes
+
+
+def test_search_space_conditions_and_checklist_study():
+    space = tuple(parse_range(k, v, f"search.{k}") for k, v in {
+        "cpu_offload_gb": [0, 16, 64], "ssd_offload_gb": [0, 256], "offload_threshold": {"low": 0.7, "high": 0.98}}.items())
+    study = optuna.create_study(sampler=optuna.samplers.RandomSampler(seed=3))
+    seen = 0
+    for _ in range(30):
+        t = study.ask()
+        p = sample(t, space, Policy())
+        assert ("offload_threshold" in t.params) == ("ssd_offload_gb" in t.params) == (p.cpu_offload_gb > 0)
+        seen += p.cpu_offload_gb > 0
+        assert effective_policy(p)[0] == p
+        study.tell(t, 0.0)
+    assert 0 < seen < 30
+    spec = load_study("studies/full-checklist.yaml")
+    assert {"cpu_offload_gb", "offload_threshold"} <= {r.knob for r in spec.search}
