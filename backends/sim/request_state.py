@@ -26,7 +26,7 @@ class Req:
     __slots__ = (
         "rid", "arrival", "prompt", "out", "max_out", "prio", "ttft_slo_s", "num_tokens", "computed",
         "gen", "first_token", "preemptions", "ids", "shared", "priv", "state", "b", "q", "r",
-        "fin_g", "ver", "retries", "adm",
+        "fin_g", "ver", "retries", "adm", "adapter",
     )
 
     def __init__(self, rid: int, arrival: float, prompt: int, out: int, max_out: int, prio: int,
@@ -52,6 +52,7 @@ class Req:
         self.ver = 0                    # bumps when leaving the pool (lazy heap deletion)
         self.retries = 0                # admission deferrals so far
         self.adm = 0                    # admission order (running-list position)
+        self.adapter = -1               # LoRA adapter index, -1 = base model
 
     @property
     def victim_key(self) -> tuple[int, float, int]:

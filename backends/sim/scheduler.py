@@ -46,6 +46,8 @@ class Scheduling:
             return 0
         self.waiting.pop()
         self.queued_tokens -= req.num_tokens
+        if self.lora is not None:
+            self.pending_s += self.lora.acquire(req.adapter)
         if ids:
             mem.acquire(ids)
             self.c_pq += req.prompt
@@ -91,6 +93,10 @@ class Scheduling:
             kv = self._blocks_for(req.computed)
             if mem.avail - kv - 1 < (self.watermark if self.n_running() else 0):
                 return  # (+1: room for its next block)
+            if self.lora is not None:
+                if not self.lora.can_run(req.adapter):
+                    return
+                self.pending_s += self.lora.acquire(req.adapter)
             swapped.popleft()
             mem.take(kv)
             self.swap.used -= kv
@@ -116,6 +122,10 @@ class Scheduling:
             kv = self._blocks_for(req.prompt + req.max_out) if self.reserve else self._blocks_for(req.prompt)
             if mem.avail - kv - 1 < (self.watermark if self.n_running() else 0):
                 return
+            if self.lora is not None:
+                if not self.lora.can_run(req.adapter):
+                    return
+                self.pending_s += self.lora.acquire(req.adapter)
             q.popleft()
             mem.take(kv)
             req.computed = req.prompt
@@ -148,6 +158,8 @@ class Scheduling:
         req.priv = 0
         if req.ids:
             mem.release(req.ids)
+        if self.lora is not None:
+            self.lora.release(req.adapter)
         req.preemptions += 1
         self.c_preempt += 1
         kv = self._blocks_for(req.computed)
