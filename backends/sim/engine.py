@@ -188,10 +188,12 @@ class Simulation(Arrivals, Scheduling):
         still waiting: they count in the queue's length) until the set of running adapters
         changes, when ``_unpark`` puts them back in place: each is looked at once per change,
         not once per step."""
-        w, can, parked = self.waiting, self.lora.can_run, self._parked
+        w, running, parked = self.waiting, self.lora.running, self._parked
+        free = len(running) < self.lora.max_loras  # (inline AdapterSlots.can_run)
         while w:
             req = w.peek()
-            if can(req.adapter):
+            a = req.adapter
+            if a < 0 or free or a in running:
                 return req
             parked.append(w.pop_entry())
         return None

@@ -9,6 +9,10 @@ running set in order of (priority value, arrival) descending (vLLM: the last of 
 list). ``recompute`` drops the victim's KV and puts it at the FRONT of the waiting queue to
 prefill prompt + generated tokens again; ``swap`` copies its KV to the CPU tier (PCIe time added
 to the next iteration) and brings it back before new requests are admitted.
+
+LoRA (``lora.py``): a request joins the running set only while its adapter holds one of the
+``max_loras`` slots (``AdapterSlots.acquire``; a load's PCIe time goes to the next iteration)
+and gives it back when it finishes or is preempted.
 """
 
 from __future__ import annotations

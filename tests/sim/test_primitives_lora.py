@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+from pathlib import Path
+
 import numpy as np
 import pytest
 from simkit import H100_8B, poisson_workload, run
@@ -119,3 +121,45 @@ def test_cluster_replicas_each_hold_slots():
     assert res.telemetry.counters["lora_loads"] >= 64
     one = SimBackend().run(Policy(max_loras=8), w, H100_8B)
     assert res.telemetry.counters["lora_kv_blocks"] == 2 * one.telemetry.counters["lora_kv_blocks"]
+
+
+def test_max_loras_searched_only_for_adapter_workloads():
+    from tuner.space import for_workload
+    from tuner.study_spec import load_study
+
+    spec = load_study(Path(__file__).parents[2] / "studies" / "full-checklist.yaml")
+    assert "max_loras" in {r.knob for r in spec.search}
+    w = spec.load_workload()
+    assert "max_loras" not in {r.knob for r in for_workload(spec.search, w)}  # vtc-lmsys names no adapters
+    assert "max_loras" in {r.knob for r in for_workload(spec.search, assign_adapters(w, 8))}
+
+
+def test_live_flags_enable_lora_for_adapter_workloads():
+    from backends.live.flags import lora_setup, sglang_args, vllm_args
+
+    kw = lora_setup(_many_adapters(rank=24))
+    assert kw == {"lora_adapters": 64, "lora_rank": 24}
+    v = vllm_args(Policy(max_loras=8), H100_8B, **kw)
+    assert v.args[v.args.index("--enable-lora") + 1:][:6] == ["--max-loras", "8", "--max-lora-rank", "32",
+                                                             "--max-cpu-loras", "64"]
+    assert v.effective.max_loras == 8 and not v.unsupported
+    s = sglang_args(Policy(max_loras=8), H100_8B, **kw)
+    assert {"--enable-lora", "--max-loras-per-batch", "--max-loaded-loras"} <= set(s.args)
+    assert lora_setup(poisson_workload(10, 1.0, 10, 10)) == {}
+    assert "max_loras" in {k for k, _, _ in vllm_args(Policy(max_loras=8), H100_8B).unsupported}
+
+
+def test_assign_adapters_transform_in_a_workload_spec():
+    from workloads.adapters import adapter_rank
+    from workloads.spec import apply_transform
+
+    w = poisson_workload(2000, 10.0, 100, 10)
+    a = apply_transform(w, {"assign_adapters": {"n": 8, "zipf": 1.5, "share": 0.5, "rank": 32}}, "t")
+    assert a.adapters == tuple(f"lora-{i}" for i in range(8)) and adapter_rank(a) == 32
+    share = (a.adapter >= 0).mean()
+    counts = np.bincount(a.adapter[a.adapter >= 0], minlength=8)
+    assert 0.45 < share < 0.55 and counts[0] > 2 * counts[1] > 0 and counts[0] > 8 * counts[7]
+    np.testing.assert_array_equal(a.adapter, apply_transform(w, {"assign_adapters": {"n": 8, "zipf": 1.5,
+                                                                 "share": 0.5, "rank": 32}}, "t").adapter)
+    with pytest.raises(ValueError, match="assign_adapters"):
+        apply_transform(w, {"assign_adapters": {"n": 0}}, "t")
