@@ -17,7 +17,7 @@ from backends.base import Deployment, RunResult
 from tuner.objectives import MAX_RATE, bisect_max_rate, objective_value
 from tuner.policy import Policy
 from tuner.scorecard import Scorecard, score
-from tuner.space import default_params, sample
+from tuner.space import default_params, for_workload, sample
 from tuner.study_spec import StudySpec
 from workloads.workload import Workload
 
@@ -75,7 +75,8 @@ class Evaluator:
         self.workload = workload if workload is not None else spec.load_workload()
         self.deployment: Deployment = spec.deployment
         self.base = spec.base_policy()
-        self.defaults = default_params(spec.search, self.base)
+        self.search = for_workload(spec.search, self.workload)
+        self.defaults = default_params(self.search, self.base)
         self._prefixes: dict[float, Workload] = {}
 
     def prefix(self, frac: float) -> Workload:
@@ -96,7 +97,7 @@ class Evaluator:
 
     def policy_for(self, trial: Any) -> Policy:
         only = self.defaults if trial.user_attrs.get(DEFAULT_ATTR) else None
-        return sample(trial, self.spec.search, self.base, only=only)
+        return sample(trial, self.search, self.base, only=only)
 
     def evaluate(self, trial: Any, timings: Timings) -> Outcome:
         """Sample, run and score one trial (reports intermediate values; never raises for a bad

@@ -74,9 +74,10 @@ def _header(spec: StudySpec, c: Choice, default: Any) -> list[str]:
 
 
 def _script(engine: str, spec: StudySpec, c: Choice, header: list[str]) -> str:
-    from backends.live.flags import engine_args
+    from backends.live.flags import engine_args, lora_setup
 
-    fm = engine_args(engine, c.policy, spec.deployment, model_path=MODEL_VAR)
+    lora = lora_setup(spec.load_workload())  # LoRA flags when the workload names adapters
+    fm = engine_args(engine, c.policy, spec.deployment, model_path=MODEL_VAR, **lora)
     argv = [shlex.quote(a) for a in fm.command(engine)]
     argv = ['"$MODEL"' if a == MODEL_VAR else a for a in argv]
     lines = ["#!/usr/bin/env bash", *(f"# {h}" for h in header), "#",

@@ -78,6 +78,10 @@ class Scorecard:
     """$ per 1M output tokens at the deployment's blended (on-demand/spot) GPU price."""
     usd_per_1m_tokens_ondemand: float
     interruptions: int
+    adapter_loads: int = 0
+    """LoRA adapters copied host → GPU (0 without adapters)."""
+    adapter_load_s: float = 0.0
+    """Seconds of iterations spent loading LoRA adapters."""
 
     def as_dict(self) -> dict[str, float]:
         return asdict(self)
@@ -302,6 +306,8 @@ def score(result: RunResult, workload: Workload | None = None) -> Scorecard:
         usd_per_1m_tokens=per_m(hours * price),
         usd_per_1m_tokens_ondemand=per_m(hours * tel.gpu_hour_usd),
         interruptions=int(tel.interruptions),
+        adapter_loads=int(c.get("lora_loads", 0.0)),
+        adapter_load_s=float(c.get("lora_load_s", 0.0)),
     )
 
 

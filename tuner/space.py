@@ -5,7 +5,8 @@ A range spec in a study file (``search:``) is one of
   ``[a, b, c]``                              categorical choices (Literal knobs: a subset of them);
   ``bool``                                   both truth values (bool knobs).
 Conditional knobs are sampled only when they apply (``CONDITIONS``): e.g. ``spec_k`` only
-when ``speculation != off``. A knob that does not apply keeps its fixed/default value and does
+when ``speculation != off``; ``WORKLOAD_CONDITIONS`` drop knobs the study's workload cannot use
+(``max_loras`` without LoRA adapters). A knob that does not apply keeps its fixed/default value and does
 not appear in the trial's params, which TPE handles as a conditional parameter.
 """
 
@@ -17,6 +18,8 @@ from dataclasses import dataclass, fields
 from typing import Any
 
 from tuner.policy import Policy, knob_choices, knob_types
+from workloads.adapters import uses_adapters
+from workloads.workload import Workload
 
 NOT_SEARCHABLE = ("tenant_weights", "schema_version")
 """Knobs a study cannot search (structured values / format version); they can be fixed."""
@@ -40,6 +43,18 @@ CONDITIONS: dict[str, tuple[str, Callable[[Mapping[str, Any]], bool]]] = {
                                      lambda v: v["batching"] in ("chunked", "decode_maximal")),
 }
 """knob -> (readable condition, predicate over the knob values chosen so far)."""
+
+
+WORKLOAD_CONDITIONS: dict[str, tuple[str, Callable[[Workload], bool]]] = {
+    "max_loras": ("the workload names LoRA adapters", uses_adapters),
+}
+"""knob -> (readable condition, predicate over the study's workload): searched only when it holds."""
+
+
+def for_workload(space: tuple[KnobRange, ...], workload: Workload) -> tuple[KnobRange, ...]:
+    """``space`` without the knobs that cannot matter for ``workload`` (``WORKLOAD_CONDITIONS``,
+    e.g. max_loras when no request names a LoRA adapter): they keep their fixed/default value."""
+    return tuple(r for r in space if r.knob not in WORKLOAD_CONDITIONS or WORKLOAD_CONDITIONS[r.knob][1](workload))
 
 
 def _admission_on(v: Mapping[str, Any]) -> bool:

@@ -2,10 +2,11 @@
 
 Public API: ``load_workload`` (bundled name or file), the transforms (``scale_to_rate``,
 ``scale_rate``, ``first_n``, ``window``, ``cap_context``, ``set_max_output``, ``assign_slo``,
-``set_priority``), the synthetic generators (``generate_mix``, ``poisson``, ``Tenant``,
+``set_priority``, ``assign_adapters``), the synthetic generators (``generate_mix``, ``poisson``, ``Tenant``,
 ``Arrival``, ``Lengths``), ``read_requests`` / ``write_workload`` and ``workload_stats``.
 """
 
+from workloads.adapters import assign_adapters
 from workloads.files import read_requests, write_workload
 from workloads.registry import BUNDLED, bundled_names, load_lengths, load_workload
 from workloads.stats import workload_stats
@@ -32,6 +33,7 @@ __all__ = [
     "SLOClass",
     "Tenant",
     "Workload",
+    "assign_adapters",
     "assign_slo",
     "build_workload",
     "bundled_names",

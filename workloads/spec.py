@@ -53,6 +53,7 @@ from typing import Any
 import yaml
 
 from workloads import transforms as T
+from workloads.adapters import DEFAULT_LORA_RANK, assign_adapters
 from workloads.synthetic import Arrival, Lengths, Tenant, generate_mix
 from workloads.workload import DEFAULT_SLO, SCHEMA_VERSION, SLOClass, Workload
 
@@ -62,7 +63,8 @@ ARRIVAL_KEYS = ("process", "cv", "on_rate", "off_rate", "mean_on_s", "mean_off_s
 LENGTH_KEYS = ("dist", "value", "low", "high", "mean", "sigma", "a", "trace", "min", "max")
 SYNTH_KEYS = ("duration_s", "num_requests", "prefix_block_tokens", "tenants")
 SOURCE_KEYS = ("trace", "path", "clients", "top", "start_s", "duration_s")
-TRANSFORMS = ("scale_to_rate", "scale_rate", "window", "first_n", "cap_context", "set_max_output", "assign_slo", "set_priority")
+TRANSFORMS = ("scale_to_rate", "scale_rate", "window", "first_n", "cap_context", "set_max_output", "assign_slo", "set_priority",
+              "assign_adapters")
 
 
 class _Err(ValueError):
@@ -263,6 +265,11 @@ def apply_transform(w: Workload, item: Any, where: str) -> Workload:
             d = _check_keys(arg, ("by", "map", "threshold", "below", "above", "default"), at)
             return T.assign_slo(w, str(d.get("by", "all")), mapping=d.get("map"), threshold=_opt(d, "threshold", at),
                                 below=d.get("below"), above=d.get("above"), default=d.get("default"))
+        if op == "assign_adapters":
+            d = _check_keys(arg, ("n", "zipf", "share", "rank", "seed"), at)
+            z, sh, r, sd = (_opt(d, k, at, integer=k in ("rank", "seed")) for k in ("zipf", "share", "rank", "seed"))
+            return assign_adapters(w, _num(d.get("n"), f"{at}.n", integer=True), zipf=1.0 if z is None else z,
+                                   share=1.0 if sh is None else sh, rank=r or DEFAULT_LORA_RANK, seed=sd or 0)
         d = _check_keys(arg, ("by", "map", "default"), at)
         return T.set_priority(w, str(d.get("by", "tenant")), d.get("map") or {},
                               default=_opt(d, "default", at, integer=True))

@@ -28,6 +28,8 @@ DEFAULT_CPU_KV_BYTES = 512 * 2**20
 """KV-cache memory of a CPU server when the caller gives none, bytes (512 MiB)."""
 
 _DEFAULT = Policy()
+VLLM_LORA_RANKS = (1, 8, 16, 32, 64, 128, 256, 320, 512)
+"""The ranks vLLM's ``--max-lora-rank`` accepts."""
 
 # Knobs that describe the simulator's world, not an engine flag; reported when changed.
 _SIM_ONLY = {
@@ -70,6 +72,27 @@ class FlagMapping:
         """The whole argv: ``python -m <engine entry point> <args>``."""
         module = {"vllm": "vllm.entrypoints.openai.api_server", "sglang": "sglang.launch_server"}[engine]
         return [python, "-m", module, *self.args]
+
+
+def lora_setup(workload: Any) -> dict[str, int]:
+    """The LoRA keywords of ``vllm_args`` / ``sglang_args`` for a workload: its adapter count and
+    rank when it names adapters, else none (``engine_args(..., **lora_setup(w))``)."""
+    from workloads.adapters import adapter_rank, uses_adapters
+
+    return {"lora_adapters": len(workload.adapters), "lora_rank": adapter_rank(workload)} if uses_adapters(workload) else {}
+
+
+def _lora(b: _Builder, p: Policy, adapters: int, rank: int, *, slots: str, rank_flag_value: int, cache: str,
+          paths: str) -> None:
+    """LoRA serving flags when the workload names ``adapters`` adapters of ``rank``: ``max_loras``
+    slots per batch, every adapter kept in host memory (as the simulator assumes)."""
+    b.handled("max_loras")
+    b.flag("--enable-lora")
+    b.flag(slots, p.max_loras)
+    b.flag("--max-lora-rank", rank_flag_value)
+    b.flag(cache, max(p.max_loras, adapters))
+    b.notes.append(f"LoRA: name the workload's {adapters} adapter(s) of rank {rank} with {paths} (requests ask "
+                   "for them by name as their model)")
 
 
 def is_cpu(deployment: Deployment) -> bool:
@@ -158,12 +181,16 @@ def vllm_args(
     port: int | None = None,
     host: str | None = None,
     kv_cache_bytes: int | None = None,
+    lora_adapters: int = 0,
+    lora_rank: int = 16,
 ) -> FlagMapping:
     """vLLM (V1, 0.32) flags for ``policy`` on ``deployment``.
 
     ``model_path``: what ``--model`` gets (default ``deployment.model``); ``kv_cache_bytes``:
     KV memory on CPU, bytes (default :data:`DEFAULT_CPU_KV_BYTES`; on GPU it replaces
-    ``--gpu-memory-utilization`` when given).
+    ``--gpu-memory-utilization`` when given). ``lora_adapters`` (> 0: the workload names that
+    many LoRA adapters, of rank ``lora_rank``; see ``lora_setup``): LoRA is enabled with
+    ``max_loras`` slots; without adapters a changed ``max_loras`` is reported unsupported.
     """
     b = _Builder(policy)
     p = policy
@@ -245,9 +272,13 @@ def vllm_args(
         for knob in ("prefill_instances", "decode_instances", "disagg_min_prompt", "disagg_min_queue"):
             b.seen.add(knob)  # inert without disaggregation
 
-    b.handled("max_loras")
-    b.refuse_if_changed("max_loras", "LoRA needs --enable-lora and --lora-modules NAME=PATH for real "
-                        "adapters; servetune does not know their paths")
+    if lora_adapters:
+        _lora(b, p, lora_adapters, lora_rank, slots="--max-loras",
+              rank_flag_value=next((r for r in VLLM_LORA_RANKS if r >= lora_rank), VLLM_LORA_RANKS[-1]),
+              cache="--max-cpu-loras", paths="--lora-modules NAME=PATH ...")
+    else:
+        b.refuse_if_changed("max_loras", "the workload names no LoRA adapters (LoRA flags follow the workload: "
+                            "lora_adapters / lora_setup)")
     if cpu:
         b.flag("--enforce-eager")
     return b.finish("vLLM")
@@ -288,8 +319,11 @@ def sglang_args(
     port: int | None = None,
     host: str | None = None,
     kv_cache_bytes: int | None = None,
+    lora_adapters: int = 0,
+    lora_rank: int = 16,
 ) -> FlagMapping:
-    """SGLang (``sglang.launch_server``) flags for ``policy`` on ``deployment``."""
+    """SGLang (``sglang.launch_server``) flags for ``policy`` on ``deployment``; ``lora_adapters``
+    / ``lora_rank`` as in ``vllm_args``."""
     b = _Builder(policy)
     p = policy
     b.model_and_dtypes(deployment, model_flag="--model-path", model=model_path or deployment.model, host=host,
@@ -378,9 +412,12 @@ def sglang_args(
         for knob in ("disagg_min_prompt", "disagg_min_queue"):
             b.refuse_if_changed(knob, "conditional disaggregation is a router decision, not an engine flag")
 
-    b.handled("max_loras")
-    if p.max_loras != _DEFAULT.max_loras:
+    if lora_adapters:
+        _lora(b, p, lora_adapters, lora_rank, slots="--max-loras-per-batch", rank_flag_value=lora_rank,
+              cache="--max-loaded-loras", paths="--lora-paths NAME=PATH ...")
+    elif p.max_loras != _DEFAULT.max_loras:
         b.flag("--max-loras-per-batch", p.max_loras)
+    b.handled("max_loras")
     return b.finish("SGLang")
 
 

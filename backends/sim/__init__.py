@@ -24,7 +24,6 @@ _DEFAULTS = {f.name: f.default for f in fields(Policy)}
 
 # knob groups not simulated yet: (knobs, reason shown in the note)
 _NOT_YET: tuple[tuple[tuple[str, ...], str], ...] = (
-    (("max_loras",), "LoRA adapters"),
     (("tenant_weights", "tenant_cap_tokens_s"), "VTC tenant fairness"),
 )
 
@@ -51,8 +50,6 @@ def effective_policy(policy: Policy, workload: Workload | None = None) -> tuple[
     if policy.batching == "static" and policy.preemption == "token":
         changes["preemption"] = "request"
         notes.append("batching=static reserves prompt + max_tokens per request; preemption=token ran as request")
-    if workload is not None and workload.adapters and bool((workload.adapter >= 0).any()):
-        notes.append("LoRA adapters not simulated yet: adapter requests ran as base-model requests")
     if workload is not None and policy.prefix_caching and workload.prefix_offsets is None:
         notes.append("prefix_caching: the workload names no prefix blocks, so nothing can hit")
     return (policy.replace(**changes) if changes else policy), tuple(notes)

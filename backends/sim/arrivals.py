@@ -29,6 +29,7 @@ class Arrivals:
         self._cm = w.max_output[i0:i1].tolist()
         self._cr = w.priority[i0:i1].tolist()
         self._cs = (self.w.ttft_slo_ms()[i0:i1] / 1e3).tolist()
+        self._cl = w.adapter[i0:i1].tolist() if self.lora is not None else None
 
     def _new_req(self, i: int) -> Req | None:
         k = i - self._c0
@@ -51,6 +52,8 @@ class Arrivals:
             ids = ()  # its KV arrives whole from elsewhere: private blocks, no prefix-cache use
         req = Req(i, self._ca[k], prompt, out, max_out, self._cr[k], ids, len(ids) * self.pbt)
         req.ttft_slo_s = self._cs[k]
+        if self._cl is not None:
+            req.adapter = self._cl[k]
         return req
 
     def _enqueue(self, req: Req) -> None:
@@ -66,7 +69,7 @@ class Arrivals:
             return
         recent = self.recent_done
         rate = (len(recent) - 1) / (self.t - recent[0]) if len(recent) > 1 and self.t > recent[0] else 0.0
-        v = self.admission.decide(req.prompt, req.ttft_slo_s, len(self.waiting), self.mem.avail,
+        v = self.admission.decide(req.prompt, req.ttft_slo_s, self.n_waiting(), self.mem.avail,
                                   self.queued_tokens, req.retries, rate)
         if v is Verdict.ACCEPT:
             self._enqueue(req)

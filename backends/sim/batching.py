@@ -2,7 +2,8 @@
 
 A planner returns the prefill chunks of the next iteration as ``[(req, tokens), ...]`` and
 whether the decoding sequences run in it; it admits waiting requests through
-``sim.admit`` (which checks seats and KV memory) and grows running prefills through
+``sim.admit`` (which checks seats and KV memory) — taking the waiting request ``sim.head()``
+names (the queue's head, past requests whose LoRA adapter finds no slot) — and grows running prefills through
 ``sim.grow_chunk``. Decodes always take one token each, first (the engine has already
 brought swapped-out sequences back and reserved the decodes' next KV blocks). When a planner
 returns no chunks, the engine runs a decode-only segment (many iterations in closed form)
@@ -54,7 +55,10 @@ def plan_chunked(sim: Simulation, one_prefill: bool = False) -> tuple[Chunks, bo
                 return chunks, True
     waiting = sim.waiting
     while budget > 0 and waiting and sim.seats_free():
-        c = sim.admit(waiting.peek(), budget if budget < cap else cap, first=not chunks)
+        req = sim.head()
+        if req is None:
+            break
+        c = sim.admit(req, budget if budget < cap else cap, first=not chunks)
         if not c:
             break
         chunks.append((sim.prefilling[-1], c))
@@ -78,7 +82,10 @@ def plan_continuous(sim: Simulation) -> tuple[Chunks, bool]:
     budget = sim.budget - sum(c for _, c in chunks)
     waiting = sim.waiting
     while waiting and sim.seats_free() and (budget > 0 or not chunks):
-        c = sim.admit(waiting.peek(), budget, first=not chunks, whole=True)
+        req = sim.head()
+        if req is None:
+            break
+        c = sim.admit(req, budget, first=not chunks, whole=True)
         if not c:
             break
         chunks.append((sim.prefilling[-1], c))
@@ -93,7 +100,10 @@ def plan_static(sim: Simulation) -> tuple[Chunks, bool]:
         return chunks, True
     waiting = sim.waiting
     while waiting and sim.seats_free():
-        c = sim.admit(waiting.peek(), 1 << 60, first=not chunks, whole=True)
+        req = sim.head()
+        if req is None:
+            break
+        c = sim.admit(req, 1 << 60, first=not chunks, whole=True)
         if not c:
             break
         chunks.append((sim.prefilling[-1], c))

@@ -32,6 +32,7 @@ from backends.sim.catalog import default_activation_reserve, get_gpu, get_model,
 from backends.sim.chrome_trace import TraceWriter
 from backends.sim.costmodel import weight_bytes_per_gpu
 from backends.sim.engines import get_engine
+from backends.sim.lora import AdapterSlots, LoraCost
 from backends.sim.memory import BlockManager
 from backends.sim.profiled import instance_cost_model
 from backends.sim.queue import make_queue
@@ -41,6 +42,7 @@ from backends.sim.speculation import Speculator
 from backends.sim.telemetry import TelemetryRecorder
 from backends.sim.tiers import make_tiers
 from tuner.policy import Policy
+from workloads.adapters import adapter_rank, uses_adapters
 from workloads.workload import Workload
 
 
@@ -101,6 +103,19 @@ class Simulation(Arrivals, Scheduling):
                                      "leaves no KV memory")
             self.spec = Speculator(policy, workload, cm, draft)
         self.c_draft = self.c_acc = self._spec_frac = 0.0
+        self.lora: AdapterSlots | None = None  # LoRA slots (backends/sim/lora.py), None without adapters
+        self.lora_blocks = 0
+        if uses_adapters(workload):
+            rank = adapter_rank(workload)
+            self.lora_cost = LoraCost(cm, rank)
+            # max_loras adapter slots are allocated before the KV cache (vLLM): they shrink it
+            self.lora_blocks = -(-int(policy.max_loras * self.lora_cost.bytes_adapter) // int(bs * cm.kv_bytes_per_token))
+            total -= self.lora_blocks
+            if total < 1:
+                raise ValueError(f"policy knob max_loras={policy.max_loras}: {policy.max_loras} LoRA slots of rank "
+                                 f"{rank} leave no KV memory")
+            self.lora = AdapterSlots(policy.max_loras, self.lora_cost.bytes_adapter / gpu.pcie_bytes_s)
+        self._parked: list = []     # waiting entries set aside for want of a LoRA slot (see _lora_head)
         caching = policy.prefix_caching and workload.prefix_offsets is not None
         self.pbt = workload.prefix_block_tokens if caching else 0
         self.mem = BlockManager(total, bs, self.pbt)
@@ -129,6 +144,7 @@ class Simulation(Arrivals, Scheduling):
         self.watermark = int(policy.kv_watermark * total)
         self.planner = PLANNERS[policy.batching]
         self.waiting = make_queue(policy.queue, workload, self.rng)
+        self.head = self.waiting.peek if self.lora is None else self._lora_head
         self.admission = AdmissionControl(policy, cm, total)
         self.max_len = deployment.max_model_len or model.max_position
         self.max_t = math.inf if max_sim_time_s is None else float(max_sim_time_s)
@@ -178,6 +194,46 @@ class Simulation(Arrivals, Scheduling):
     def _blocks_for(self, tokens: int) -> int:
         return -(-tokens // self.bs) if tokens > 0 else 0
 
+    # ================================================================== LoRA
+    def _lora_head(self) -> Req | None:
+        """``head`` with LoRA slots: the first waiting request whose adapter may run now (vLLM
+        skips the others and keeps them waiting). Those before it are set aside (``_parked``,
+        still waiting: they count in the queue's length) until the set of running adapters
+        changes, when ``_unpark`` puts them back in place: each is looked at once per change,
+        not once per step."""
+        w, running, parked = self.waiting, self.lora.running, self._parked
+        free = len(running) < self.lora.max_loras  # (inline AdapterSlots.can_run)
+        while w:
+            req = w.peek()
+            a = req.adapter
+            if a < 0 or free or a in running:
+                return req
+            parked.append(w.pop_entry())
+        return None
+
+    def _unpark(self) -> None:
+        self.lora.changed = False
+        if self._parked:
+            self.waiting.restore(self._parked)
+            self._parked.clear()
+
+    def n_waiting(self) -> int:
+        """Waiting requests, those set aside for want of a LoRA slot included."""
+        return len(self.waiting) + len(self._parked)
+
+    def _lora_decoding(self) -> int:
+        """Decoding sequences with an adapter (running ones minus those still prefilling)."""
+        return self.lora.n_lora - sum(1 for q in self.prefilling if q.adapter >= 0)
+
+    def _lora_extra(self, chunks: list[tuple[Req, int]], decode_tokens: int) -> tuple[float, float, float]:
+        """LoRA's extra (s, FLOPs, bytes) in one iteration: the chunks' adapter tokens and
+        ``decode_tokens`` per decoding sequence with an adapter."""
+        tok = self._lora_decoding() * decode_tokens
+        for req, c in chunks:
+            if req.adapter >= 0:
+                tok += c
+        return self.lora_cost.cost(tok, len(self.lora.running))
+
     # ============================================================ completion
     def _done(self, req: Req, t: float) -> None:
         rid = req.rid
@@ -186,6 +242,8 @@ class Simulation(Arrivals, Scheduling):
         self._served[rid] = 1
         if req.ids:
             self.mem.release(req.ids)
+        if self.lora is not None:
+            self.lora.release(req.adapter)
         self.finish[rid] = t
         self.out_done[rid] = req.gen
         self.preempts[rid] = req.preemptions
@@ -267,6 +325,9 @@ class Simulation(Arrivals, Scheduling):
             self.c_acc += r * (m - 1)
         else:
             cost = self.cm.iteration(pf, pairs, r, r, pool.ctx() if r else 0, prefill_seqs=len(chunks))
+        if self.lora is not None:  # (with speculation: one token per decoding sequence)
+            lt, lf, lb = self._lora_extra(chunks, 1 if r else 0)
+            cost = type(cost)(cost.time_s + lt, cost.flops + lf, cost.hbm_bytes + lb)
         t0 = self.t
         dt = cost.time_s + self.pending_s
         self.pending_s = 0.0
@@ -311,11 +372,15 @@ class Simulation(Arrivals, Scheduling):
         ctx = pool.sum_b + pool.sum_s + r * g
         c = self._coef.get(r) or self._coef_of(r) if self.spec is None else self.spec.coef(r, self.spec.pick_k(r, ctx))
         a, ts = c[0], c[1]
+        lf = lb = 0.0
+        if self.lora is not None:  # a fixed batch: the same LoRA cost every iteration
+            lt, lf, lb = self._lora_extra([], 1)
+            a += lt
         heap = pool.heap
         while heap[0][2] != heap[0][3].ver:  # drop entries of members that left
             heapq.heappop(heap)
         n = heap[0][0] - g
-        if not self.waiting and not self.static and len(self.prefilling) + r < self.seat_cap:
+        if (not self.waiting or self._parked) and not self.static and len(self.prefilling) + r < self.seat_cap:
             te = self._ta
             if self.retry and self.retry[0][0] < te:
                 te = self.retry[0][0]
@@ -372,7 +437,7 @@ class Simulation(Arrivals, Scheduling):
             iters = n / c[6]
             self.c_draft += r * iters * c[7]
             self.c_acc += r * (n - iters)
-        self._record(t0, dt, n * c[2] + c[3] * csum, n * c[4] + c[5] * csum, iters, r * iters, r,
+        self._record(t0, dt, n * (c[2] + lf) + c[3] * csum, n * (c[4] + lb) + c[5] * csum, iters, r * iters, r,
                      held0 + d1, held, used0 + r, used0 + r * n)
         if self.trace is not None:
             self.trace.iteration(t0, dt, n, r, 0, 0)
@@ -429,7 +494,7 @@ class Simulation(Arrivals, Scheduling):
                 raise SimInvariantError(f"running {len(self.prefilling) + pool.n} > {self.seat_cap} seats "
                                         f"or time went back (dt={dt})")
         self.tel.step(t0, dt, flops, nbytes, iters, seqs, tokens, held_first, held_last, used_first, used_last,
-                      len(self.prefilling) + pool.n, len(self.waiting))
+                      len(self.prefilling) + pool.n, len(self.waiting) + len(self._parked))
 
     # ================================================================= checks
     def check(self) -> None:
@@ -469,6 +534,11 @@ class Simulation(Arrivals, Scheduling):
         for m in members:
             if m.fin_g < pool.g:
                 raise SimInvariantError(f"request {m.rid} stayed after its last token")
+        if self.lora is not None:
+            try:
+                self.lora.check([q.adapter for q in self.prefilling + members])
+            except AssertionError as e:
+                raise SimInvariantError(str(e)) from None
 
     # ================================================================== run
     def run(self) -> Simulation:
@@ -485,6 +555,7 @@ class Simulation(Arrivals, Scheduling):
         bs = self.bs
         paging, page_above = self.tier_hits, self.page_above
         retry, prefilling, waiting, swapped = self.retry, self.prefilling, self.waiting, self.swapped
+        lora = self.lora
         while True:
             t = self.t
             if self._ta <= t or (retry and retry[0][0] <= t):
@@ -493,6 +564,8 @@ class Simulation(Arrivals, Scheduling):
                 break
             if paging and mem.total - mem.free > page_above and mem.evictable:
                 self._page_out_cold()
+            if lora is not None and lora.changed:
+                self._unpark()  # a LoRA slot freed or an adapter started: set-aside requests may run
             if swapped:
                 self.swap_in()  # resumed sequences first (vLLM), before the decodes' blocks are counted
             if self.transferred:

@@ -9,7 +9,8 @@ Orders (``Policy.queue``):
   priority    lowest ``priority`` value first, then arrival (vLLM's convention).
   edf         earliest deadline first: arrival + the request's TTFT SLO.
   vtc         not simulated yet: the engine falls back to fcfs and says so in the notes.
-Preempted requests re-enter at the FRONT (vLLM: ``waiting.prepend_request``), most recently
+``pop_entry`` / ``restore`` set requests aside and put them back in place (requests skipped
+for want of a LoRA slot keep their position). Preempted requests re-enter at the FRONT (vLLM: ``waiting.prepend_request``), most recently
 preempted first, ahead of every order's key.
 """
 
@@ -34,6 +35,11 @@ class FCFSQueue(deque):
     push = deque.append
     push_front = deque.appendleft
     pop = deque.popleft
+    pop_entry = deque.popleft
+
+    def restore(self, entries: list) -> None:
+        """Put entries taken by ``pop_entry`` back at the front, in their order."""
+        self.extendleft(reversed(entries))
 
     def peek(self) -> Req:
         return self[0]
@@ -62,6 +68,14 @@ class KeyedQueue(list):
 
     def pop(self) -> Req:  # type: ignore[override]
         return heapq.heappop(self)[3]
+
+    def pop_entry(self) -> tuple:
+        """Take the head with its key (``restore`` puts it back where it was)."""
+        return heapq.heappop(self)
+
+    def restore(self, entries: list) -> None:
+        for e in entries:
+            heapq.heappush(self, e)
 
     def __iter__(self):
         return (e[3] for e in list.__iter__(self))

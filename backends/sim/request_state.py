@@ -26,7 +26,7 @@ class Req:
     __slots__ = (
         "rid", "arrival", "prompt", "out", "max_out", "prio", "ttft_slo_s", "num_tokens", "computed",
         "gen", "first_token", "preemptions", "ids", "shared", "priv", "state", "b", "q", "r",
-        "fin_g", "ver", "retries", "adm", "tier",
+        "fin_g", "ver", "retries", "adm", "tier", "adapter",
     )
 
     def __init__(self, rid: int, arrival: float, prompt: int, out: int, max_out: int, prio: int,
@@ -53,6 +53,7 @@ class Req:
         self.retries = 0                # admission deferrals so far
         self.adm = 0                    # admission order (running-list position)
         self.tier = -1                  # lower KV tier holding its paged-out KV (tiers.py), -1: none
+        self.adapter = -1               # LoRA adapter index, -1 = base model
 
     @property
     def victim_key(self) -> tuple[int, float, int]:

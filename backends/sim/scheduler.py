@@ -13,6 +13,10 @@ SSD; transfer time added to the next iteration) and paged back in, before new re
 admitted, once the GPU has room below the paging threshold. With prefix caching and offload
 tiers, an admission's prefix hit run continues through entries held in a tier: they are loaded
 (transfer time) instead of recomputed.
+
+LoRA (``lora.py``): a request joins the running set only while its adapter holds one of the
+``max_loras`` slots (``AdapterSlots.acquire``; a load's PCIe time goes to the next iteration)
+and gives it back when it finishes or is preempted.
 """
 
 from __future__ import annotations
@@ -54,6 +58,8 @@ class Scheduling:
             return 0
         self.waiting.pop()
         self.queued_tokens -= req.num_tokens
+        if self.lora is not None:
+            self.pending_s += self.lora.acquire(req.adapter)
         if ids:
             if load:
                 for i in load:
@@ -106,6 +112,10 @@ class Scheduling:
             kv = self._blocks_for(req.computed)
             if mem.avail - kv - 1 < (max(self.watermark, self.headroom) if self.n_running() else 0):
                 return  # (+1: room for its next block)
+            if self.lora is not None:
+                if not self.lora.can_run(req.adapter):
+                    return
+                self.pending_s += self.lora.acquire(req.adapter)
             swapped.popleft()
             mem.take(kv)
             self.pending_s += self.tiers.load_seq(req.tier, kv)
@@ -130,6 +140,10 @@ class Scheduling:
             kv = self._blocks_for(req.prompt + req.max_out) if self.reserve else self._blocks_for(req.prompt)
             if mem.avail - kv - 1 < (self.watermark if self.n_running() else 0):
                 return
+            if self.lora is not None:
+                if not self.lora.can_run(req.adapter):
+                    return
+                self.pending_s += self.lora.acquire(req.adapter)
             q.popleft()
             mem.take(kv)
             req.computed = req.prompt
@@ -162,6 +176,8 @@ class Scheduling:
         req.priv = 0
         if req.ids:
             mem.release(req.ids)
+        if self.lora is not None:
+            self.lora.release(req.adapter)
         req.preemptions += 1
         self.c_preempt += 1
         kv = self._blocks_for(req.computed)

@@ -124,6 +124,9 @@ def build_result(sim, policy, notes: tuple[str, ...]):
     if sim.spec is not None:
         counters.update(spec_draft_tokens=float(sim.c_draft), spec_accepted_tokens=float(sim.c_acc),
                         spec_alpha=sim.spec.alpha)
+    if sim.lora is not None:
+        counters.update(lora_loads=float(sim.lora.loads), lora_load_s=sim.lora.load_total_s,
+                        lora_kv_blocks=float(sim.lora_blocks))
     tel = sim.tel.build(
         makespan_s=makespan, tp=cm.tp, peak_flops=cm.peak_flops, peak_bw=gpu.hbm_bytes_s,
         kv_capacity_tokens=sim.mem.total * sim.bs, price=gpu.price_hour, spot_price=gpu.spot_price_hour,
