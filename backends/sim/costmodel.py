@@ -155,6 +155,7 @@ class CostModel:
         else:
             self._ar_fixed = self._ar_tok = self._ar_lat = 0.0
         self._memo: dict[tuple[int, int], tuple[float, float, float, float, float, float]] = {}
+        self._dense_memo: dict[int, tuple[float, float, float]] = {}
         self._p = eff.roofline_p
         self._ip = 1.0 / eff.roofline_p
         e = self.engine
@@ -173,6 +174,42 @@ class CostModel:
         T = prefill_tokens + decode_tokens
         if T <= 0:
             return 0.0, 0.0, 0.0, 0.0, 0.0, 0.0
+        inv_bw, p, ip = self._inv_bw, self._p, self._ip
+        d = self._dense_memo.get(T)
+        if d is None:
+            if len(self._dense_memo) >= 8192:
+                self._dense_memo.clear()
+            d = self._dense_memo[T] = self._dense(T)
+        t, f, b = d
+        if prefill_tokens:
+            t += self.prefill_attention_time(prefill_attn_pairs, prefill_tokens)
+            f += self._attn_f_pair * prefill_attn_pairs
+            b += self._attn_pf_a * prefill_tokens
+        # LM head on sampled tokens
+        n_sample = decode_tokens + (prefill_seqs if prefill_tokens else 0)
+        if n_sample:
+            fl, by = self._lm_f * n_sample, self._lm_w + self._lm_a * n_sample
+            tc, tm = fl * self._inv_pc16, by * inv_bw
+            t += (tc ** p + tm ** p) ** ip
+            f += fl
+            b += by
+        t += self._oh + self._oh_seq * (decode_seqs + (prefill_seqs if prefill_tokens else 0))
+        if prefill_tokens:
+            t += self._oh_prefill
+        elif decode_seqs > self._graph_max:
+            t += self._oh_eager
+        # decode attention: per context token, memory-bound KV read vs QK/PV FLOPs
+        if decode_seqs:
+            t0, ts = self.decode_attention_time(decode_seqs, decode_tokens)
+            t += t0
+            b += self._attn_pf_a * decode_tokens  # q and output of each decode token
+            return t, f, b, ts, self._attn_f_pair * decode_tokens / decode_seqs, self._kv_tok
+        return t, f, b, 0.0, 0.0, 0.0
+
+    def _dense(self, T: int) -> tuple[float, float, float]:
+        """(time s, FLOPs, bytes) of everything in a step that depends only on its token count
+        ``T``: linear operators, MoE experts, elementwise ops, the all-reduces. ``_fixed`` memoises
+        it per T on this instance (chunked prefill repeats its token budget)."""
         inv_pc, inv_bw, p, ip = self._inv_pc, self._inv_bw, self._p, self._ip
         t = self.linear_time(T)
         f = b = 0.0
@@ -187,35 +224,9 @@ class CostModel:
             t += (tc ** p + tm ** p) ** ip
             f += fl
             b += by
-        if prefill_tokens:
-            t += self.prefill_attention_time(prefill_attn_pairs, prefill_tokens)
-            f += self._attn_f_pair * prefill_attn_pairs
-            b += self._attn_pf_a * prefill_tokens
-        # elementwise (memory-bound)
-        by = self._elem_a * T
-        t += by * inv_bw
-        b += by
-        # LM head on sampled tokens
-        n_sample = decode_tokens + (prefill_seqs if prefill_tokens else 0)
-        if n_sample:
-            fl, by = self._lm_f * n_sample, self._lm_w + self._lm_a * n_sample
-            tc, tm = fl * self._inv_pc16, by * inv_bw
-            t += (tc ** p + tm ** p) ** ip
-            f += fl
-            b += by
-        t += self._ar_fixed + self._ar_tok * T
-        t += self._oh + self._oh_seq * (decode_seqs + (prefill_seqs if prefill_tokens else 0))
-        if prefill_tokens:
-            t += self._oh_prefill
-        elif decode_seqs > self._graph_max:
-            t += self._oh_eager
-        # decode attention: per context token, memory-bound KV read vs QK/PV FLOPs
-        if decode_seqs:
-            t0, ts = self.decode_attention_time(decode_seqs, decode_tokens)
-            t += t0
-            b += self._attn_pf_a * decode_tokens  # q and output of each decode token
-            return t, f, b, ts, self._attn_f_pair * decode_tokens / decode_seqs, self._kv_tok
-        return t, f, b, 0.0, 0.0, 0.0
+        by = self._elem_a * T  # elementwise (memory-bound)
+        t += by * inv_bw + self._ar_fixed + self._ar_tok * T
+        return t, f, b + by
 
     # ------------------------------------------------------------ operator-time hooks
     # The three operator groups a calibration profile can measure. ``_fixed`` asks these for
