@@ -19,7 +19,8 @@ Lives (``cluster.Life``) are laid out as the router walks the arrivals:
     backlog (s of work) of the most loaded replica exceeds the least loaded one's by
     ``MIGRATION_MARGIN_S``, the latest request routed to it (behind that much work, so taken as
     still queued: it holds no KV, nothing to transfer) is re-routed to the least loaded one at
-    that moment. Running requests are not moved by this knob.
+    that moment. Running requests move live, with their KV, between the replicas that are never
+    interrupted: ``migration.run_live_migration`` (simulated together, checked every 0.5 s).
 """
 
 from __future__ import annotations
