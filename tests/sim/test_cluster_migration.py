@@ -84,3 +84,40 @@ def test_migration_with_spot_lives_and_without_imbalance_stays_consistent():
     spot = simulate_cluster(Policy(replicas=4, migration=True, spot_fraction=0.5, spot_interruptions_per_hour=120),
                             w, dep, seed=2)
     assert (spot.records["output_len"].to_numpy() == w.output_len).all()
+
+
+def test_pausing_a_simulation_does_not_change_it_and_a_departed_request_resumes_elsewhere(imbalanced):
+    """``advance`` pauses only split decode segments (same result up to float rounding);
+    ``depart`` + ``inject`` hand a decoding request's remaining tokens to another instance."""
+    from backends.sim.cluster import sub_workload
+    from backends.sim.engine import Simulation
+
+    w = imbalanced.take(np.arange(60))
+    pol, dep = Policy(), Deployment("llama-3.1-8b", "h100", n_gpus=1)
+    ref = Simulation(pol, w, dep).run()
+    paused = Simulation(pol, w, dep)
+    for t in np.arange(0.5, 40.0, 0.7):
+        paused.advance(float(t))
+    paused.run_rest()
+    np.testing.assert_allclose(paused.finish, ref.finish, rtol=1e-9)
+    assert (paused.out_done == ref.out_done).all()
+
+    src = Simulation(pol, w, dep)
+    src.advance(3.0)
+    row = max(src.pool.members(), key=lambda r: r.rid).rid
+    req = src.depart(row)
+    assert req is not None and 0 < req.gen < req.out and src.depart(row) is None
+    src.run_rest()
+    assert src.failed[row] and src.out_done[row] == req.gen
+    rids = np.array([row])
+    one = sub_workload(w, rids, w.arrival_s[rids], w.prompt_len[rids], w.output_len[rids], w.max_output[rids])
+    dst = Simulation(pol, one, dep, prefilled=np.ones(1, bool), n_stream=0)
+    dst.inject(0, 3.1, req.prompt + req.gen, req.out - req.gen, req.max_out - req.gen)
+    dst.run_rest()
+    assert dst.out_done[0] + req.gen == w.output_len[row] and dst.first_tok[0] > 3.1
+
+
+def test_migration_with_autoscaling_conserves_tokens(imbalanced):
+    res = simulate_cluster(Policy(autoscale=True, autoscale_max_replicas=2, cold_start_s=5,
+                                  autoscale_queue_per_replica=2, migration=True), imbalanced, DEP2)
+    assert (res.records["output_len"].to_numpy() == imbalanced.output_len).all()
