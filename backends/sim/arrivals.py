@@ -21,7 +21,7 @@ class Arrivals:
 
     # ============================================================== arrivals
     def _load_chunk(self, i0: int) -> None:
-        w, i1 = self.w, min(self.w.n, i0 + ARRIVAL_CHUNK)
+        w, i1 = self.w, min(self.n_stream, i0 + ARRIVAL_CHUNK)
         self._c0 = i0
         self._ca = w.arrival_s[i0:i1].tolist()
         self._cp = w.prompt_len[i0:i1].tolist()
@@ -83,7 +83,7 @@ class Arrivals:
 
     def _arrivals(self) -> None:
         """Admission decisions for every arrival and deferral retry due by now, in time order."""
-        t, n, retry = self.t, self.n, self.retry
+        t, n, retry = self.t, self.n_stream, self.retry
         while True:
             i = self._next
             ta = self._ta

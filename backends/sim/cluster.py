@@ -8,7 +8,8 @@ How a cluster run works (one concept each, see docs/primitives.md):
      ``end_s``: fixed replicas live for the whole run; autoscaling adds and retires lives; a spot
      interruption ends a life and starts its replacement ``cold_start_s`` later).
   2. The router (``router.FluidRouter``) assigns each request, in arrival order, to a live
-     instance, from its fluid estimate of their loads; migration moves estimated-queued requests.
+     instance, from its fluid estimate of their loads; migration moves estimated-queued requests
+     there, and running ones live (``migration.py``: the lives simulated together, paused).
   3. Each life is simulated by its own ``engine.Simulation`` over its *pieces* (a request, or the
      part of it served there) via ``Workload.take``; lives ended by an interruption are simulated
      first (in time order) and their unfinished pieces re-routed (migrated with their KV, or

@@ -58,7 +58,7 @@ class Simulation(Arrivals, Scheduling):
 
     def __init__(self, policy: Policy, workload: Workload, deployment: Deployment, *, seed: int = 0,
                  check: bool = False, trace: bool = False, max_sim_time_s: float | None = None,
-                 segment_cap: int = 0, prefilled: np.ndarray | None = None) -> None:
+                 segment_cap: int = 0, prefilled: np.ndarray | None = None, n_stream: int | None = None) -> None:
         """``segment_cap`` (tests): most decode iterations per segment (1 = step every iteration,
         the brute-force reference for the closed-form skipping; 0 = no cap).
         ``prefilled`` (bool per request, or None): requests whose prompt KV was computed
@@ -67,7 +67,9 @@ class Simulation(Arrivals, Scheduling):
         nothing; it joins the decoding pool at once and its first output token is sampled by
         its first decode iteration. Prefilled requests are admitted FCFS ahead of the waiting
         queue (they hold no prefill work); a prefilled request preempted by recompute
-        prefills normally afterwards."""
+        prefills normally afterwards.
+        ``n_stream`` (default: all): only the first n_stream rows arrive by themselves; the
+        others are slots that ``inject`` fills (live migration into this instance)."""
         self.policy, self.w, self.dep = policy, workload, deployment
         self.segment_cap = segment_cap or (1 << 62)
         self.check_full = check
@@ -172,6 +174,7 @@ class Simulation(Arrivals, Scheduling):
         self._coef: dict[int, tuple[float, float, float, float, float, float]] = {}
         # records
         n = self.n = workload.n
+        self.n_stream = n if n_stream is None else n_stream
         self._served = bytearray(n)
         self.first_tok = np.full(n, np.nan)
         self.finish = np.full(n, np.nan)
@@ -545,11 +548,61 @@ class Simulation(Arrivals, Scheduling):
         """Serve the whole workload (or until ``max_sim_time_s``)."""
         if self._ran:
             raise RuntimeError("a Simulation runs once; make a new one")
-        self._ran = True
-        w, pool, mem = self.w, self.pool, self.mem
-        if w.n:
-            self._load_chunk(0)
-            self._ta = self._ca[0]
+        self._loop()
+        self._finish_run()
+        return self
+
+    def advance(self, until: float) -> None:
+        """Run to the first iteration boundary at or after ``until`` s (at most one iteration
+        past it) and pause there; ``run_rest`` runs the rest (live migration, ``cluster``)."""
+        end, self.max_t = self.max_t, until
+        self._loop()
+        self.max_t = end
+
+    def run_rest(self) -> Simulation:
+        """Run what is left after ``advance`` calls, then close the books as ``run`` does."""
+        self._loop()
+        self._finish_run()
+        return self
+
+    def depart(self, row: int) -> Req | None:
+        """Take request ``row`` out while it decodes (live migration away from this instance):
+        its KV blocks are freed, its record ends as failed with the tokens generated so far
+        (``out_done``). Returns it (``gen`` up to date), or None when it is not decoding now."""
+        pool = self.pool
+        req = next((r for r in pool.members() if r.rid == row), None)
+        if req is None or any(r is req for r, _ in self._fresh):
+            return None
+        blocks = pool.remove(req)
+        if self.reserve:
+            blocks = req.priv
+            self.priv_explicit -= blocks
+        self.mem.give(blocks)
+        req.priv = 0
+        if req.ids:
+            self.mem.release(req.ids)
+        self.failed[row] = True
+        self.out_done[row] = req.gen
+        self.preempts[row] = req.preemptions
+        return req
+
+    def inject(self, row: int, t: float, prompt: int, out: int, max_out: int) -> None:
+        """Slot ``row`` (beyond ``n_stream``, marked ``prefilled``) arrives at ``t`` s with
+        ``prompt`` tokens of KV computed elsewhere and ``out`` tokens to generate."""
+        if row < self.n_stream or self.prefilled is None or not self.prefilled[row]:
+            raise ValueError(f"row {row} is not a prefilled injection slot")
+        req = Req(row, t, prompt, out, max_out, int(self.w.priority[row]), (), 0)
+        req.ttft_slo_s = float(self.w.slo_classes[self.w.slo_class[row]].ttft_ms) / 1e3
+        self._seq += 1
+        heapq.heappush(self.retry, (t, self._seq, req))
+
+    def _loop(self) -> None:
+        pool, mem = self.pool, self.mem
+        if not self._ran:
+            self._ran = True
+            if self.n_stream:
+                self._load_chunk(0)
+                self._ta = self._ca[0]
         planner = self.planner
         grow = pool.grow
         bs = self.bs
@@ -614,8 +667,6 @@ class Simulation(Arrivals, Scheduling):
             te = min(te, self.max_t)
             self.tel.idle(self.t, te - self.t, *self._kv_now())
             self.t = te
-        self._finish_run()
-        return self
 
     def _finish_run(self) -> None:
         """Mark what never finished (time limit) and check that nothing was lost."""

@@ -19,7 +19,8 @@ Lives (``cluster.Life``) are laid out as the router walks the arrivals:
     backlog (s of work) of the most loaded replica exceeds the least loaded one's by
     ``MIGRATION_MARGIN_S``, the latest request routed to it (behind that much work, so taken as
     still queued: it holds no KV, nothing to transfer) is re-routed to the least loaded one at
-    that moment. Running requests are not moved by this knob.
+    that moment. Running requests move live, with their KV, between the replicas that are never
+    interrupted: ``migration.run_live_migration`` (simulated together, checked every 0.5 s).
 """
 
 from __future__ import annotations
@@ -102,6 +103,8 @@ def simulate_replicated(policy: Policy, w: Workload, dep: Deployment, *, seed: i
     placed: list[list[int]] = [[] for _ in lives]   # request ids routed to each life, in order
     stats = {"migrated_queued_requests": 0.0, "spot_migrated_requests": 0.0, "spot_restarted_requests": 0.0,
              "kv_transfer_bytes": 0.0}
+    if policy.migration:
+        stats.update(migrated_running_requests=0.0, migration_kv_bytes=0.0, migration_downtime_s=0.0)
     pieces: dict[int, Piece] = {}
     arr, pl, ol, mo = w.arrival_s, w.prompt_len, w.output_len, w.max_output
     next_change, dirty, up_now = -math.inf, True, []
@@ -140,9 +143,11 @@ def simulate_replicated(policy: Policy, w: Workload, dep: Deployment, *, seed: i
             stats["migrated_queued_requests"] += _migrate_queued(router, lives, placed, pieces, up, t)
     for life in lives:  # keep only pieces still placed there (migration moved some)
         life.pieces = [pieces[i] for i in placed[life.idx] if pieces[i].t >= 0]
-    _run_all(policy, pol, w, dep, seed, lives, cm, stats)
+    _run_all(policy, pol, w, dep, seed, lives, cm, stats, router)
     if policy.migration:
-        notes.append("migration: queued requests re-routed by the router's estimate; running ones stay")
+        notes.append(f"migration: queued requests re-routed by the router's estimate; "
+                     f"{int(stats.get('migrated_running_requests', 0))} running requests live-migrated "
+                     f"(KV {stats.get('migration_kv_bytes', 0.0) / 1e9:.2f} GB, full stop-and-copy downtime)")
     return merge(w, lives, in_force(policy, pol), dep, tuple(dict.fromkeys(notes)), stats)
 
 
@@ -169,12 +174,19 @@ def _migrate_queued(router: FluidRouter, lives: list[Life], placed: list[list[in
 
 
 def _run_all(policy: Policy, pol: Policy, w: Workload, dep: Deployment, seed: int, lives: list[Life],
-             cm: CostModel, stats: dict[str, float]) -> None:
-    """Simulate every life; interrupted ones first, in time order, re-routing their cut pieces."""
+             cm: CostModel, stats: dict[str, float], router: FluidRouter) -> None:
+    """Simulate every life; interrupted ones first, in time order, re-routing their cut pieces;
+    with ``migration`` the others together, live-migrating running requests (``migration.py``)."""
     order = sorted(range(len(lives)), key=lambda k: (lives[k].end_s, k))
     link = link_bytes_s(policy, cm)
     for k in order:
         life = lives[k]
+        if policy.migration and math.isinf(life.end_s):
+            from backends.sim.migration import run_live_migration
+
+            rest = [lives[j] for j in order if math.isinf(lives[j].end_s)]
+            run_live_migration(rest, pol, w, dep, seed, router.drains[0], router.exp_out, cm, link, stats)
+            return
         run_life(life, pol, w, dep, seed * 1000003 + k)
         if math.isfinite(life.end_s):
             _reroute_cut(policy, life, lives, cm, link, stats)
