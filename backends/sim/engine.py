@@ -581,6 +581,8 @@ class Simulation(Arrivals, Scheduling):
         req.priv = 0
         if req.ids:
             self.mem.release(req.ids)
+        if self.lora is not None:
+            self.lora.release(req.adapter)
         self.failed[row] = True
         self.out_done[row] = req.gen
         self.preempts[row] = req.preemptions
@@ -593,6 +595,8 @@ class Simulation(Arrivals, Scheduling):
             raise ValueError(f"row {row} is not a prefilled injection slot")
         req = Req(row, t, prompt, out, max_out, int(self.w.priority[row]), (), 0)
         req.ttft_slo_s = float(self.w.slo_classes[self.w.slo_class[row]].ttft_ms) / 1e3
+        if self.lora is not None:
+            req.adapter = int(self.w.adapter[row])
         self._seq += 1
         heapq.heappush(self.retry, (t, self._seq, req))
 

@@ -121,3 +121,17 @@ def test_migration_with_autoscaling_conserves_tokens(imbalanced):
     res = simulate_cluster(Policy(autoscale=True, autoscale_max_replicas=2, cold_start_s=5,
                                   autoscale_queue_per_replica=2, migration=True), imbalanced, DEP2)
     assert (res.records["output_len"].to_numpy() == imbalanced.output_len).all()
+
+
+def test_migrated_requests_keep_their_lora_adapter_and_give_back_its_slot(imbalanced):
+    """A request leaving a replica frees its adapter slot there and takes its adapter along: with
+    4 slots for 16 adapters every request still finishes, and the destination loads adapters."""
+    from workloads.adapters import assign_adapters
+
+    w = assign_adapters(imbalanced, 16, seed=0)
+    res, _ = _run(w, migration=True, max_loras=4)
+    c = res.telemetry.counters
+    assert c["migrated_running_requests"] >= 20
+    assert res.records["finish_s"].notna().all()
+    assert int(res.records["output_len"].sum()) == int(w.output_len.sum())
+    assert c["lora_loads"] > 0
