@@ -26,7 +26,6 @@ _DEFAULTS = {f.name: f.default for f in fields(Policy)}
 _NOT_YET: tuple[tuple[tuple[str, ...], str], ...] = (
     (("cpu_offload_gb", "ssd_offload_gb", "offload_threshold"), "KV offload tiers"),
     (("max_loras",), "LoRA adapters"),
-    (("tenant_weights", "tenant_cap_tokens_s"), "VTC tenant fairness"),
 )
 
 
@@ -46,9 +45,12 @@ def effective_policy(policy: Policy, workload: Workload | None = None) -> tuple[
             changes[k] = 1 if k == "replicas" else _DEFAULTS[k]
             notes.append(f"{k}={v}: simulate() serves one instance (SimBackend.run serves the cluster); "
                          f"ran with {changes[k]!r}")
-    if policy.queue == "vtc":
-        changes["queue"] = "fcfs"
-        notes.append("queue=vtc not simulated yet (VTC fairness); ran with fcfs")
+    if policy.queue != "vtc":  # tenant shares and caps are VTC's (backends/sim/fairness.py)
+        for k in ("tenant_weights", "tenant_cap_tokens_s"):
+            v = getattr(policy, k)
+            if v != _DEFAULTS[k]:
+                changes[k] = _DEFAULTS[k]
+                notes.append(f"{k}={v} applies to queue=vtc only; ran with {_DEFAULTS[k]!r}")
     if policy.batching == "static" and policy.preemption == "token":
         changes["preemption"] = "request"
         notes.append("batching=static reserves prompt + max_tokens per request; preemption=token ran as request")

@@ -32,6 +32,7 @@ from backends.sim.catalog import default_activation_reserve, get_gpu, get_model,
 from backends.sim.chrome_trace import TraceWriter
 from backends.sim.costmodel import CostModel, weight_bytes_per_gpu
 from backends.sim.engines import get_engine
+from backends.sim.fairness import CountingPool, TenantService, VTCQueue
 from backends.sim.memory import BlockManager, SwapTier
 from backends.sim.queue import make_queue
 from backends.sim.request_state import DecodePool, Req
@@ -108,14 +109,17 @@ class Simulation(Arrivals, Scheduling):
                              gpu.pcie_bytes_s)
         self.reserve = policy.preemption == "request" or policy.batching == "static"
         self.swap_mode = policy.preemption_mode == "swap" and not self.reserve
-        self.pool = DecodePool(bs, grow=not self.reserve)
+        self.fair = TenantService(policy, workload) if policy.queue == "vtc" else None  # VTC (fairness.py)
+        self.pool = DecodePool(bs, grow=not self.reserve) if self.fair is None else \
+            CountingPool(bs, not self.reserve, self.fair)
         self.budget = B
         self.chunk_cap = policy.long_prefill_token_threshold or (1 << 60)
         self.seat_cap = min(policy.max_num_seqs, B) if policy.batching in ("chunked", "decode_maximal") \
             else policy.max_num_seqs
         self.watermark = int(policy.kv_watermark * total)
         self.planner = PLANNERS[policy.batching]
-        self.waiting = make_queue(policy.queue, workload, self.rng)
+        self.waiting = make_queue(policy.queue, workload, self.rng) if self.fair is None else \
+            VTCQueue(self.fair, policy, workload, clock=lambda: self.t)
         self.admission = AdmissionControl(policy, cm, total)
         self.max_len = deployment.max_model_len or model.max_position
         self.max_t = math.inf if max_sim_time_s is None else float(max_sim_time_s)
@@ -185,6 +189,8 @@ class Simulation(Arrivals, Scheduling):
         """A prefill (or recompute) caught up: one token is sampled at time t."""
         req.gen += 1
         req.num_tokens += 1
+        if self.fair is not None:
+            self.fair.sampled(req)
         if req.first_token < 0:
             req.first_token = t
             self.first_tok[req.rid] = t
