@@ -27,7 +27,6 @@ tenant waits. Work-conserving: when only capped tenants wait, the smallest count
 
 from __future__ import annotations
 
-import math
 from collections import deque
 from collections.abc import Callable, Iterator
 
@@ -94,9 +93,11 @@ class CountingPool(DecodePool):
 
 class VTCQueue:
     """The waiting queue ordered by virtual token counters (see module doc); the same
-    push / push_front / peek / pop / len interface as ``queue.FCFSQueue``."""
+    push / push_front / peek / pop / len interface as ``queue.FCFSQueue``. ``pop`` removes what
+    the last ``peek`` returned (the contract ``Scheduling.admit`` relies on) unless the queue
+    changed since; otherwise the head chosen now."""
 
-    __slots__ = ("svc", "by", "live", "front", "lift", "inv_w", "last", "n",
+    __slots__ = ("svc", "by", "live", "front", "lift", "inv_w", "last", "n", "_u",
                  "cap", "depth", "level", "lvl_t", "lvl_s", "clock")
 
     def __init__(self, svc: TenantService, policy: Policy, workload: Workload, clock: Callable[[], float]) -> None:
@@ -110,6 +111,7 @@ class VTCQueue:
         self.inv_w = [1.0 / share.get(name, 1.0) for name in workload.tenants]
         self.last = -1                     # tenant that last left the queue
         self.n = 0
+        self._u = -1                       # tenant the last peek chose (-1: none / stale)
         self.cap = policy.tenant_cap_tokens_s
         self.depth = self.cap * CAP_BURST_S
         self.level = [self.depth] * k      # token buckets (weighted tokens), at (lvl_t, lvl_s)
@@ -118,9 +120,12 @@ class VTCQueue:
         self.clock = clock
 
     # -------------------------------------------------------------- queries
-    def counter(self, u: int) -> float:
-        """Tenant u's virtual counter now (weighted tokens / share weight + lifts)."""
-        return self.svc.service(u) * self.inv_w[u] + self.lift[u]
+    def counters(self, tenants: list[int]) -> list[float]:
+        """The virtual counters of ``tenants`` now (weighted tokens / share weight + lifts)."""
+        s = self.svc
+        g, wi, wo, inp, out, nd, sk = s.pool.g, s.w_in, s.w_out, s.inp, s.out, s.n_dec, s.sum_k
+        iw, lift = self.inv_w, self.lift
+        return [(wi * inp[u] + wo * (out[u] + nd[u] * g - sk[u])) * iw[u] + lift[u] for u in tenants]
 
     def capped(self, u: int, t: float) -> bool:
         """Whether tenant u's bucket is empty at time t (updates the bucket lazily)."""
@@ -131,22 +136,18 @@ class VTCQueue:
         return lvl <= 0.0
 
     def _pick(self) -> int:
-        """The backlogged tenant served next (smallest counter; uncapped first when capping)."""
-        best, bc = -1, math.inf
+        """The backlogged tenant served next (smallest counter, the earliest backlogged on ties;
+        uncapped tenants first when capping)."""
+        live = self.live
         if self.cap > 0:
             t = self.clock()
-            for u in self.live:
-                if not self.capped(u, t):
-                    c = self.counter(u)
-                    if c < bc:
-                        best, bc = u, c
-            if best >= 0:
-                return best
-        for u in self.live:
-            c = self.counter(u)
-            if c < bc:
-                best, bc = u, c
-        return best
+            free = [u for u in live if not self.capped(u, t)]
+            if free:
+                live = free
+        if len(live) == 1:
+            return live[0]
+        cs = self.counters(live)
+        return live[cs.index(min(cs))]
 
     def __len__(self) -> int:
         return self.n
@@ -157,23 +158,30 @@ class VTCQueue:
             yield from q
 
     def peek(self) -> Req:
-        return self.front[0] if self.front else self.by[self._pick()][0]
+        if self.front:
+            return self.front[0]
+        u = self._u = self._pick()
+        return self.by[u][0]
 
     # ------------------------------------------------------------- mutation
     def push(self, req: Req) -> None:
         u = self.svc.tenant[req.rid]
         q = self.by[u]
+        self._u = -1
         if not q:  # newly backlogged: lift to the backlogged minimum (or the last to leave)
-            ref = min(map(self.counter, self.live)) if self.live else (
-                self.counter(self.last) if self.last >= 0 else -math.inf)
-            c = self.counter(u)
-            if c < ref:
-                self.lift[u] += ref - c
-            self.live.append(u)
+            live = self.live
+            if live or (self.last >= 0 and self.last != u):
+                cs = self.counters([*(live or (self.last,)), u])
+                c = cs.pop()
+                ref = min(cs)
+                if c < ref:
+                    self.lift[u] += ref - c
+            live.append(u)
         q.append(req)
         self.n += 1
 
     def push_front(self, req: Req) -> None:
+        self._u = -1
         self.front.appendleft(req)
         self.n += 1
 
@@ -181,7 +189,8 @@ class VTCQueue:
         self.n -= 1
         if self.front:
             return self.front.popleft()
-        u = self._pick()
+        u = self._u if self._u >= 0 else self._pick()
+        self._u = -1
         q = self.by[u]
         req = q.popleft()
         if not q:

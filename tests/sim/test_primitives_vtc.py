@@ -8,12 +8,13 @@ import pytest
 from backends.base import Deployment
 from backends.sim import effective_policy, simulate
 from backends.sim.engine import Simulation
-from backends.sim.fairness import VTCQueue
+from backends.sim.fairness import CAP_BURST_S, VTCQueue
 from backends.sim.queue import FCFSQueue
 from backends.sim.request_state import DecodePool
 from tests.sim.simkit import H100_8B, poisson_workload, run
 from tuner.policy import Policy
 from tuner.scorecard import score
+from tuner.space import applies
 from workloads import load_workload
 from workloads.transforms import scale_to_rate
 
@@ -123,7 +124,6 @@ def test_tenant_cap_holds_a_tenant_to_its_rate_while_others_wait():
     capped = Simulation(pol.replace(tenant_cap_tokens_s=cap), w, H100_8B, max_sim_time_s=30.0).run()
     t = capped.t
     assert free.service(0) > 1.4 * cap * t  # uncapped, a gets ~4/5 of the instance
-    from backends.sim.fairness import CAP_BURST_S
     assert capped.fair.service(0) <= cap * (t + CAP_BURST_S) + 2 * 2 * 700  # + requests already running
     assert capped.fair.service(0) > 0.9 * cap * t
     assert capped.fair.service(1) > 1.5 * free.service(1)  # b takes what a may not
@@ -147,6 +147,8 @@ def test_default_policy_pays_nothing_for_fairness(lmsys):
     eff, notes = effective_policy(Policy(tenant_cap_tokens_s=100.0))
     assert eff.tenant_cap_tokens_s == 0.0 and notes == ("tenant_cap_tokens_s=100.0 applies to queue=vtc only; "
                                                         "ran with 0.0",)
+    assert not applies("tenant_cap_tokens_s", Policy().to_dict())  # searched only with queue=vtc
+    assert applies("tenant_cap_tokens_s", Policy(queue="vtc").to_dict())
     keep = Policy(queue="vtc", tenant_cap_tokens_s=100.0, tenant_weights=(("x", 2.0),))
     assert effective_policy(keep) == (keep, ())
     # a single tenant: VTC is FCFS
