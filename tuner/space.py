@@ -39,6 +39,7 @@ CONDITIONS: dict[str, tuple[str, Callable[[Mapping[str, Any]], bool]]] = {
     "offload_threshold": ("cpu_offload_gb > 0", lambda v: v["cpu_offload_gb"] > 0),
     "admission_action": ("admission control on", lambda v: _admission_on(v)),
     "defer_s": ("admission_action == defer", lambda v: _admission_on(v) and v["admission_action"] == "defer"),
+    "tenant_cap_tokens_s": ("queue == vtc", lambda v: v["queue"] == "vtc"),
     "long_prefill_token_threshold": ("batching is chunked or decode_maximal",
                                      lambda v: v["batching"] in ("chunked", "decode_maximal")),
 }

@@ -22,31 +22,23 @@ __all__ = ["SimBackend", "effective_policy", "simulate"]
 
 _DEFAULTS = {f.name: f.default for f in fields(Policy)}
 
-# knob groups not simulated yet: (knobs, reason shown in the note)
-_NOT_YET: tuple[tuple[tuple[str, ...], str], ...] = (
-    (("tenant_weights", "tenant_cap_tokens_s"), "VTC tenant fairness"),
-)
-
 
 def effective_policy(policy: Policy, workload: Workload | None = None) -> tuple[Policy, tuple[str, ...]]:
     """The policy this simulator runs for ``policy`` and one note per knob it changed."""
     changes: dict[str, object] = {}
     notes: list[str] = []
-    for knobs, what in _NOT_YET:
-        for k in knobs:
-            v = getattr(policy, k)
-            if v != _DEFAULTS[k]:
-                changes[k] = _DEFAULTS[k]
-                notes.append(f"{k}={v} not simulated yet ({what}); ran with {_DEFAULTS[k]!r}")
     for k in ("replicas", "disaggregated", "autoscale", "spot_fraction"):  # simulate(): one instance
         v = getattr(policy, k)
         if (v > 1) if k == "replicas" else v:
             changes[k] = 1 if k == "replicas" else _DEFAULTS[k]
             notes.append(f"{k}={v}: simulate() serves one instance (SimBackend.run serves the cluster); "
                          f"ran with {changes[k]!r}")
-    if policy.queue == "vtc":
-        changes["queue"] = "fcfs"
-        notes.append("queue=vtc not simulated yet (VTC fairness); ran with fcfs")
+    if policy.queue != "vtc":  # tenant shares and caps are VTC's (backends/sim/fairness.py)
+        for k in ("tenant_weights", "tenant_cap_tokens_s"):
+            v = getattr(policy, k)
+            if v != _DEFAULTS[k]:
+                changes[k] = _DEFAULTS[k]
+                notes.append(f"{k}={v} applies to queue=vtc only; ran with {_DEFAULTS[k]!r}")
     if policy.batching == "static" and policy.preemption == "token":
         changes["preemption"] = "request"
         notes.append("batching=static reserves prompt + max_tokens per request; preemption=token ran as request")

@@ -32,6 +32,7 @@ from backends.sim.catalog import default_activation_reserve, get_gpu, get_model,
 from backends.sim.chrome_trace import TraceWriter
 from backends.sim.costmodel import weight_bytes_per_gpu
 from backends.sim.engines import get_engine
+from backends.sim.fairness import CountingPool, TenantService, VTCQueue
 from backends.sim.lora import AdapterSlots, LoraCost
 from backends.sim.memory import BlockManager
 from backends.sim.profiled import instance_cost_model
@@ -138,14 +139,17 @@ class Simulation(Arrivals, Scheduling):
             self.mem.demote = self._demote
         self.c_tier_hit = self.c_paged = 0  # prefix tokens loaded from a tier; preemptions paged out
         self._tier_busy = 0.0  # tiers.busy_s at the last step check
-        self.pool = DecodePool(bs, grow=not self.reserve)
+        self.fair = TenantService(policy, workload) if policy.queue == "vtc" else None  # VTC (fairness.py)
+        self.pool = DecodePool(bs, grow=not self.reserve) if self.fair is None else \
+            CountingPool(bs, not self.reserve, self.fair)
         self.budget = B
         self.chunk_cap = policy.long_prefill_token_threshold or (1 << 60)
         self.seat_cap = min(policy.max_num_seqs, B) if policy.batching in ("chunked", "decode_maximal") \
             else policy.max_num_seqs
         self.watermark = int(policy.kv_watermark * total)
         self.planner = PLANNERS[policy.batching]
-        self.waiting = make_queue(policy.queue, workload, self.rng)
+        self.waiting = make_queue(policy.queue, workload, self.rng) if self.fair is None else \
+            VTCQueue(self.fair, policy, workload, clock=lambda: self.t)
         self.head = self.waiting.peek if self.lora is None else self._lora_head
         self.admission = AdmissionControl(policy, cm, total)
         self.max_len = deployment.max_model_len or model.max_position
@@ -259,6 +263,8 @@ class Simulation(Arrivals, Scheduling):
         """A prefill (or recompute) caught up: one token is sampled at time t."""
         req.gen += 1
         req.num_tokens += 1
+        if self.fair is not None:
+            self.fair.sampled(req)
         if req.first_token < 0:
             req.first_token = t
             self.first_tok[req.rid] = t

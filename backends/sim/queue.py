@@ -8,9 +8,11 @@ Orders (``Policy.queue``):
               the run's own RNG (so a seed fixes it). A perfect oracle would overstate SJF.
   priority    lowest ``priority`` value first, then arrival (vLLM's convention).
   edf         earliest deadline first: arrival + the request's TTFT SLO.
-  vtc         not simulated yet: the engine falls back to fcfs and says so in the notes.
+  vtc         virtual token counters per tenant (``fairness.VTCQueue``; built by the engine,
+              which counts the tenants' service in its decode pool).
 ``pop_entry`` / ``restore`` set requests aside and put them back in place (requests skipped
-for want of a LoRA slot keep their position). Preempted requests re-enter at the FRONT (vLLM: ``waiting.prepend_request``), most recently
+for want of a LoRA slot keep their position). Preempted requests re-enter at the FRONT (vLLM:
+``waiting.prepend_request``), most recently
 preempted first, ahead of every order's key.
 """
 
@@ -82,12 +84,14 @@ class KeyedQueue(list):
 
 
 def make_queue(order: str, workload: Workload, rng: np.random.Generator) -> FCFSQueue | KeyedQueue:
-    """The waiting queue for ``order`` (a ``Policy.queue`` value; vtc → fcfs, noted by the engine).
+    """The waiting queue for ``order`` (a ``Policy.queue`` value other than vtc: see ``fairness.py``).
 
     Keys read the workload's columns by request id, so they cost nothing per request.
     """
-    if order in ("fcfs", "vtc"):
+    if order == "fcfs":
         return FCFSQueue()
+    if order == "vtc":
+        raise ValueError("queue=vtc is built by engine.Simulation (fairness.VTCQueue over its decode pool)")
     if order == "sjf":
         return KeyedQueue(lambda r: (r.prompt, r.arrival))
     if order == "sjf_output":
