@@ -186,17 +186,11 @@ class VTCQueue:
         self.n += 1
 
     def pop(self) -> Req:
-        self.n -= 1
-        if self.front:
-            return self.front.popleft()
-        u = self._u if self._u >= 0 else self._pick()
-        self._u = -1
-        q = self.by[u]
-        req = q.popleft()
-        if not q:
-            self.live.remove(u)
-            self.last = u
-        self.svc.inp[u] += req.prompt  # (only fresh requests wait here: preempted ones use the front)
+        u, req = self.pop_entry()
+        if u >= 0:
+            if not self.by[u]:
+                self.last = u
+            self.svc.inp[u] += req.prompt  # (only fresh requests wait here: preempted ones use the front)
         return req
 
     def pop_entry(self) -> tuple[int, Req]:
