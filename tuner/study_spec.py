@@ -42,7 +42,7 @@ from workloads.workload import SLOClass, Workload
 STUDY_SCHEMA_VERSION = 1
 TOP_KEYS = ("schema_version", "name", "description", "workload", "deployment", "slos", "objectives",
             "constraints", "search", "fixed", "sampler", "seed", "trials", "pruning")
-WORKLOAD_KEYS = ("source", "spec", "first_n", "rate", "seed", "assign_slo")
+WORKLOAD_KEYS = ("source", "spec", "first_n", "rate", "seed", "assign_slo", "transforms")
 DEPLOYMENT_KEYS = ("model", "gpu", "n_gpus", "engine", "max_model_len", "weight_dtype", "kv_dtype", "profile", "tp")
 SAMPLERS = ("tpe", "random", "nsga2", "qmc")
 DEFAULT_PRUNING = (0.25, 0.5, 1.0)
@@ -61,12 +61,15 @@ class WorkloadSpec:
     """Mean arrival rate after first_n, req/s."""
     seed: int | None = None
     assign_slo: Mapping[str, Any] | None = None
+    transforms: tuple[Mapping[str, Any], ...] = ()
+    """Workload-spec transforms applied last, in order (``workloads.spec.apply_transform``)."""
     base_dir: str = "."
 
     def load(self, slos: tuple[SLOClass, ...] = (), max_model_len: int = 0) -> Workload:
-        """Materialise: load, first_n, scale_to_rate, cap to the context, then the study's SLOs."""
+        """Materialise: load, first_n, scale_to_rate, cap to the context, the study's SLOs, then
+        the transforms."""
         from workloads import assign_slo, cap_context, first_n, load_workload, scale_to_rate, set_slo_classes
-        from workloads.spec import spec_to_workload
+        from workloads.spec import apply_transform, spec_to_workload
 
         if self.inline is not None:
             w = spec_to_workload(dict(self.inline), name="inline", base=Path(self.base_dir), seed=self.seed)
@@ -83,6 +86,8 @@ class WorkloadSpec:
         if self.assign_slo is not None:
             a = dict(self.assign_slo)
             w = assign_slo(w, str(a.pop("by", "all")), mapping=a.pop("map", None), **a)
+        for i, item in enumerate(self.transforms):
+            w = apply_transform(w, item, f"workload.transforms[{i}]")
         return w
 
 
@@ -313,5 +318,8 @@ def _workload(raw: Any, base_dir: Path) -> WorkloadSpec:
     a = d.get("assign_slo")
     if a is not None:
         _keys(a, ("by", "map", "threshold", "below", "above", "default"), "workload.assign_slo")
+    steps = d.get("transforms") or []
+    if not isinstance(steps, list):
+        raise ValueError("workload.transforms: expected a list of {name: args} items (as in a workload spec)")
     return WorkloadSpec(source=source, inline=inline, first_n=first, rate=None if rate is None else float(rate),
-                        seed=seed, assign_slo=a, base_dir=str(base_dir))
+                        seed=seed, assign_slo=a, transforms=tuple(steps), base_dir=str(base_dir))

@@ -92,3 +92,18 @@ def test_study_file_relative_workload_path(tmp_path, tiny):
     write_workload(first_n(load_workload("azure-conv"), 30), tmp_path / "w.parquet")
     (tmp_path / "s.yaml").write_text(yaml.safe_dump({**tiny, "workload": "w.parquet"}))
     assert load_study(tmp_path / "s.yaml").load_workload().n == 30
+
+
+def test_workload_transforms_apply_last_and_bad_ones_name_their_place(tmp_path):
+    """workload.transforms take any workload-spec transform (here LoRA adapters, so max_loras is
+    searched); a bad item fails with its key path."""
+    spec = load_study(preset_path("full-checklist"))
+    w = spec.workload.load(spec.slos)
+    assert len(w.adapters) == 8 and 0.4 < float((w.adapter >= 0).mean()) < 0.6
+    doc = yaml.safe_load(preset_path("full-checklist").read_text())
+    doc["workload"]["transforms"] = [{"assign_adapters": {"n": 0}}]
+    p = tmp_path / "bad.yaml"
+    p.write_text(yaml.safe_dump(doc))
+    with pytest.raises(ValueError, match=r"workload\.transforms\[0\]"):
+        bad = load_study(p)
+        bad.workload.load(bad.slos)
