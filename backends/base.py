@@ -49,11 +49,11 @@ class Deployment:
     """Context limit, tokens (0 = the model's own)."""
     weight_dtype: str = "bf16"
     kv_dtype: str = "bf16"
-    profile: str = "shared"
+    profile: str = "none"
     """Calibration profile of the simulator's cost model (``backends.sim.profiled.instance_cost_model``):
     a profile file (``servetune calibrate``), a shared table (vidur, splitwise, sarathi, shared)
-    or "none"; used where it measured this (model, GPU, TP), the roofline elsewhere. Live
-    backends ignore it."""
+    or "none" (the default: the roofline fitted to real vLLM V1 runs, see docs/calibration.md);
+    used where it measured this (model, GPU, TP), the roofline elsewhere. Live backends ignore it."""
 
     def __post_init__(self) -> None:
         if self.n_gpus < 1:

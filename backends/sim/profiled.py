@@ -114,9 +114,13 @@ def cost_model_for(model: str | Path | ModelSpec, gpu: str | Path | GPUSpec, tp:
     return ProfiledCostModel(m, g, tp, weight_dtype, kv_dtype, e, efficiency, profile, kv_mem)
 
 
-DEFAULT_PROFILE = "shared"
-"""The profile a simulation consults unless its ``Deployment.profile`` names another: the measured
-public tables (Vidur operators, Splitwise and Sarathi batches; ``tuner.calibration.profile``)."""
+DEFAULT_PROFILE = "none"
+"""The profile a simulation consults unless its ``Deployment.profile`` names another: none, i.e.
+the roofline whose efficiency was fitted to real vLLM V1 runs. The bundled public tables (Vidur
+operators, Splitwise and Sarathi batches) were measured on other stacks and predict vLLM V1
+worse where they cover a model (docs/calibration.md: Llama-2-7B on H100, E2E error 6-8 % → 12-15 %;
+against Vidur itself TPOT +3 % → +12 %): name them (``shared``, ``vidur``, ...) or a
+``servetune calibrate`` profile of your own stack to use them."""
 NO_PROFILE = ("", "none")
 
 

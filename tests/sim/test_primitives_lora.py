@@ -129,9 +129,10 @@ def test_max_loras_searched_only_for_adapter_workloads():
 
     spec = load_study(Path(__file__).parents[2] / "studies" / "full-checklist.yaml")
     assert "max_loras" in {r.knob for r in spec.search}
-    w = spec.load_workload()
-    assert "max_loras" not in {r.knob for r in for_workload(spec.search, w)}  # vtc-lmsys names no adapters
-    assert "max_loras" in {r.knob for r in for_workload(spec.search, assign_adapters(w, 8))}
+    w = spec.load_workload()  # its workload.transforms name 8 adapters
+    assert "max_loras" in {r.knob for r in for_workload(spec.search, w)}
+    plain = w.replace(adapter=np.full(w.n, -1, dtype=w.adapter.dtype), adapters=())
+    assert "max_loras" not in {r.knob for r in for_workload(spec.search, plain)}
 
 
 def test_live_flags_enable_lora_for_adapter_workloads():

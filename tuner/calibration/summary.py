@@ -18,7 +18,7 @@ def _measured() -> dict[str, Any]:
     return yaml.safe_load(FIDELITY_FILE.read_text()) or {}
 
 
-def fidelity_summary(model: str, gpu: str, tp: int = 1, *, engine: str = "vllm-v1", profile: str = "shared",
+def fidelity_summary(model: str, gpu: str, tp: int = 1, *, engine: str = "vllm-v1", profile: str = "none",
                      weight_dtype: str = "bf16", kv_dtype: str = "bf16") -> str:
     """What cost model the simulator uses for (model, gpu, tp) under ``profile`` (as
     ``Deployment.profile``: ``backends.sim.profiled.instance_cost_model``) and how accurate it
