@@ -25,7 +25,13 @@ import numpy as np
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
-from tuner.calibration.engine_fit import EngineCalibration, fit_engine, leave_one_out, simulate_run  # noqa: E402
+from tuner.calibration.engine_fit import (  # noqa: E402
+    FIT_PARAMS,
+    EngineCalibration,
+    fit_engine,
+    leave_one_out,
+    simulate_run,
+)
 from tuner.calibration.trainval import TRAINVAL_CSV, load_runs  # noqa: E402
 
 TARGETS = (15.0, 7.0, 7.0)
@@ -51,6 +57,8 @@ def main(argv: Sequence[str] | None = None) -> int:
     ap.add_argument("--quick", action="store_true", help="default efficiencies only")
     ap.add_argument("--duration-scale", type=float, default=0.15, help="stage length used while fitting")
     ap.add_argument("--max-nfev", type=int, default=15, help="simulations per parameter fit")
+    ap.add_argument("--fit-params", default=",".join(FIT_PARAMS),
+                    help=f"comma-separated parameters to fit (default {','.join(FIT_PARAMS)}; e.g. add kv_mem)")
     ap.add_argument("--write", action="store_true", help="store the OOS errors in tuner/calibration/data/fidelity.yaml")
     args = ap.parse_args(argv)
     t0 = time.perf_counter()
@@ -60,15 +68,17 @@ def main(argv: Sequence[str] | None = None) -> int:
            [simulate_run(r, base).errors() for r in runs])
     if args.quick:
         return 0
-    kw = {"duration_scale": args.duration_scale, "max_nfev": args.max_nfev}
+    kw = {"duration_scale": args.duration_scale, "max_nfev": args.max_nfev,
+          "params": tuple(p for p in args.fit_params.split(",") if p)}
     full = fit_engine(runs, **kw)
-    print(f"\nfit on all 13 runs: {full.to_dict()}")
+    print(f"\nfit of {', '.join(kw['params'])} on all {len(runs)} runs: {full.to_dict()}")
     _table("fitted on all runs (IN SAMPLE)", runs, [simulate_run(r, full).errors() for r in runs])
     preds, cals = leave_one_out(runs, **kw)
     for k, c in cals.items():
         e = c.efficiency
         print(f"  fold without {k}: mem {e.mem:.3f} gemm {e.gemm:.3f} overhead_scale {e.overhead_scale:.2f} "
-              f"prefill_overhead {e.prefill_overhead_s * 1e3:.2f} ms lag {c.lag_steps:.2f} steps")
+              f"prefill_overhead {e.prefill_overhead_s * 1e3:.2f} ms lag {c.lag_steps:.2f} steps"
+              + (f" kv_mem {c.kv_mem:.3f}" if c.kv_mem else ""))
     oos = _table("OUT OF SAMPLE: leave one MODEL out (each run predicted by the fit without its model)", runs,
                  [p.errors() for p in preds])
     med = np.median(oos, axis=0)

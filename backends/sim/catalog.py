@@ -61,6 +61,10 @@ class ModelSpec:
     shared_ffn: int = 0
     published_params_b: float = 0.0
     """The size the authors publish, billions (0 = unknown); only used to check the catalog."""
+    quantize_attention: bool = True
+    """Whether 8-bit checkpoints of this model quantize the attention projections (QKV, O).
+    False where the published FP8 checkpoints keep them 16-bit and quantize the MLP/experts only
+    (Llama 4: Meta's FP8 release and llm-compressor's FP8-dynamic recipe ignore ``self_attn``)."""
 
     def __post_init__(self) -> None:
         for k in ("layers", "hidden", "heads", "kv_heads", "vocab"):
@@ -287,7 +291,8 @@ def model_from_hf_config(path: str | Path) -> ModelSpec:
         tie_embeddings=bool(cfg.get("tie_word_embeddings", False)),
         max_position=int(cfg.get("max_position_embeddings", 4096)),
         n_experts=n_exp, experts_per_token=int(need("num_experts_per_tok")) if n_exp else 0,
-        moe_ffn=moe_ffn, n_shared_experts=n_shared, shared_ffn=shared_ffn)
+        moe_ffn=moe_ffn, n_shared_experts=n_shared, shared_ffn=shared_ffn,
+        quantize_attention=not mtype.startswith("llama4"))
 
 
 # ---------------------------------------------------------------- memory

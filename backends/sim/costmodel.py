@@ -21,6 +21,23 @@ from backends.sim.catalog import GPUSpec, ModelSpec, dtype_bytes, kv_bytes_per_t
 from backends.sim.engines import EnginePreset, get_engine
 
 ACT_BYTES = 2.0  # activations are bf16/fp16
+MOE_LAYER_KERNELS = 8
+"""Kernels of one MoE layer besides the shared expert (vLLM fused MoE): router GEMM, top-k,
+token sort/align, activation quantisation, two grouped expert GEMMs, activation, weighted
+combine. Each pays ``Efficiency.op_latency_s`` (a dense MLP pays it once per GEMM)."""
+
+
+def cuda_graph_size(tokens: int, max_size: int = 512) -> int:
+    """Token count a vLLM V1 step is padded to when it replays a CUDA graph: the captured sizes
+    are 1, 2, 4, multiples of 8 up to 256, then multiples of 16 up to ``max_size``; above it
+    the step runs unpadded. Padded rows run through every GEMM (and are routed in MoE layers:
+    they carry the stale token ids left in the input buffer)."""
+    if tokens > max_size or tokens <= 0:
+        return tokens
+    if tokens <= 4:
+        return 1 if tokens == 1 else (2 if tokens == 2 else 4)
+    step = 8 if tokens <= 256 else 16
+    return min(-(-tokens // step) * step, max_size)
 
 
 @dataclass(frozen=True, slots=True)
@@ -84,12 +101,21 @@ def linear_weight_params(model: ModelSpec) -> int:
                            + model.n_experts * (model.expert_params + model.hidden))
 
 
+def quantized_params(model: ModelSpec, weight_dtype: str) -> int:
+    """Parameters stored in ``weight_dtype`` when it is narrower than 16 bits: the block linear
+    layers, less the attention projections where the model's checkpoints keep them 16-bit
+    (``ModelSpec.quantize_attention``); all linear parameters for a 16-bit dtype."""
+    n = linear_weight_params(model)
+    if dtype_bytes(weight_dtype) < 2.0 and not model.quantize_attention:
+        n -= model.layers * model.attn_params_per_layer
+    return n
+
+
 def weight_bytes_per_gpu(model: ModelSpec, tp: int = 1, weight_dtype: str = "bf16") -> float:
-    """Weight bytes on one GPU: block linear layers in ``weight_dtype``; embeddings, LM head and
-    norms stay 16-bit (as in FP8 checkpoints); everything is split over tp."""
-    wb = dtype_bytes(weight_dtype)
-    other = model.params - linear_weight_params(model)
-    return (linear_weight_params(model) * wb + other * 2.0) / tp
+    """Weight bytes on one GPU: block linear layers in ``weight_dtype`` (see ``quantized_params``);
+    embeddings, LM head and norms stay 16-bit (as in FP8 checkpoints); everything is split over tp."""
+    q = quantized_params(model, weight_dtype)
+    return (q * dtype_bytes(weight_dtype) + (model.params - q) * 2.0) / tp
 
 
 class CostModel:
@@ -114,6 +140,7 @@ class CostModel:
         """KV-cache bytes per token per GPU."""
 
         self._inv_pc = 1.0 / (gpu.peak_flops(weight_dtype) * eff.gemm)     # s per GEMM FLOP
+        attn_dt = weight_dtype if quantized_params(model, weight_dtype) == linear_weight_params(model) else "bf16"
         self._inv_pc16 = 1.0 / (gpu.peak_flops("bf16") * eff.gemm)        # LM head (16-bit)
         self._inv_pa = 1.0 / (gpu.peak_flops("bf16") * eff.attn)          # s per attention FLOP
         self._inv_bw = 1.0 / (gpu.hbm_bytes_s * eff.mem)                  # s per HBM byte
@@ -127,7 +154,11 @@ class CostModel:
         if m.n_shared_experts:
             ops["shared_expert"] = (3 * h * m.shared_ffn * m.n_shared_experts, 2 * h + 2 * m.shared_ffn)
         self._op_names = tuple(ops)
-        self._ops = tuple((2.0 * L * p / tp, L * p * wb / tp, L * a * ACT_BYTES / tp) for p, a in ops.values())
+        # per operator: (FLOPs/token, weight bytes, act bytes/token, s per FLOP); the attention
+        # projections stay 16-bit in checkpoints that do not quantize them
+        dts = {n: (attn_dt if n in ("qkv", "o") else weight_dtype) for n in ops}
+        self._ops = tuple((2.0 * L * p / tp, L * p * dtype_bytes(dts[n]) / tp, L * a * ACT_BYTES / tp,
+                           1.0 / (gpu.peak_flops(dts[n]) * eff.gemm)) for n, (p, a) in ops.items())
         # MoE: routed experts. FLOPs/token for its k experts; weight bytes of ONE expert (all layers).
         self._moe = m.is_moe
         if m.is_moe:
@@ -160,7 +191,7 @@ class CostModel:
         self._ip = 1.0 / eff.roofline_p
         e = self.engine
         self._oh = (e.iteration_overhead_s * eff.overhead_scale + L * eff.layer_overhead_s
-                    + L * (len(self._ops) + (1 if m.is_moe else 0)) * eff.op_latency_s)
+                    + L * (len(self._ops) + (MOE_LAYER_KERNELS if m.is_moe else 0)) * eff.op_latency_s)
         self._oh_seq = e.per_seq_overhead_s * eff.overhead_scale + eff.seq_overhead_s
         self._oh_eager = e.eager_launch_overhead_s * eff.overhead_scale
         self._oh_prefill = self._oh_eager + eff.prefill_overhead_s
@@ -211,13 +242,14 @@ class CostModel:
         ``T``: linear operators, MoE experts, elementwise ops, the all-reduces. ``_fixed`` memoises
         it per T on this instance (chunked prefill repeats its token budget)."""
         inv_pc, inv_bw, p, ip = self._inv_pc, self._inv_bw, self._p, self._ip
-        t = self.linear_time(T)
+        Tg = cuda_graph_size(T, self._graph_max)  # rows the GEMMs run (CUDA-graph padding)
+        t = self.linear_time(Tg)
         f = b = 0.0
-        for fo, wo, ao in self._ops:
+        for fo, wo, ao, _ in self._ops:
             f += fo * T
             b += wo + ao * T
         if self._moe:
-            touched = self.model.n_experts * (1.0 - self._moe_miss ** T)
+            touched = self.model.n_experts * (1.0 - self._moe_miss ** Tg)
             fl = self._moe_f * T + self._moe_router * T
             by = self._moe_w * touched + self._moe_a * T
             tc, tm = fl * inv_pc, by * inv_bw
@@ -237,9 +269,9 @@ class CostModel:
         for a step of ``tokens`` tokens, s. Excludes their kernel-launch floor
         (``Efficiency.op_latency_s``, part of the fixed per-step overhead)."""
         t = 0.0
-        inv_pc, inv_bw, p, ip = self._inv_pc, self._inv_bw, self._p, self._ip
-        for fo, wo, ao in self._ops:
-            tc, tm = fo * tokens * inv_pc, (wo + ao * tokens) * inv_bw
+        inv_bw, p, ip = self._inv_bw, self._p, self._ip
+        for fo, wo, ao, ipc in self._ops:
+            tc, tm = fo * tokens * ipc, (wo + ao * tokens) * inv_bw
             t += (tc ** p + tm ** p) ** ip
         return t
 
@@ -328,8 +360,8 @@ class CostModel:
         """Roofline time of each dense linear operator (qkv, o, mlp_up, mlp_down, ...) for
         ``tokens`` tokens, summed over all layers, s (for per-operator profiles)."""
         out = {}
-        for name, (fo, wo, ao) in zip(self._op_names, self._ops, strict=True):
-            tc, tm = fo * tokens * self._inv_pc, (wo + ao * tokens) * self._inv_bw
+        for name, (fo, wo, ao, ipc) in zip(self._op_names, self._ops, strict=True):
+            tc, tm = fo * tokens * ipc, (wo + ao * tokens) * self._inv_bw
             out[name] = (tc ** self._p + tm ** self._p) ** self._ip + self.model.layers * self.eff.op_latency_s
         return out
 

@@ -8,6 +8,7 @@ from tuner.calibration.trainval import (
     TRAINVAL_CSV,
     WORKLOADS,
     load_runs,
+    policy_for,
     regenerate,
     run_metrics,
 )
@@ -51,6 +52,10 @@ def test_runs_load_with_settings():
     assert {r.tp for r in runs} == {1, 2, 4}
     scout = [r for r in runs if r.model.startswith("llama-4-scout")]
     assert scout and all(r.weight_dtype == "fp8" for r in scout)
+    # --kv-offloading-size=8.0 (GiB, whole instance) becomes the policy's CPU KV tier
+    off = [r for r in runs if r.cpu_offload_gb]
+    assert {r.run_id for r in off} == {"48", "66", "67"} and {r.cpu_offload_gb for r in off} == {8.0}
+    assert policy_for(off[0]).cpu_offload_gb == 8.0 and policy_for(runs[0]).cpu_offload_gb == 0.0
     # TPOT is recomputed from the generated tokens (ignore_eos)
     r = runs[0]
     assert r.tpot_ms == pytest.approx((r.e2e_ms - r.ttft_ms) / (WORKLOADS[r.workload].max_output - 1))

@@ -86,6 +86,26 @@ def test_moe_touches_more_experts_with_larger_batches():
     assert b64 > 0.95 * c.weight_bytes  # every expert
 
 
+def test_fp8_llama4_keeps_attention_16bit():
+    from backends.sim.costmodel import quantized_params
+    m = get_model("llama-4-scout-17b-16e")
+    attn = m.layers * m.attn_params_per_layer
+    b8 = cm("llama-4-scout-17b-16e", weight_dtype="fp8", tp=2).weight_bytes
+    assert b8 == pytest.approx((quantized_params(m, "fp8") + 2.0 * (m.params - quantized_params(m, "fp8"))) / 2)
+    assert quantized_params(m, "bf16") - quantized_params(m, "fp8") == attn  # self_attn stays bf16
+    assert quantized_params(get_model("llama-3.1-70b"), "fp8") == quantized_params(get_model("llama-3.1-70b"), "bf16")
+
+
+def test_cuda_graph_padding_sizes_and_moe_cost():
+    from backends.sim.costmodel import cuda_graph_size
+    assert [cuda_graph_size(n) for n in (1, 2, 3, 5, 8, 9, 256, 257, 512, 513)] == \
+        [1, 2, 4, 8, 8, 16, 256, 272, 512, 513]
+    # a padded MoE decode step routes the padding rows too: 9 sequences touch as many experts as 16
+    c = cm("mixtral-8x7b", tp=2)
+    t9, t16, t17 = (c.iteration(0, 0.0, n, n, 0.0).time_s for n in (9, 16, 17))
+    assert t9 == pytest.approx(t16, rel=0.02) and t17 > t16
+
+
 def test_engine_overheads_and_bad_inputs():
     assert cm(engine=get_engine("vllm-v0")).iteration(0, 0, 8, 8, 800).time_s > \
         cm(engine=get_engine("tensorrt-llm")).iteration(0, 0, 8, 8, 800).time_s

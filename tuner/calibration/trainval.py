@@ -23,6 +23,7 @@ with output = the tokens the engine generated (max output, ``ignore_eos``). The 
 from __future__ import annotations
 
 import math
+import re
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -78,6 +79,8 @@ class TrainvalRun:
     wdef: WorkloadDef | None = None
     """The workload as the row defines it (stage rates/durations, groups, users, lengths); None =
     ``WORKLOADS[workload]``."""
+    cpu_offload_gb: float = 0.0
+    """vLLM's ``--kv-offloading-size`` (CPU KV tier, GiB for the whole instance; 0 = none)."""
 
     @property
     def workload_def(self) -> WorkloadDef:
@@ -124,8 +127,20 @@ def load_runs(path: str | Path = TRAINVAL_CSV) -> list[TrainvalRun]:
             max_num_seqs=int(num("max_num_seqs", 128)), max_model_len=int(num("max_model_len", 4096)),
             cpu_offload=str(r.get("cpu_offload")) == "True", workload=wl,
             ttft_ms=float(r["ttft_mean_ms"]), e2e_ms=float(r["e2e_mean_ms"]),
-            tpot_study_ms=float(r["tpot_mean_study_ms"]), gpu=_gpu_of(r), wdef=wdef))
+            tpot_study_ms=float(r["tpot_mean_study_ms"]), gpu=_gpu_of(r), wdef=wdef,
+            cpu_offload_gb=_offload_gib(r)))
     return out
+
+
+def _offload_gib(r: dict) -> float:
+    """The CPU KV tier of a row, GiB: ``--kv-offloading-size=X`` in ``kv_offload_args`` (vLLM
+    v0.15: GiB for all TP ranks together), 0 when ``cpu_offload`` is off."""
+    if str(r.get("cpu_offload")) != "True":
+        return 0.0
+    m = re.search(r"--kv-offloading-size[= ]([0-9.]+)", str(r.get("kv_offload_args") or ""))
+    if m is None:
+        raise ValueError(f"trainval run {r.get('exp_id')}: cpu_offload on but no --kv-offloading-size in kv_offload_args")
+    return float(m.group(1))
 
 
 def _gpu_of(r: dict) -> str:
@@ -199,11 +214,15 @@ def regenerate(workload: str | WorkloadDef, seed: int = 0, *, share: str = "syst
 
 def policy_for(run: TrainvalRun):
     """The run's vLLM settings as a servetune ``Policy`` (vLLM V1 defaults: chunked prefill,
-    prefix caching, block 16)."""
+    prefix caching, block 16). A run with ``--kv-offloading-size`` gets a CPU KV tier of that size
+    with paging threshold 1: vLLM's offloading connector keeps the GPU prefix cache's own LRU
+    eviction and serves evicted blocks from the CPU copy."""
     from tuner.policy import Policy
 
+    off = {"cpu_offload_gb": run.cpu_offload_gb, "offload_threshold": 1.0} if run.cpu_offload_gb else {}
     return Policy(batching="chunked", max_num_seqs=run.max_num_seqs, max_num_batched_tokens=run.max_num_batched_tokens,
-                  tp=run.tp, block_size=16, gpu_memory_utilization=run.gpu_memory_utilization, prefix_caching=True)
+                  tp=run.tp, block_size=16, gpu_memory_utilization=run.gpu_memory_utilization, prefix_caching=True,
+                  **off)
 
 
 def deployment_for(run: TrainvalRun):
