@@ -70,6 +70,8 @@ PRIMITIVES = {  # in-instance primitives switched on (servetune issue 5): case "
     "lora": {"max_loras": 4},
     "all": {"speculation": "ngram", "spec_k": 4, "spec_dynamic": True, "cpu_offload_gb": 64.0,
             "queue": "vtc", "max_loras": 4},
+    "all_lora16": {"speculation": "ngram", "spec_k": 4, "spec_dynamic": True, "cpu_offload_gb": 64.0,
+                   "queue": "vtc", "max_loras": 16},
 }
 
 
@@ -103,9 +105,9 @@ def run_case(case: str, repeat: int) -> dict:
     w = _azure_conv() if kind == "azure-conv" else _poisson(int(arg))
     if arg in PRIMITIVES:
         policy = Policy(**PRIMITIVES[arg])
-        if arg in ("vtc", "all"):
+        if arg == "vtc" or arg.startswith("all"):
             w = _with_tenants(w, 8)
-        if arg in ("lora", "all"):
+        if arg == "lora" or arg.startswith("all"):
             w = _with_adapters(w, 32)
     else:
         policy = Policy(batching=arg) if kind == "azure-conv" and arg else Policy()

@@ -228,14 +228,17 @@ class Simulation(Arrivals, Scheduling):
         """Waiting requests, those set aside for want of a LoRA slot included."""
         return len(self.waiting) + len(self._parked)
 
-    def _lora_decoding(self) -> int:
-        """Decoding sequences with an adapter (running ones minus those still prefilling)."""
-        return self.lora.n_lora - sum(1 for q in self.prefilling if q.adapter >= 0)
-
     def _lora_extra(self, chunks: list[tuple[Req, int]], decode_tokens: int) -> tuple[float, float, float]:
         """LoRA's extra (s, FLOPs, bytes) in one iteration: the chunks' adapter tokens and
-        ``decode_tokens`` per decoding sequence with an adapter."""
-        tok = self._lora_decoding() * decode_tokens
+        ``decode_tokens`` per decoding sequence with an adapter (running ones with an adapter
+        minus those still prefilling)."""
+        tok = 0
+        if decode_tokens:
+            tok = self.lora.n_lora
+            for q in self.prefilling:
+                if q.adapter >= 0:
+                    tok -= 1
+            tok *= decode_tokens
         for req, c in chunks:
             if req.adapter >= 0:
                 tok += c
@@ -546,6 +549,11 @@ class Simulation(Arrivals, Scheduling):
         if self.lora is not None:
             try:
                 self.lora.check([q.adapter for q in self.prefilling + members])
+            except AssertionError as e:
+                raise SimInvariantError(str(e)) from None
+        if self.fair is not None:
+            try:
+                self.waiting.check()
             except AssertionError as e:
                 raise SimInvariantError(str(e)) from None
 

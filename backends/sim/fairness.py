@@ -42,9 +42,14 @@ class TenantService:
 
     ``inp[u]``: prompt tokens charged; ``out[u]``: generated tokens of requests outside the pool
     (minus, for members, the tokens they had when joining); ``n_dec[u]`` / ``sum_k[u]``: pool
-    members and Σ (fin_g − out) over them, so a member's tokens are G − (fin_g − out)."""
+    members and Σ (fin_g − out) over them, so a member's tokens are G − (fin_g − out).
 
-    __slots__ = ("tenant", "w_in", "w_out", "inp", "out", "n_dec", "sum_k", "pool")
+    It also keeps each tenant's virtual counter as ``cb[u] + cs[u] × G`` (counter units:
+    weighted tokens / share weight, plus the queue's lifts), updated with every change above,
+    so the queue reads a counter in O(1)."""
+
+    __slots__ = ("tenant", "w_in", "w_out", "inp", "out", "n_dec", "sum_k", "pool",
+                 "inv_w", "wi_w", "wo_w", "cb", "cs")
 
     def __init__(self, policy: Policy, workload: Workload) -> None:
         self.tenant: list[int] = workload.tenant.tolist()
@@ -52,6 +57,17 @@ class TenantService:
         k = len(workload.tenants)
         self.inp, self.out, self.n_dec, self.sum_k = [0] * k, [0] * k, [0] * k, [0] * k
         self.pool: DecodePool | None = None
+        share = dict(policy.tenant_weights)
+        self.inv_w = [1.0 / share.get(name, 1.0) for name in workload.tenants]
+        self.wi_w = [self.w_in * x for x in self.inv_w]    # counter units per prompt token
+        self.wo_w = [self.w_out * x for x in self.inv_w]   # counter units per output token
+        self.cb = [0.0] * k                                 # counter at G = 0 (lifts included)
+        self.cs = [0.0] * k                                 # counter growth per pool step
+
+    def charge_prompt(self, u: int, tokens: int) -> None:
+        """Tenant u's request starts its prefill: its ``tokens`` prompt tokens are charged."""
+        self.inp[u] += tokens
+        self.cb[u] += self.wi_w[u] * tokens
 
     def service(self, u: int) -> float:
         """Tenant u's weighted service so far (w_in × prompt + w_out × output tokens)."""
@@ -62,7 +78,9 @@ class TenantService:
 
     def sampled(self, req: Req) -> None:
         """A prefill (or recompute) sampled one token of ``req`` outside the pool."""
-        self.out[self.tenant[req.rid]] += 1
+        u = self.tenant[req.rid]
+        self.out[u] += 1
+        self.cb[u] += self.wo_w[u]
 
 
 class CountingPool(DecodePool):
@@ -78,16 +96,24 @@ class CountingPool(DecodePool):
     def add(self, req: Req) -> None:
         super().add(req)
         s, u = self.svc, self.svc.tenant[req.rid]
+        k = req.fin_g - req.out
         s.n_dec[u] += 1
-        s.sum_k[u] += req.fin_g - req.out
+        s.sum_k[u] += k
         s.out[u] -= req.gen
+        w = s.wo_w[u]
+        s.cb[u] -= w * (k + req.gen)
+        s.cs[u] += w
 
     def remove(self, req: Req) -> int:
         blocks = super().remove(req)
         s, u = self.svc, self.svc.tenant[req.rid]
+        k = req.fin_g - req.out
         s.n_dec[u] -= 1
-        s.sum_k[u] -= req.fin_g - req.out
+        s.sum_k[u] -= k
         s.out[u] += req.gen
+        w = s.wo_w[u]
+        s.cb[u] += w * (k + req.gen)
+        s.cs[u] -= w
         return blocks
 
 
@@ -97,7 +123,7 @@ class VTCQueue:
     the last ``peek`` returned (the contract ``Scheduling.admit`` relies on) unless the queue
     changed since; otherwise the head chosen now."""
 
-    __slots__ = ("svc", "by", "live", "front", "lift", "inv_w", "last", "n", "_u",
+    __slots__ = ("svc", "by", "live", "front", "lift", "last", "n", "_u", "_again",
                  "cap", "depth", "level", "lvl_t", "lvl_s", "clock")
 
     def __init__(self, svc: TenantService, policy: Policy, workload: Workload, clock: Callable[[], float]) -> None:
@@ -107,11 +133,11 @@ class VTCQueue:
         self.live: list[int] = []          # backlogged tenants, in the order they became so
         self.front: deque[Req] = deque()   # preempted requests, most recent first
         self.lift = [0.0] * k              # counter lifts (counter units)
-        share = dict(policy.tenant_weights)
-        self.inv_w = [1.0 / share.get(name, 1.0) for name in workload.tenants]
         self.last = -1                     # tenant that last left the queue
         self.n = 0
         self._u = -1                       # tenant the last peek chose (-1: none / stale)
+        self._again = -1                   # tenant whose head pop_entry just set aside: the next
+        #                                    peek's pick (no charge, no other change in between)
         self.cap = policy.tenant_cap_tokens_s
         self.depth = self.cap * CAP_BURST_S
         self.level = [self.depth] * k      # token buckets (weighted tokens), at (lvl_t, lvl_s)
@@ -123,9 +149,16 @@ class VTCQueue:
     def counters(self, tenants: list[int]) -> list[float]:
         """The virtual counters of ``tenants`` now (weighted tokens / share weight + lifts)."""
         s = self.svc
-        g, wi, wo, inp, out, nd, sk = s.pool.g, s.w_in, s.w_out, s.inp, s.out, s.n_dec, s.sum_k
-        iw, lift = self.inv_w, self.lift
-        return [(wi * inp[u] + wo * (out[u] + nd[u] * g - sk[u])) * iw[u] + lift[u] for u in tenants]
+        g, cb, cs = s.pool.g, s.cb, s.cs
+        return [cb[u] + cs[u] * g for u in tenants]
+
+    def check(self) -> None:
+        """Recount every tenant's counter from its service and lift; raises AssertionError."""
+        s = self.svc
+        for u, (c, iw, lift) in enumerate(zip(self.counters(range(len(self.lift))), s.inv_w, self.lift, strict=True)):
+            exact = s.service(u) * iw + lift
+            if abs(c - exact) > 1e-9 * max(1.0, abs(exact)):
+                raise AssertionError(f"VTC counter of tenant {u}: kept {c}, recount {exact}")
 
     def capped(self, u: int, t: float) -> bool:
         """Whether tenant u's bucket is empty at time t (updates the bucket lazily)."""
@@ -160,37 +193,44 @@ class VTCQueue:
     def peek(self) -> Req:
         if self.front:
             return self.front[0]
-        u = self._u = self._pick()
+        u = self._again
+        if u < 0:
+            u = self._pick()
+        else:
+            self._again = -1
+        self._u = u
         return self.by[u][0]
 
     # ------------------------------------------------------------- mutation
     def push(self, req: Req) -> None:
         u = self.svc.tenant[req.rid]
         q = self.by[u]
-        self._u = -1
+        self._u = self._again = -1
         if not q:  # newly backlogged: lift to the backlogged minimum (or the last to leave)
             live = self.live
             if live or (self.last >= 0 and self.last != u):
-                cs = self.counters([*(live or (self.last,)), u])
-                c = cs.pop()
-                ref = min(cs)
+                svc = self.svc
+                ref = min(self.counters(live)) if live else self.counters((self.last,))[0]
+                c = svc.cb[u] + svc.cs[u] * svc.pool.g
                 if c < ref:
                     self.lift[u] += ref - c
+                    svc.cb[u] += ref - c
             live.append(u)
         q.append(req)
         self.n += 1
 
     def push_front(self, req: Req) -> None:
-        self._u = -1
+        self._u = self._again = -1
         self.front.appendleft(req)
         self.n += 1
 
     def pop(self) -> Req:
         u, req = self.pop_entry()
+        self._again = -1
         if u >= 0:
             if not self.by[u]:
                 self.last = u
-            self.svc.inp[u] += req.prompt  # (only fresh requests wait here: preempted ones use the front)
+            self.svc.charge_prompt(u, req.prompt)  # (only fresh requests wait here: preempted ones use the front)
         return req
 
     def pop_entry(self) -> tuple[int, Req]:
@@ -203,14 +243,17 @@ class VTCQueue:
         self._u = -1
         q = self.by[u]
         req = q.popleft()
-        if not q:
+        if q:  # counters unchanged (nothing charged): the same tenant is picked next
+            self._again = u
+        else:
+            self._again = -1
             self.live.remove(u)
         return u, req
 
     def restore(self, entries: list[tuple[int, Req]]) -> None:
         """Put entries taken by ``pop_entry`` back at the heads of their queues, in their order
         (a tenant set aside whole stays backlogged: no lift)."""
-        self._u = -1
+        self._u = self._again = -1
         for u, req in reversed(entries):
             self.n += 1
             if u < 0:

@@ -25,8 +25,6 @@ vLLM's dynamic speculation turn it off at large batches).
 
 from __future__ import annotations
 
-import math
-
 from backends.sim.costmodel import CostModel
 from tuner.policy import Policy
 from workloads.workload import Workload
@@ -102,7 +100,7 @@ class Speculator:
         expected tokens per second at this batch size, context bucketed by powers of 2)."""
         if not self.dynamic:
             return self.k_max
-        bucket = int(math.log2(ctx / r + 1.0))
+        bucket = (ctx // r + 1).bit_length() - 1  # = floor(log2(ctx / r + 1)), exactly
         key = (r, bucket)
         k = self._kmemo.get(key)
         if k is None:
