@@ -207,7 +207,8 @@ def fit_terms(rows: Sequence, *, prior: FittedTerms = DEFAULT_PRIOR, prior_weigh
         pred = np.log(np.maximum(np.bincount(idx, t, minlength=len(rows)), 1e-12))
         return np.concatenate([pred - meas, w * (x - x0) / 3.0])
 
-    sol = least_squares(resid, x0, bounds=(np.full_like(x0, _LO), np.full_like(x0, _HI)))
+    sol = least_squares(resid, x0, bounds=(np.full_like(x0, _LO), np.full_like(x0, _HI)), ftol=1e-12, xtol=1e-12,
+                        gtol=1e-12, max_nfev=200 * len(x0))
     return FittedTerms(**{k: float(v) for k, v in zip(_NAMES, np.exp(sol.x), strict=True)}, q=q)
 
 
