@@ -119,33 +119,46 @@ def _unit_cm(model: str, gpu: str, tp: int, weight_dtype: str) -> CostModel:
     return CostModel(get_model(model), get_gpu(gpu), tp, weight_dtype, "bf16", None, _UNIT)
 
 
-def step_features(cm: CostModel, prefill_tokens: int, prefill_pairs: float, prefill_seqs: int, decode_seqs: int,
-                  decode_tokens: int, decode_ctx: float) -> tuple[list[float], list[float]]:
-    """Ideal times (s, ``WORK_TERMS`` order) and floor counts (``FLOOR_TERMS`` order, scaled by
-    REF_HBM / HBM bw) of one step; ``cm`` is any ``CostModel`` of the instance (its shapes are read)."""
-    m, gpu, tp, L = cm.model, cm.gpu, cm.tp, cm.model.layers
-    bw, pk16 = gpu.hbm_bytes_s, gpu.peak_flops("bf16")
-    T = prefill_tokens + decode_tokens
-    n_sample = decode_tokens + (prefill_seqs if prefill_tokens else 0)
-    big = small = 0.0
-    shapes = [(fo * T, wo + ao * T, 1.0 / ipc) for fo, wo, ao, ipc in cm._ops]
-    shapes.append((cm._lm_f * n_sample, cm._lm_w + cm._lm_a * n_sample, pk16))
+def dense_features(cm: CostModel, tokens: int) -> tuple[float, float, float, float, float, float]:
+    """The ideal times that depend only on a step's token count (s): GEMM max and ridge terms of
+    the linear operators (MoE experts included), elementwise, activation spill, all-reduce bytes,
+    and the all-reduce hop count."""
+    m, gpu, tp, L, T = cm.model, cm.gpu, cm.tp, cm.model.layers, tokens
+    bw, eff_gemm = gpu.hbm_bytes_s, cm.eff.gemm
+    shapes = [(fo * T, wo + ao * T, 1.0 / (ipc * eff_gemm)) for fo, wo, ao, ipc in cm._ops]
     if cm._moe:
         touched = m.n_experts * (1.0 - cm._moe_miss ** T)
-        shapes.append(((cm._moe_f + cm._moe_router) * T, cm._moe_w * touched + cm._moe_a * T, gpu.peak_flops(cm.weight_dtype)))
+        shapes.append(((cm._moe_f + cm._moe_router) * T, cm._moe_w * touched + cm._moe_a * T,
+                       gpu.peak_flops(cm.weight_dtype)))
+    big = small = 0.0
     for fl, by, peak in shapes:
         tc, tm = fl / peak, by / bw
         big += max(tc, tm)
         small += min(tc, tm)
-    elem = (cm._elem_a + cm._attn_pf_a) * T / bw
     t_c = SPILL_BYTES / (2.0 * m.hidden)
     spill = cm._elem_a * T * (T / (T + t_c)) / bw if T else 0.0
-    dec_q = decode_tokens / decode_seqs if decode_seqs else 0.0
     if tp > 1:
         ar_b = 2 * L * 2.0 * (tp - 1) / tp * m.hidden * ACT_BYTES * T / gpu.interconnect_bytes_s
         ar_h = 2 * L * math.log2(tp)
     else:
         ar_b = ar_h = 0.0
+    return big, small, (cm._elem_a + cm._attn_pf_a) * T / bw, spill, ar_b, ar_h
+
+
+def step_features(cm: CostModel, prefill_tokens: int, prefill_pairs: float, prefill_seqs: int, decode_seqs: int,
+                  decode_tokens: int, decode_ctx: float,
+                  dense: tuple[float, float, float, float, float, float] | None = None) -> tuple[list[float], list[float]]:
+    """Ideal times (s, ``WORK_TERMS`` order) and floor counts (``FLOOR_TERMS`` order, scaled by
+    REF_HBM / HBM bw) of one step; ``cm`` is any ``CostModel`` of the instance (its shapes are
+    read); ``dense``: ``dense_features`` of the step's token count, if memoised by the caller."""
+    gpu, L = cm.gpu, cm.model.layers
+    bw, pk16 = gpu.hbm_bytes_s, gpu.peak_flops("bf16")
+    big, small, elem, spill, ar_b, ar_h = dense or dense_features(cm, prefill_tokens + decode_tokens)
+    n_sample = decode_tokens + (prefill_seqs if prefill_tokens else 0)
+    if n_sample:  # LM head on the sampled tokens (16-bit)
+        tc, tm = cm._lm_f * n_sample / pk16, (cm._lm_w + cm._lm_a * n_sample) / bw
+        big, small = big + max(tc, tm), small + min(tc, tm)
+    dec_q = decode_tokens / decode_seqs if decode_seqs else 0.0
     work = [big, small, cm._attn_f_pair * prefill_pairs / pk16, cm._kv_tok * decode_ctx / bw,
             cm._attn_f_pair * decode_ctx * dec_q / pk16, elem, spill, ar_b, ar_h]
     s = REF_HBM / bw
@@ -212,5 +225,5 @@ def fit_terms(rows: Sequence, *, prior: FittedTerms = DEFAULT_PRIOR, prior_weigh
     return FittedTerms(**{k: float(v) for k, v in zip(_NAMES, np.exp(sol.x), strict=True)}, q=q)
 
 
-__all__ = ["DEFAULT_PRIOR", "FLOOR_TERMS", "REF_HBM", "WORK_TERMS", "FittedTerms", "fit_terms", "predict_terms",
-           "row_features", "step_features", "terms_ape"]
+__all__ = ["DEFAULT_PRIOR", "FLOOR_TERMS", "REF_HBM", "WORK_TERMS", "FittedTerms", "dense_features", "fit_terms",
+           "predict_terms", "row_features", "step_features", "terms_ape"]

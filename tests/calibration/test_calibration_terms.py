@@ -5,6 +5,7 @@ from dataclasses import replace
 import numpy as np
 import pytest
 
+from backends.sim.costmodel import CostModel
 from backends.sim.profiles import ProfileRow, load_rows
 from backends.sim.terms import DEFAULT_PRIOR, FittedTerms, fit_terms, predict_terms, terms_ape
 from tuner.calibration.fidelity import stats, terms_leave_out
@@ -68,3 +69,41 @@ def test_terms_round_trip_and_validate():
     with pytest.raises(ValueError, match="operator row"):
         predict_terms([ProfileRow("v", "llama-2-7b", "h100-sxm", 1, 1e-5, op="qkv", tokens=8)], DEFAULT_PRIOR)
     assert np.isfinite(predict_terms([_row("h100-sxm", 2, (512, 512 * 256.5, 1, 0, 0, 0.0))], DEFAULT_PRIOR)).all()
+
+
+def test_terms_cost_model_prices_steps_as_the_fit_and_keeps_decode_closed_forms():
+    """The simulator's cost model with fitted terms: a prefill step costs exactly what the fit
+    predicts; a decode step (an affine fit of the smooth max over 256-8192 tokens per sequence)
+    is within 5 % of it; a closed-form decode segment equals the sum of its steps."""
+    from backends.sim.catalog import get_gpu, get_model
+    from backends.sim.termcost import TermsCostModel
+
+    terms = fit_terms(load_rows("splitwise"))
+    cm = TermsCostModel(get_model("llama-2-70b"), get_gpu("h100-sxm"), 4, terms=terms, ctx_per_seq=1024.0)
+    pre = (2048, 2048 * 1024.5, 1, 8, 8, 8 * 3000.0)
+    assert cm.iteration(2048, 2048 * 1024.5, 8, 8, 8 * 3000.0).time_s == pytest.approx(
+        float(predict_terms([_row("h100-sxm", 4, pre)], terms)[0]), rel=1e-9)
+    for ctx, tol in ((32 * 256.0, 0.05), (32 * 1024.0, 0.05), (32 * 4096.0, 0.05)):
+        want = float(predict_terms([_row("h100-sxm", 4, (0, 0.0, 0, 32, 32, ctx))], terms)[0])
+        assert cm.iteration(0, 0.0, 32, 32, ctx).time_s == pytest.approx(want, rel=tol)
+    steps = sum(cm.iteration(0, 0.0, 32, 32, 32 * 700.0 + 32 * i).time_s for i in range(50))
+    assert cm.decode_segment(32, 32 * 700.0, 50).time_s == pytest.approx(steps, rel=1e-9)
+    assert cm.iteration(2048, 2048 * 1024.5, 0, 0, 0.0).flops == CostModel(
+        get_model("llama-2-70b"), get_gpu("h100-sxm"), 4).iteration(2048, 2048 * 1024.5, 0, 0, 0.0).flops
+
+
+def test_simulator_runs_on_the_terms_cost_model(monkeypatch):
+    """End to end: the engine (closed-form decode segments, invariants checked) runs on a
+    ``TermsCostModel``; the Splitwise terms carry an eager engine's launch floor, so TPOT is
+    longer than under the default (CUDA-graph vLLM V1) roofline."""
+    import backends.sim.engine as engine_mod
+    from backends.sim.termcost import TermsCostModel
+    from tests.sim.simkit import poisson_workload, run
+
+    wl = poisson_workload(60, 4.0, (200, 600), (20, 80))
+    _, base = run(wl)
+    terms = fit_terms(load_rows("splitwise"))
+    monkeypatch.setattr(engine_mod, "instance_cost_model",
+                        lambda m, g, tp, wd, kd, eng, profile: TermsCostModel(m, g, tp, wd, kd, eng, terms=terms))
+    _, fitted = run(wl)
+    assert fitted.tpot_p50_ms > 1.3 * base.tpot_p50_ms
