@@ -5,8 +5,10 @@ the fold that held it out. Tables and splits:
 
 * ``splitwise`` (per-batch prefill latency and decode-step latency, Llama-2-70B / BLOOM-176B,
   A100/H100, TP 2/4/8): fitted roofline efficiencies, leave one GPU / TP degree / model out;
+  the same splits for the fitted operator-class terms (``backends.sim.terms``);
 * ``sarathi`` (Yi-34B TP2 A100 batches): 5-fold, leave one batch kind out, and a transfer
-  (efficiencies fitted on Splitwise A100, no Sarathi row used);
+  (efficiencies fitted on Splitwise A100, no Sarathi row used); the terms fitted with the
+  Splitwise terms fit as their prior, 5-fold and leave one batch kind out, and that prior alone;
 * ``vidur`` (per-layer GEMM times): the fitted per-operator curves (``fit.LinearCurve``)
   extrapolating to token counts above those fitted (fit n <= 512, test n > 512) and
   interpolating (every other token count); the fitted roofline leave one TP degree / model /
@@ -75,9 +77,58 @@ def leave_out(rows: Sequence, key: Callable[[object], object], engine=None) -> l
     return errs
 
 
-def _kfold(rows: Sequence, k: int = 5, engine=None) -> list[float]:
+def _fold_key(rows: Sequence, k: int = 5) -> Callable[[object], int]:
     fold = {id(r): i % k for i, r in enumerate(np.random.default_rng(0).permutation(np.array(rows, dtype=object)))}
-    return leave_out(rows, lambda r: fold[id(r)], engine)
+    return lambda r: fold[id(r)]
+
+
+def _kfold(rows: Sequence, k: int = 5, engine=None) -> list[float]:
+    return leave_out(rows, _fold_key(rows, k), engine)
+
+
+def terms_leave_out(rows: Sequence, key: Callable[[object], object], prior=None,
+                    prior_weight: float = 0.01) -> list[float]:
+    """Held-out APEs of the fitted operator-class terms (``backends.sim.terms``) when each
+    ``key`` value is left out, aligned with ``rows``."""
+    from backends.sim.terms import DEFAULT_PRIOR, fit_terms, terms_ape
+
+    errs = [float("nan")] * len(rows)
+    for k in sorted({key(r) for r in rows}, key=str):
+        idx = [i for i, r in enumerate(rows) if key(r) == k]
+        train = [r for r in rows if key(r) != k]
+        if train:
+            fit = fit_terms(train, prior=prior or DEFAULT_PRIOR, prior_weight=prior_weight)
+            for i, e in zip(idx, terms_ape([rows[i] for i in idx], fit), strict=True):
+                errs[i] = e
+    return errs
+
+
+SARATHI_PRIOR_WEIGHT = 0.3
+"""Pull of the Splitwise terms fit on a Sarathi fit (35 rows, some mutually inconsistent)."""
+
+
+def terms_lines(table: str, rows: Sequence) -> list[FidelityLine]:
+    """The fitted operator-class terms on Splitwise or Sarathi (see module doc)."""
+    from backends.sim.profiles import load_rows
+    from backends.sim.terms import fit_terms, terms_ape
+
+    tgt = "8/15"
+    if table == "splitwise":
+        out = [_line(table, "terms: fitted, in sample", terms_ape(rows, fit_terms(rows)))]
+        for name, key in (("GPU", lambda r: r.gpu), ("TP", lambda r: r.tp), ("model", lambda r: r.model)):
+            errs = terms_leave_out(rows, key)
+            out.append(_line(table, f"terms: OOS leave-one-{name}-out", errs, tgt))
+            for kind in ("prefill", "decode"):
+                sub = [e for e, r in zip(errs, rows, strict=True) if r.label.startswith(kind)]
+                out.append(_line(table, f"  {kind} rows", sub, tgt))
+        return out
+    prior, pw = fit_terms(load_rows("splitwise")), SARATHI_PRIOR_WEIGHT
+    return [_line(table, "terms: fitted, in sample", terms_ape(rows, fit_terms(rows, prior=prior, prior_weight=pw))),
+            _line(table, "terms: OOS 5-fold (prior: Splitwise terms)", terms_leave_out(rows, _fold_key(rows), prior, pw),
+                  tgt),
+            _line(table, "terms: OOS leave-one-batch-kind-out", terms_leave_out(
+                rows, lambda r: r.label.split(" b")[0], prior, pw), tgt),
+            _line(table, "terms: OOS transfer: Splitwise terms", terms_ape(rows, prior), tgt)]
 
 
 def batch_tables(table: str) -> list[FidelityLine]:
@@ -104,7 +155,7 @@ def batch_tables(table: str) -> list[FidelityLine]:
         train = [r for r in load_rows("splitwise") if r.gpu == "a100-80gb"]
         out.append(_line(table, "OOS transfer: fit Splitwise A100", ape(rows, fit_efficiency(train, engine=eng), eng),
                          tgt))
-    return out
+    return out + terms_lines(table, rows)
 
 
 def vidur_table() -> list[FidelityLine]:
@@ -197,4 +248,4 @@ def format_trainval(per_run: Sequence[tuple]) -> str:
 
 
 __all__ = ["TABLES", "FidelityLine", "batch_tables", "fidelity", "format_lines", "format_trainval", "leave_out",
-           "stats", "trainval_table", "vidur_table"]
+           "stats", "terms_leave_out", "terms_lines", "trainval_table", "vidur_table"]
