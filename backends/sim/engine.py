@@ -119,6 +119,7 @@ class Simulation(Arrivals, Scheduling):
                                  f"{rank} leave no KV memory")
             self.lora = AdapterSlots(policy.max_loras, self.lora_cost.bytes_adapter / gpu.pcie_bytes_s)
         self._parked: list = []     # waiting entries set aside for want of a LoRA slot (see _lora_head)
+        self._park_ver = 0          # lora.version at which they were all seen unable to run
         caching = policy.prefix_caching and workload.prefix_offsets is not None
         self.pbt = workload.prefix_block_tokens if caching else 0
         self.mem = BlockManager(total, bs, self.pbt)
@@ -207,19 +208,17 @@ class Simulation(Arrivals, Scheduling):
         skips the others and keeps them waiting). Those before it are set aside (``_parked``,
         still waiting: they count in the queue's length) until the set of running adapters
         changes, when ``_unpark`` puts them back in place: each is looked at once per change,
-        not once per step."""
-        w, running, parked = self.waiting, self.lora.running, self._parked
-        free = len(running) < self.lora.max_loras  # (inline AdapterSlots.can_run)
-        while w:
-            req = w.peek()
-            a = req.adapter
-            if a < 0 or free or a in running:
-                return req
-            parked.append(w.pop_entry())
-        return None
+        not once per step. Every entry set aside could not run at ``lora.version`` = ``_park_ver``."""
+        lora, w = self.lora, self.waiting
+        if lora.version != self._park_ver:
+            self._unpark()
+        running = lora.running
+        if len(running) < lora.max_loras:  # a free slot: any adapter may run (inline can_run)
+            return w.peek() if w else None
+        return w.set_aside(running, self._parked)
 
     def _unpark(self) -> None:
-        self.lora.changed = False
+        self._park_ver = self.lora.version
         if self._parked:
             self.waiting.restore(self._parked)
             self._parked.clear()
@@ -635,7 +634,7 @@ class Simulation(Arrivals, Scheduling):
                 break
             if paging and mem.total - mem.free > page_above and mem.evictable:
                 self._page_out_cold()
-            if lora is not None and lora.changed:
+            if lora is not None and lora.version != self._park_ver:
                 self._unpark()  # a LoRA slot freed or an adapter started: set-aside requests may run
             if swapped:
                 self.swap_in()  # resumed sequences first (vLLM), before the decodes' blocks are counted

@@ -177,10 +177,16 @@ class VTCQueue:
             free = [u for u in live if not self.capped(u, t)]
             if free:
                 live = free
-        if len(live) == 1:
-            return live[0]
-        cs = self.counters(live)
-        return live[cs.index(min(cs))]
+        best = live[0]
+        if len(live) > 1:  # (inline counters: the first smallest counter)
+            s = self.svc
+            g, cb, cs = s.pool.g, s.cb, s.cs
+            low = cb[best] + cs[best] * g
+            for u in live:
+                c = cb[u] + cs[u] * g
+                if c < low:
+                    best, low = u, c
+        return best
 
     def __len__(self) -> int:
         return self.n
@@ -249,6 +255,37 @@ class VTCQueue:
             self._again = -1
             self.live.remove(u)
         return u, req
+
+    def set_aside(self, running: dict, out: list) -> Req | None:
+        """``pop_entry`` into ``out`` every head whose LoRA adapter is not in ``running``, as
+        successive peeks would meet them; return the first that may run (the head now, for
+        ``pop``), or None (inline peek / pop_entry: the LoRA walk's hot loop)."""
+        front = self.front
+        while front:
+            req = front[0]
+            a = req.adapter
+            if a < 0 or a in running:
+                return req
+            out.append((-1, front.popleft()))
+            self.n -= 1
+        live, by = self.live, self.by
+        u, self._again = self._again, -1
+        while live:
+            if u < 0:
+                u = self._pick()
+            q = by[u]
+            while q:
+                req = q[0]
+                a = req.adapter
+                if a < 0 or a in running:
+                    self._u = u
+                    return req
+                out.append((u, q.popleft()))
+                self.n -= 1
+            live.remove(u)
+            u = -1
+        self._u = -1
+        return None
 
     def restore(self, entries: list[tuple[int, Req]]) -> None:
         """Put entries taken by ``pop_entry`` back at the heads of their queues, in their order

@@ -71,7 +71,7 @@ class AdapterSlots:
     (LRU, ``max_loras`` of them). ``acquire``/``release`` per running request; ``acquire``
     returns the load time of an adapter that was not resident."""
 
-    __slots__ = ("max_loras", "load_s", "running", "resident", "n_lora", "loads", "load_total_s", "changed")
+    __slots__ = ("max_loras", "load_s", "running", "resident", "n_lora", "loads", "load_total_s", "version")
 
     def __init__(self, max_loras: int, load_s: float) -> None:
         self.max_loras = max_loras
@@ -81,7 +81,7 @@ class AdapterSlots:
         self.n_lora = 0                     # running requests with an adapter
         self.loads = 0
         self.load_total_s = 0.0
-        self.changed = False                # the set of running adapters changed (``can_run`` may differ)
+        self.version = 0                    # bumps when the set of running adapters changes (``can_run`` may differ)
 
     def can_run(self, adapter: int) -> bool:
         """Whether a request of ``adapter`` (-1 = base model) may join the running set now."""
@@ -100,7 +100,7 @@ class AdapterSlots:
         if len(self.running) >= self.max_loras:
             raise AssertionError(f"adapter {adapter}: all {self.max_loras} LoRA slots are in use")
         self.running[adapter] = 1
-        self.changed = True
+        self.version += 1
         res = self.resident
         if adapter in res:
             res.move_to_end(adapter)
@@ -122,7 +122,7 @@ class AdapterSlots:
             self.running[adapter] = k
         else:
             del self.running[adapter]
-            self.changed = True
+            self.version += 1
 
     def check(self, running_adapters: list[int]) -> None:
         """Recount against the adapters of the running requests; raises AssertionError."""

@@ -43,6 +43,17 @@ class FCFSQueue(deque):
         """Put entries taken by ``pop_entry`` back at the front, in their order."""
         self.extendleft(reversed(entries))
 
+    def set_aside(self, running: dict, out: list) -> Req | None:
+        """Move head entries whose LoRA adapter is not in ``running`` into ``out`` (``pop_entry``
+        entries, in order); return the new head (base model or a running adapter), or None."""
+        while self:
+            req = self[0]
+            a = req.adapter
+            if a < 0 or a in running:
+                return req
+            out.append(self.popleft())
+        return None
+
     def peek(self) -> Req:
         return self[0]
 
@@ -78,6 +89,16 @@ class KeyedQueue(list):
     def restore(self, entries: list) -> None:
         for e in entries:
             heapq.heappush(self, e)
+
+    def set_aside(self, running: dict, out: list) -> Req | None:
+        """As ``FCFSQueue.set_aside``."""
+        while self:
+            req = self[0][3]
+            a = req.adapter
+            if a < 0 or a in running:
+                return req
+            out.append(heapq.heappop(self))
+        return None
 
     def __iter__(self):
         return (e[3] for e in list.__iter__(self))
