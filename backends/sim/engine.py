@@ -316,15 +316,16 @@ class Simulation(Arrivals, Scheduling):
             raise SimInvariantError(f"token budget exceeded: {pf + r} > {self.budget}")
         spec, m = self.spec, 1
         if spec is not None and r:
-            ctx = pool.ctx()
-            k = spec.pick_k(r, ctx)
+            ctx = pool.sum_b + pool.sum_s + r * pool.g
+            sc = spec.step_coef(r, ctx)
+            k = sc[7]
             cost = self.cm.iteration(pf, pairs, r, r * (k + 1), ctx, prefill_seqs=len(chunks))
             if spec.draft is not None and k:
                 db, dp = spec.draft.decode_affine(r)
                 cost = type(cost)(cost.time_s + k * (db.time_s + dp.time_s * ctx),
                                   cost.flops + k * (db.flops + dp.flops * ctx),
                                   cost.hbm_bytes + k * (db.hbm_bytes + dp.hbm_bytes * ctx))
-            self._spec_frac += spec.coef(r, k)[6]
+            self._spec_frac += sc[6]
             m = int(self._spec_frac)  # tokens this step: the expectation, carried over (deterministic)
             self._spec_frac -= m
             fin = pool.heap[0][0] - pool.g if pool.heap[0][2] == pool.heap[0][3].ver else pool.next_finish() - pool.g
@@ -336,11 +337,12 @@ class Simulation(Arrivals, Scheduling):
             self.c_acc += r * (m - 1)
         else:
             cost = self.cm.iteration(pf, pairs, r, r, pool.ctx() if r else 0, prefill_seqs=len(chunks))
+        dt, flops, nbytes = cost.time_s, cost.flops, cost.hbm_bytes
         if self.lora is not None:  # (with speculation: one token per decoding sequence)
             lt, lf, lb = self._lora_extra(chunks, 1 if r else 0)
-            cost = type(cost)(cost.time_s + lt, cost.flops + lf, cost.hbm_bytes + lb)
+            dt, flops, nbytes = dt + lt, flops + lf, nbytes + lb
         t0 = self.t
-        dt = cost.time_s + self.pending_s
+        dt += self.pending_s
         self.pending_s = 0.0
         t = self.t = t0 + dt
         if r:
@@ -355,7 +357,7 @@ class Simulation(Arrivals, Scheduling):
             self._pool_finished(t)
         if r and self._fresh:
             self._first_decode_tokens(t)
-        self._record(t0, dt, cost.flops, cost.hbm_bytes, 1, r + len(chunks), r + pf, held, held, used, used)
+        self._record(t0, dt, flops, nbytes, 1, r + len(chunks), r + pf, held, held, used, used)
         if self.trace is not None:
             self.trace.iteration(t0, dt, 1, r, pf, len(chunks))
 
@@ -381,12 +383,19 @@ class Simulation(Arrivals, Scheduling):
         pool, mem = self.pool, self.mem
         r, g, t0 = pool.n, pool.g, self.t
         ctx = pool.sum_b + pool.sum_s + r * g
-        c = self._coef.get(r) or self._coef_of(r) if self.spec is None else self.spec.coef(r, self.spec.pick_k(r, ctx))
+        spec = self.spec
+        c = self._coef.get(r) or self._coef_of(r) if spec is None else spec.step_coef(r, ctx)
         a, ts = c[0], c[1]
         lf = lb = 0.0
-        if self.lora is not None:  # a fixed batch: the same LoRA cost every iteration
-            lt, lf, lb = self._lora_extra([], 1)
-            a += lt
+        lora = self.lora
+        if lora is not None:  # a fixed batch: the same LoRA cost every iteration (inline _lora_extra)
+            tok = lora.n_lora
+            for q in self.prefilling:
+                if q.adapter >= 0:
+                    tok -= 1
+            if tok > 0:
+                lt, lf, lb = self.lora_cost.cost(tok, len(lora.running))
+                a += lt
         heap = pool.heap
         while heap[0][2] != heap[0][3].ver:  # drop entries of members that left
             heapq.heappop(heap)
@@ -444,7 +453,7 @@ class Simulation(Arrivals, Scheduling):
         if self._fresh:
             self._first_decode_tokens(t)
         iters = n
-        if self.spec is not None:  # n token steps = n / E speculative iterations
+        if spec is not None:  # n token steps = n / E speculative iterations
             iters = n / c[6]
             self.c_draft += r * iters * c[7]
             self.c_acc += r * (n - iters)

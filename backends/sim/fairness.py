@@ -117,13 +117,16 @@ class CountingPool(DecodePool):
         return blocks
 
 
-class VTCQueue:
+class VTCQueue(bytearray):
     """The waiting queue ordered by virtual token counters (see module doc); the same
     push / push_front / peek / pop / len interface as ``queue.FCFSQueue``. ``pop`` removes what
     the last ``peek`` returned (the contract ``Scheduling.admit`` relies on) unless the queue
-    changed since; otherwise the head chosen now."""
+    changed since; otherwise the head chosen now.
 
-    __slots__ = ("svc", "by", "live", "front", "lift", "last", "n", "_u", "_again",
+    The requests live in per-tenant deques; the object itself is a bytearray holding one byte
+    per waiting request, so ``len()`` and truth tests (several per engine step) are C calls."""
+
+    __slots__ = ("svc", "by", "live", "front", "lift", "last", "_u", "_again",
                  "cap", "depth", "level", "lvl_t", "lvl_s", "clock")
 
     def __init__(self, svc: TenantService, policy: Policy, workload: Workload, clock: Callable[[], float]) -> None:
@@ -134,7 +137,6 @@ class VTCQueue:
         self.front: deque[Req] = deque()   # preempted requests, most recent first
         self.lift = [0.0] * k              # counter lifts (counter units)
         self.last = -1                     # tenant that last left the queue
-        self.n = 0
         self._u = -1                       # tenant the last peek chose (-1: none / stale)
         self._again = -1                   # tenant whose head pop_entry just set aside: the next
         #                                    peek's pick (no charge, no other change in between)
@@ -188,9 +190,6 @@ class VTCQueue:
                     best, low = u, c
         return best
 
-    def __len__(self) -> int:
-        return self.n
-
     def __iter__(self) -> Iterator[Req]:
         yield from self.front
         for q in self.by:
@@ -223,12 +222,12 @@ class VTCQueue:
                     svc.cb[u] += ref - c
             live.append(u)
         q.append(req)
-        self.n += 1
+        self.append(0)
 
     def push_front(self, req: Req) -> None:
         self._u = self._again = -1
         self.front.appendleft(req)
-        self.n += 1
+        self.append(0)
 
     def pop(self) -> Req:
         u, req = self.pop_entry()
@@ -242,7 +241,7 @@ class VTCQueue:
     def pop_entry(self) -> tuple[int, Req]:
         """Set the head aside uncharged (LoRA: its adapter has no slot now) → (its tenant, or -1
         for a preempted request, and the request); ``restore`` puts it back where it was."""
-        self.n -= 1
+        del self[-1]
         if self.front:
             return -1, self.front.popleft()
         u = self._u if self._u >= 0 else self._pick()
@@ -267,7 +266,7 @@ class VTCQueue:
             if a < 0 or a in running:
                 return req
             out.append((-1, front.popleft()))
-            self.n -= 1
+            del self[-1]
         live, by = self.live, self.by
         u, self._again = self._again, -1
         while live:
@@ -281,7 +280,7 @@ class VTCQueue:
                     self._u = u
                     return req
                 out.append((u, q.popleft()))
-                self.n -= 1
+                del self[-1]
             live.remove(u)
             u = -1
         self._u = -1
@@ -291,8 +290,8 @@ class VTCQueue:
         """Put entries taken by ``pop_entry`` back at the heads of their queues, in their order
         (a tenant set aside whole stays backlogged: no lift)."""
         self._u = self._again = -1
+        self.extend(bytes(len(entries)))
         for u, req in reversed(entries):
-            self.n += 1
             if u < 0:
                 self.front.appendleft(req)
                 continue

@@ -62,7 +62,7 @@ def _unique(a):
 class Speculator:
     """Per-token-step decode coefficients under speculation, memoised per (seqs, k)."""
 
-    __slots__ = ("cm", "draft", "alpha", "k_max", "dynamic", "ngram", "_memo", "_kmemo")
+    __slots__ = ("cm", "draft", "alpha", "k_max", "dynamic", "ngram", "_memo", "_kmemo", "_smemo")
 
     def __init__(self, policy: Policy, workload: Workload, cm: CostModel, draft: CostModel | None) -> None:
         self.cm, self.draft = cm, draft
@@ -71,6 +71,7 @@ class Speculator:
         self.dynamic = policy.spec_dynamic
         self._memo: dict[tuple[int, int], tuple[float, ...]] = {}
         self._kmemo: dict[tuple[int, int], int] = {}
+        self._smemo: dict[int, tuple[float, ...]] = {}
 
     def iteration_terms(self, r: int, k: int) -> tuple[float, float, float, float, float, float]:
         """ONE speculative iteration of r sequences: (time, time/ctx, flops, flops/ctx, bytes,
@@ -93,6 +94,15 @@ class Speculator:
         if c is None:
             e = expected_tokens(self.alpha, k)
             c = self._memo[(r, k)] = (*(x / e for x in self.iteration_terms(r, k)), e, k)
+        return c
+
+    def step_coef(self, r: int, ctx: int) -> tuple[float, ...]:
+        """``coef(r, pick_k(r, ctx))`` memoised on one int key (the engine's per-step call;
+        ``[7]`` is the k chosen)."""
+        key = r << 7 | (ctx // r + 1).bit_length() if self.dynamic else r << 7
+        c = self._smemo.get(key)
+        if c is None:
+            c = self._smemo[key] = self.coef(r, self.pick_k(r, ctx))
         return c
 
     def pick_k(self, r: int, ctx: int) -> int:
