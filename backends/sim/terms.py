@@ -123,6 +123,9 @@ class FittedTerms:
 
 DEFAULT_PRIOR = FittedTerms()
 """Physically plausible starting point (rounded from a fit to Splitwise)."""
+REFERENCE_PRIOR_WEIGHT = 0.3
+"""Pull of the Splitwise fit (``splitwise_terms``) on a fit to a smaller table (Sarathi: 35 rows,
+some mutually inconsistent; a ``servetune calibrate`` profile's batch rows)."""
 
 
 @lru_cache(maxsize=256)
@@ -237,5 +240,14 @@ def fit_terms(rows: Sequence, *, prior: FittedTerms = DEFAULT_PRIOR, prior_weigh
     return FittedTerms(**{k: float(v) for k, v in zip(_NAMES, np.exp(sol.x), strict=True)}, q=q)
 
 
-__all__ = ["DEFAULT_PRIOR", "FLOOR_TERMS", "REF_HBM", "WORK_TERMS", "FittedTerms", "dense_features", "fit_terms",
-           "predict_terms", "row_features", "step_features", "terms_ape"]
+@lru_cache(maxsize=1)
+def splitwise_terms() -> FittedTerms:
+    """The terms fitted to the bundled Splitwise table (``profiles.load_rows("splitwise")``): the
+    reference prior of smaller fits. Immutable, memoised."""
+    from backends.sim.profiles import load_rows
+
+    return fit_terms(load_rows("splitwise"))
+
+
+__all__ = ["DEFAULT_PRIOR", "REFERENCE_PRIOR_WEIGHT", "FLOOR_TERMS", "REF_HBM", "WORK_TERMS", "FittedTerms", "dense_features", "fit_terms",
+           "predict_terms", "row_features", "splitwise_terms", "step_features", "terms_ape"]

@@ -109,18 +109,42 @@ def test_terms_cost_model_prices_steps_as_the_fit_and_keeps_decode_closed_forms(
         get_model("llama-2-70b"), get_gpu("h100-sxm"), 4).iteration(2048, 2048 * 1024.5, 0, 0, 0.0).flops
 
 
-def test_simulator_runs_on_the_terms_cost_model(monkeypatch):
-    """End to end: the engine (closed-form decode segments, invariants checked) runs on a
-    ``TermsCostModel``; the Splitwise terms carry an eager engine's launch floor, so TPOT is
-    longer than under the default (CUDA-graph vLLM V1) roofline."""
-    import backends.sim.engine as engine_mod
-    from backends.sim.termcost import TermsCostModel
+def test_simulator_runs_on_the_terms_cost_model_chosen_by_the_deployment():
+    """End to end: ``Deployment(cost_model="terms")`` runs the engine (closed-form decode segments,
+    invariants checked) on a ``TermsCostModel`` fitted to the Splitwise table and says so; the
+    Splitwise terms carry an eager engine's launch floor, so TPOT is longer than under the default
+    (CUDA-graph vLLM V1) roofline."""
+    from backends.base import Deployment
     from tests.sim.simkit import poisson_workload, run
 
     wl = poisson_workload(60, 4.0, (200, 600), (20, 80))
     _, base = run(wl)
-    terms = fit_terms(load_rows("splitwise"))
-    monkeypatch.setattr(engine_mod, "instance_cost_model",
-                        lambda m, g, tp, wd, kd, eng, profile: TermsCostModel(m, g, tp, wd, kd, eng, terms=terms))
-    _, fitted = run(wl)
+    res, fitted = run(wl, Deployment("llama-3.1-8b", "h100", cost_model="terms"))
     assert fitted.tpot_p50_ms > 1.3 * base.tpot_p50_ms
+    src = res.meta["cost_model"]
+    assert src.startswith("fitted operator-class terms (profile:") and "splitwise: 300 batch rows" in src
+    assert "llama-3.1-8b h100-sxm tp1 not measured" in src
+    assert any(n == f"cost model: {src}" for n in res.notes)
+
+
+def test_terms_cost_model_choice_from_a_profile():
+    """``cost_model="terms"`` fits the named profile's batch rows (Sarathi: with the Splitwise fit
+    as prior), says when the group was measured, rejects a profile without batch rows, and
+    leaves the default path ("auto") untouched."""
+    from backends.base import Deployment
+    from backends.sim.catalog import get_gpu, get_model
+    from backends.sim.profiled import instance_cost_model
+    from backends.sim.termcost import TermsCostModel
+    from backends.sim.terms import REFERENCE_PRIOR_WEIGHT, splitwise_terms
+
+    m, g = get_model("yi-34b"), get_gpu("a100-80gb-pcie")
+    cm = instance_cost_model(m, g, 2, profile="sarathi", cost_model="terms")
+    assert isinstance(cm, TermsCostModel) and "sarathi: 35 batch rows" in cm.source and "tp2 measured" in cm.source
+    want = fit_terms(load_rows("sarathi"), prior=splitwise_terms(), prior_weight=REFERENCE_PRIOR_WEIGHT)
+    assert cm.terms == want
+    with pytest.raises(ValueError, match="no batch rows"):
+        instance_cost_model(m, g, 2, profile="vidur", cost_model="terms")
+    with pytest.raises(ValueError, match="auto or terms"):
+        Deployment("yi-34b", "a100-80gb-pcie", cost_model="roofline")
+    auto = instance_cost_model(m, g, 2)
+    assert type(auto) is CostModel and auto.source == "roofline (default efficiency)"

@@ -104,13 +104,13 @@ def terms_leave_out(rows: Sequence, key: Callable[[object], object], prior=None,
 
 
 SARATHI_PRIOR_WEIGHT = 0.3
-"""Pull of the Splitwise terms fit on a Sarathi fit (35 rows, some mutually inconsistent)."""
+"""Pull of the Splitwise terms fit on a Sarathi fit (35 rows, some mutually inconsistent); the
+same as ``backends.sim.terms.REFERENCE_PRIOR_WEIGHT``."""
 
 
 def terms_lines(table: str, rows: Sequence) -> list[FidelityLine]:
     """The fitted operator-class terms on Splitwise or Sarathi (see module doc)."""
-    from backends.sim.profiles import load_rows
-    from backends.sim.terms import fit_terms, terms_ape
+    from backends.sim.terms import fit_terms, splitwise_terms, terms_ape
 
     tgt = "8/15"
     if table == "splitwise":
@@ -122,7 +122,7 @@ def terms_lines(table: str, rows: Sequence) -> list[FidelityLine]:
                 sub = [e for e, r in zip(errs, rows, strict=True) if r.label.startswith(kind)]
                 out.append(_line(table, f"  {kind} rows", sub, tgt))
         return out
-    prior, pw = fit_terms(load_rows("splitwise")), SARATHI_PRIOR_WEIGHT
+    prior, pw = splitwise_terms(), SARATHI_PRIOR_WEIGHT
     return [_line(table, "terms: fitted, in sample", terms_ape(rows, fit_terms(rows, prior=prior, prior_weight=pw))),
             _line(table, "terms: OOS 5-fold (prior: Splitwise terms)", terms_leave_out(rows, _fold_key(rows), prior, pw),
                   tgt),
