@@ -33,6 +33,7 @@ from backends.sim.profiles import (  # noqa: E402
     load_rows,
     vllm_v1_steady_rows,
 )
+from tuner.calibration.fidelity import terms_lines  # noqa: E402
 
 VLLM_RUNS = Path("/work/shared/data/profiles/vllm_v0151_trainval_runs.csv")
 """Real vLLM V1 serving runs (not bundled: licence not stated); the table is skipped without it."""
@@ -139,6 +140,9 @@ def main(argv: Sequence[str] | None = None) -> int:
             errs, folds = fn(rows)
             med, p90 = _stats(errs)
             print(f"{'':16s} {'':5s}  {f'OOS {name} ({folds} folds)':34s} {med:9.1f} {p90:7.1f}")
+        if table in ("splitwise", "sarathi"):  # the fitted operator-class terms (backends.sim.terms)
+            for ln in terms_lines(table, rows):
+                print(f"{'':16s} {'':5s}  {ln.evaluation:34s} {ln.median:9.1f} {ln.p90:7.1f}")
     print(f"\n({time.perf_counter() - t0:.1f} s) engine presets: vllm_v1 -> vllm-v1, others -> vllm-v0. The vllm_v1"
           " table is a steady-state approximation (Little's law) of real serving runs; the default"
           " efficiencies and the vllm-v1 preset were rounded from its in-sample fit, so its 'default'"
