@@ -148,3 +148,17 @@ def test_terms_cost_model_choice_from_a_profile():
         Deployment("yi-34b", "a100-80gb-pcie", cost_model="roofline")
     auto = instance_cost_model(m, g, 2)
     assert type(auto) is CostModel and auto.source == "roofline (default efficiency)"
+
+
+def test_sarathi_stratified_kfold_figure():
+    """Sarathi (35 rows) with the Splitwise terms as prior, out of sample by a 5-fold stratified by
+    batch kind, mean over 5 seeds: measured median 8.7 %, p90 18.9 % (the p90 target of 15 % is
+    missed: contradictory rows and the b = 4 -> 8 decode step, docs/calibration.md). Guards the
+    figure; a random split that left one fold with 6 of the 9 decode rows gave p90 26.6 %."""
+    from backends.sim.terms import splitwise_terms
+    from tuner.calibration.fidelity import SARATHI_PRIOR_WEIGHT, kfold_lines
+
+    rows = list(load_rows("sarathi"))
+    _, mean = kfold_lines("sarathi", rows, "", lambda key: terms_leave_out(rows, key, splitwise_terms(),
+                                                                          SARATHI_PRIOR_WEIGHT))
+    assert mean.median <= 9.5 and mean.p90 <= 20.0
