@@ -54,8 +54,16 @@ class Deployment:
     a profile file (``servetune calibrate``), a shared table (vidur, splitwise, sarathi, shared)
     or "none" (the default: the roofline fitted to real vLLM V1 runs, see docs/calibration.md);
     used where it measured this (model, GPU, TP), the roofline elsewhere. Live backends ignore it."""
+    cost_model: str = "auto"
+    """How the simulator prices a step: "auto" (the default: ``profile`` where it measured this
+    (model, GPU, TP), the roofline elsewhere) or "terms" (``backends.sim.termcost.TermsCostModel``:
+    operator-class terms fitted to the batch rows of ``profile``, of the Splitwise table when
+    ``profile`` is "none"; they carry the launch floor of the engine those rows were measured
+    on). Live backends ignore it."""
 
     def __post_init__(self) -> None:
+        if self.cost_model not in ("auto", "terms"):
+            raise ValueError(f"deployment cost_model={self.cost_model!r}: must be auto or terms")
         if self.n_gpus < 1:
             raise ValueError(f"deployment n_gpus={self.n_gpus}: must be >= 1")
         for k in ("weight_dtype", "kv_dtype"):

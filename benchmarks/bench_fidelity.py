@@ -3,7 +3,8 @@
 For each measured profile table (``backends.sim.profiles``) prints the median and p90 absolute
 percentage error of the cost model's predictions: with the default efficiencies, fitted
 in-sample, and OUT OF SAMPLE (fit on some rows, predict the held-out rest: leave one GPU / TP
-degree / model out, k-fold where a table has one configuration, and a cross-table transfer).
+degree / model out, k-fold stratified by batch kind where a table has one configuration, and a
+cross-table transfer).
 Out-of-sample errors pool each row's prediction from the fold that held it out.
 
     python benchmarks/bench_fidelity.py            # all tables
@@ -33,6 +34,7 @@ from backends.sim.profiles import (  # noqa: E402
     load_rows,
     vllm_v1_steady_rows,
 )
+from tuner.calibration.fidelity import kfold_lines, terms_lines  # noqa: E402
 
 VLLM_RUNS = Path("/work/shared/data/profiles/vllm_v0151_trainval_runs.csv")
 """Real vLLM V1 serving runs (not bundled: licence not stated); the table is skipped without it."""
@@ -69,11 +71,6 @@ def leave_out(rows: Sequence[ProfileRow], key: Callable[[ProfileRow], object]) -
     return errs, folds
 
 
-def kfold(rows: Sequence[ProfileRow], k: int = 5, seed: int = 0) -> tuple[list[float], int]:
-    idx = np.random.default_rng(seed).permutation(len(rows))
-    return leave_out([rows[i] for i in idx], key=lambda r, m={id(rows[i]): j % k for j, i in enumerate(idx)}: m[id(r)])
-
-
 def splits(table: str) -> dict[str, Callable[[list[ProfileRow]], tuple[list[float], int]]]:
     by_gpu = lambda rs: leave_out(rs, lambda r: r.gpu)  # noqa: E731
     by_tp = lambda rs: leave_out(rs, lambda r: r.tp)  # noqa: E731
@@ -81,7 +78,7 @@ def splits(table: str) -> dict[str, Callable[[list[ProfileRow]], tuple[list[floa
     if table == "splitwise":
         return {"leave-one-GPU-out": by_gpu, "leave-one-TP-out": by_tp, "leave-one-model-out": by_model}
     if table == "sarathi":
-        return {"5-fold": kfold, "leave-one-batch-kind-out": lambda rs: leave_out(rs, lambda r: r.label.split(" b")[0]),
+        return {"leave-one-batch-kind-out": lambda rs: leave_out(rs, lambda r: r.label.split(" b")[0]),
                 "fit Splitwise A100 -> Sarathi": _transfer_sarathi}
     if table == "vllm_v1":
         return {"leave-one-model-out": by_model, "leave-one-TP-out": by_tp,
@@ -123,7 +120,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     ap.add_argument("--no-speed", action="store_true", help="skip the µs/call timing of the cost model")
     args = ap.parse_args(argv)
     t0 = time.perf_counter()
-    head = f"{'table':16s} {'rows':>5s}  {'evaluation':34s} {'median %':>9s} {'p90 %':>7s}"
+    head = f"{'table':16s} {'rows':>5s}  {'evaluation':46s} {'median %':>9s} {'p90 %':>7s}"
     print(head)
     print("-" * len(head))
     tables = args.table or [*TABLES, *(["vllm_v1"] if VLLM_RUNS.is_file() else [])]
@@ -131,14 +128,19 @@ def main(argv: Sequence[str] | None = None) -> int:
         rows = _rows(table)
         eng = ENGINES.get(table, ENGINE)
         med, p90 = _stats(ape(rows, None, eng))
-        print(f"{table:16s} {len(rows):5d}  {'default efficiencies':34s} {med:9.1f} {p90:7.1f}")
+        print(f"{table:16s} {len(rows):5d}  {'default efficiencies':46s} {med:9.1f} {p90:7.1f}")
         eff = fit_efficiency(rows, engine=eng)
         med, p90 = _stats(ape(rows, eff, eng))
-        print(f"{'':16s} {'':5s}  {'fitted, in sample':34s} {med:9.1f} {p90:7.1f}")
+        print(f"{'':16s} {'':5s}  {'fitted, in sample':46s} {med:9.1f} {p90:7.1f}")
         for name, fn in splits(table).items():
             errs, folds = fn(rows)
             med, p90 = _stats(errs)
-            print(f"{'':16s} {'':5s}  {f'OOS {name} ({folds} folds)':34s} {med:9.1f} {p90:7.1f}")
+            print(f"{'':16s} {'':5s}  {f'OOS {name} ({folds} folds)':46s} {med:9.1f} {p90:7.1f}")
+        lines = kfold_lines(table, rows, "", lambda key, rs=rows: leave_out(rs, key)[0]) if table == "sarathi" else []
+        if table in ("splitwise", "sarathi"):  # the fitted operator-class terms (backends.sim.terms)
+            lines += terms_lines(table, rows)
+        for ln in lines:
+            print(f"{'':16s} {'':5s}  {ln.evaluation:46s} {ln.median:9.1f} {ln.p90:7.1f}")
     print(f"\n({time.perf_counter() - t0:.1f} s) engine presets: vllm_v1 -> vllm-v1, others -> vllm-v0. The vllm_v1"
           " table is a steady-state approximation (Little's law) of real serving runs; the default"
           " efficiencies and the vllm-v1 preset were rounded from its in-sample fit, so its 'default'"

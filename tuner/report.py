@@ -57,7 +57,7 @@ def _cost_statement(result: Any, spec: StudySpec) -> str:
         d = spec.deployment
         try:
             parts.append(fidelity_summary(d.model, d.gpu, result.policy.tp, engine=d.engine, profile=d.profile,
-                                          weight_dtype=d.weight_dtype, kv_dtype=d.kv_dtype))
+                                          weight_dtype=d.weight_dtype, kv_dtype=d.kv_dtype, cost_model=d.cost_model))
         except (OSError, ValueError) as e:
             parts.append(f"{meta.get('cost_model', 'cost model unknown')} (its measured error: not available, {e})")
     elif meta.get("cost_model"):

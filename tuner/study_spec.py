@@ -43,7 +43,8 @@ STUDY_SCHEMA_VERSION = 1
 TOP_KEYS = ("schema_version", "name", "description", "workload", "deployment", "slos", "objectives",
             "constraints", "search", "fixed", "sampler", "seed", "trials", "pruning")
 WORKLOAD_KEYS = ("source", "spec", "first_n", "rate", "seed", "assign_slo", "transforms")
-DEPLOYMENT_KEYS = ("model", "gpu", "n_gpus", "engine", "max_model_len", "weight_dtype", "kv_dtype", "profile", "tp")
+DEPLOYMENT_KEYS = ("model", "gpu", "n_gpus", "engine", "max_model_len", "weight_dtype", "kv_dtype", "profile", "cost_model",
+                   "tp")
 SAMPLERS = ("tpe", "random", "nsga2", "qmc")
 DEFAULT_PRUNING = (0.25, 0.5, 1.0)
 

@@ -86,7 +86,7 @@ class Simulation(Arrivals, Scheduling):
         tp = policy.tp
         engine = get_engine(deployment.engine)
         self.cm = cm = instance_cost_model(model, gpu, tp, deployment.weight_dtype, deployment.kv_dtype, engine,
-                                           deployment.profile)
+                                           deployment.profile, deployment.cost_model)
         bs = self.bs = policy.block_size
         B = policy.max_num_batched_tokens
         total = kv_budget(model, gpu, tp, policy.gpu_memory_utilization, deployment.weight_dtype,
@@ -97,7 +97,7 @@ class Simulation(Arrivals, Scheduling):
             if policy.speculation == "draft":
                 dm = get_model(policy.spec_draft_model)
                 draft = instance_cost_model(dm, gpu, tp, deployment.weight_dtype, deployment.kv_dtype, engine,
-                                            deployment.profile)
+                                            deployment.profile, deployment.cost_model)
                 # the draft's weights and its own KV (same tokens, its bytes per token) share the pool
                 total -= int(weight_bytes_per_gpu(dm, tp, deployment.weight_dtype) // (bs * cm.kv_bytes_per_token))
                 total = int(total * cm.kv_bytes_per_token / (cm.kv_bytes_per_token + draft.kv_bytes_per_token))

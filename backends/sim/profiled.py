@@ -149,13 +149,19 @@ def profile_fit(profile: str) -> Any:
 
 def instance_cost_model(model: ModelSpec, gpu: GPUSpec, tp: int = 1, weight_dtype: str = "bf16",
                         kv_dtype: str = "bf16", engine: EnginePreset | None = None,
-                        profile: str = DEFAULT_PROFILE) -> CostModel:
-    """The cost model one simulated instance uses: where ``profile`` measured (model, GPU, TP),
-    its fitted operators (``ProfiledCostModel``; roofline efficiency fitted to that group's batch
-    rows if it has any, else the default one); elsewhere the plain ``CostModel`` (the roofline
-    whose default efficiency was fitted to real vLLM V1 runs), exactly as without a profile.
-    ``.source`` says which, and why."""
+                        profile: str = DEFAULT_PROFILE, cost_model: str = "auto") -> CostModel:
+    """The cost model one simulated instance uses (``Deployment.profile`` and ``.cost_model``).
+    ``cost_model="auto"``: where ``profile`` measured (model, GPU, TP), its fitted operators
+    (``ProfiledCostModel``; roofline efficiency fitted to that group's batch rows if it has any,
+    else the default one); elsewhere the plain ``CostModel`` (the roofline whose default efficiency
+    was fitted to real vLLM V1 runs), exactly as without a profile. ``cost_model="terms"``: a
+    ``TermsCostModel`` with the terms fitted to ``profile``'s batch rows (the Splitwise table's
+    when ``profile`` is none), for any (model, GPU, TP). ``.source`` says which, and why."""
     engine = engine or get_engine("vllm-v1")
+    if cost_model == "terms":
+        return _terms_cost_model(model, gpu, tp, weight_dtype, kv_dtype, engine, profile)
+    if cost_model != "auto":
+        raise ValueError(f"cost_model={cost_model!r}: must be auto or terms")
     fit = profile_fit(profile)
     if fit is None or not fit.covers(model.name, gpu.name, tp):
         cm = CostModel(model, gpu, tp, weight_dtype, kv_dtype, engine)
@@ -167,6 +173,23 @@ def instance_cost_model(model: ModelSpec, gpu: GPUSpec, tp: int = 1, weight_dtyp
                            fit)
     how = f"fitted to profile:{fit.key}'s {model.name} {gpu.name} tp{tp} batch rows" if scope == "group" else "default"
     cm.source = f"roofline (efficiency {how})" if cm.source.startswith("roofline") else f"{cm.source}, {how} efficiency"
+    return cm
+
+
+def _terms_cost_model(model: ModelSpec, gpu: GPUSpec, tp: int, weight_dtype: str, kv_dtype: str,
+                      engine: EnginePreset, profile: str) -> CostModel:
+    from backends.sim.termcost import TermsCostModel
+
+    name = "splitwise" if profile in NO_PROFILE else profile
+    fit = profile_fit(name)
+    terms, n, srcs = fit.terms()
+    if terms is None:
+        raise ValueError(f"cost_model=terms: profile {name!r} has no batch rows to fit the terms to; name one that "
+                         "has (splitwise, sarathi, shared, or a servetune calibrate profile with prefill/decode rows)")
+    cm = TermsCostModel(model, gpu, tp, weight_dtype, kv_dtype, engine, terms=terms)
+    where = "measured" if fit.covers(model.name, gpu.name, tp) else "not measured: the terms carried over"
+    cm.source = (f"fitted operator-class terms (profile:{fit.key} {'+'.join(srcs)}: {n} batch rows; "
+                 f"{model.name} {gpu.name} tp{tp} {where}; the launch floor of the engine the rows ran on)")
     return cm
 
 

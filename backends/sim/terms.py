@@ -7,7 +7,7 @@ its fitted efficiencies do not transfer between GPUs (``docs/calibration.md``). 
 prices one step as two streams that overlap, the GPU's work and the host's kernel-launch floor::
 
     work  = Σ_k θ_k · ideal_k            (s; ideal_k = operator class k at peak, per GPU)
-    floor = (c_step + c_layer·L + c_seq·seqs + c_prefill·[prefill]) · REF_HBM / hbm_bytes_s
+    floor = (c_step + c_layer·L) · REF_HBM / hbm_bytes_s + c_seq·seqs + c_prefill·[prefill]
     time  = (work^q + floor^q)^(1/q)     (a smooth max: whichever stream is longer sets the pace)
 
 Operator classes (``WORK_TERMS``; each ideal time is per GPU of the instance):
@@ -25,10 +25,20 @@ Operator classes (``WORK_TERMS``; each ideal time is per GPU of the instance):
 * ``allreduce_bytes``: 2 ring all-reduces per layer: 2(tp−1)/tp × T × hidden × 2 B / link bw;
 * ``allreduce_hop``: 2 all-reduces per layer × log2(tp) (s per hop: the coefficient is a latency).
 
-The floor (``FLOOR_TERMS``, s) is the eager engine's launch/scheduling cost per step, per layer,
-per sequence and per prefill step; it is expressed at ``REF_HBM`` (A100-80GB) and scales with the
-GPU's memory speed (small kernels are latency-bound; a fit across the Splitwise A100 and H100
-DGX hosts found the floor ~1.5× longer on A100, close to their bandwidth ratio 1.64).
+The floor (``FLOOR_TERMS``, s) is the eager engine's cost per step, per layer, per sequence and
+per prefill step, in two parts that behave differently across GPUs (measured on Splitwise):
+
+* the launch floor, per step and per layer (``step_s``, ``layer_s``): a chain of small kernels,
+  latency-bound on the GPU; expressed at ``REF_HBM`` (A100-80GB) and scaled by the GPU's memory
+  speed (a one-sequence decode step of Llama-2-70B at TP4/TP8 takes ~44 ms on DGX-A100 and ~30 ms
+  on DGX-H100 whatever the weight bytes per GPU: ratio ~1.5, HBM bandwidth ratio 1.64);
+* the host's bookkeeping, per sequence and per prefill step (``seq_s``, ``prefill_s``): Python
+  work on the CPU, in seconds, the same on any GPU. Decode steps of Llama-2-70B at TP4/TP8 grow by
+  0.25-0.26 ms per sequence from b = 1 to 32 on both hosts (A100 8.0-7.9 ms, H100 7.6-8.2 ms for
+  31 sequences), and a 128-token prefill costs 22-25 ms more than a one-sequence decode step on
+  both (A100 24.2 / 22.1 ms, H100 20.5 / 25.3 ms at TP4 / TP8): neither scales with the GPU.
+  Scaling them too (as the launch floor) put Splitwise leave-one-GPU-out at p90 17.0 % instead
+  of 13.0 % (docs/calibration.md).
 
 Fitting (``fit_terms``): log-space least squares on the log error, each coefficient pulled weakly
 toward a prior (``DEFAULT_PRIOR``, or another table's fit), so unidentified terms stay put. The
@@ -51,7 +61,7 @@ WORK_TERMS = ("gemm", "gemm_ridge", "prefill_attn", "kv_read", "decode_attn", "e
               "allreduce_bytes", "allreduce_hop")
 FLOOR_TERMS = ("step_s", "layer_s", "seq_s", "prefill_s")
 REF_HBM = 2.039e12
-"""HBM bytes/s at which the floor coefficients are stated (A100-80GB)."""
+"""HBM bytes/s at which the launch-floor coefficients (``step_s``, ``layer_s``) are stated (A100-80GB)."""
 SPILL_BYTES = 32 * 2**20
 """Activation working set (bytes per layer) at which half of the elementwise traffic spills."""
 _UNIT = Efficiency(gemm=1.0, attn=1.0, mem=1.0, comm=1.0, allreduce_base_s=0.0, allreduce_latency_s=0.0,
@@ -62,7 +72,8 @@ _UNIT = Efficiency(gemm=1.0, attn=1.0, mem=1.0, comm=1.0, allreduce_base_s=0.0, 
 @dataclass(frozen=True, slots=True)
 class FittedTerms:
     """Coefficients of the step-time model (see module doc): one per ``WORK_TERMS`` (multiples
-    of the ideal time), one per ``FLOOR_TERMS`` (s at ``REF_HBM``), and the smooth-max power."""
+    of the ideal time), one per ``FLOOR_TERMS`` (s; the launch floor at ``REF_HBM``), and the
+    smooth-max power."""
 
     gemm: float = 1.3
     gemm_ridge: float = 0.3
@@ -112,6 +123,9 @@ class FittedTerms:
 
 DEFAULT_PRIOR = FittedTerms()
 """Physically plausible starting point (rounded from a fit to Splitwise)."""
+REFERENCE_PRIOR_WEIGHT = 0.3
+"""Pull of the Splitwise fit (``splitwise_terms``) on a fit to a smaller table (Sarathi: 35 rows,
+some mutually inconsistent; a ``servetune calibrate`` profile's batch rows)."""
 
 
 @lru_cache(maxsize=256)
@@ -148,9 +162,10 @@ def dense_features(cm: CostModel, tokens: int) -> tuple[float, float, float, flo
 def step_features(cm: CostModel, prefill_tokens: int, prefill_pairs: float, prefill_seqs: int, decode_seqs: int,
                   decode_tokens: int, decode_ctx: float,
                   dense: tuple[float, float, float, float, float, float] | None = None) -> tuple[list[float], list[float]]:
-    """Ideal times (s, ``WORK_TERMS`` order) and floor counts (``FLOOR_TERMS`` order, scaled by
-    REF_HBM / HBM bw) of one step; ``cm`` is any ``CostModel`` of the instance (its shapes are
-    read); ``dense``: ``dense_features`` of the step's token count, if memoised by the caller."""
+    """Ideal times (s, ``WORK_TERMS`` order) and floor counts (``FLOOR_TERMS`` order: steps and
+    layers scaled by REF_HBM / HBM bw, sequences and prefill steps as they are: see the module
+    doc) of one step; ``cm`` is any ``CostModel`` of the instance (its shapes are read);
+    ``dense``: ``dense_features`` of the step's token count, if memoised by the caller."""
     gpu, L = cm.gpu, cm.model.layers
     bw, pk16 = gpu.hbm_bytes_s, gpu.peak_flops("bf16")
     big, small, elem, spill, ar_b, ar_h = dense or dense_features(cm, prefill_tokens + decode_tokens)
@@ -162,7 +177,7 @@ def step_features(cm: CostModel, prefill_tokens: int, prefill_pairs: float, pref
     work = [big, small, cm._attn_f_pair * prefill_pairs / pk16, cm._kv_tok * decode_ctx / bw,
             cm._attn_f_pair * decode_ctx * dec_q / pk16, elem, spill, ar_b, ar_h]
     s = REF_HBM / bw
-    floor = [s, s * L, s * (decode_seqs + (prefill_seqs if prefill_tokens else 0)), s * (1.0 if prefill_tokens else 0.0)]
+    floor = [s, s * L, float(decode_seqs + (prefill_seqs if prefill_tokens else 0)), 1.0 if prefill_tokens else 0.0]
     return work, floor
 
 
@@ -225,5 +240,14 @@ def fit_terms(rows: Sequence, *, prior: FittedTerms = DEFAULT_PRIOR, prior_weigh
     return FittedTerms(**{k: float(v) for k, v in zip(_NAMES, np.exp(sol.x), strict=True)}, q=q)
 
 
-__all__ = ["DEFAULT_PRIOR", "FLOOR_TERMS", "REF_HBM", "WORK_TERMS", "FittedTerms", "dense_features", "fit_terms",
-           "predict_terms", "row_features", "step_features", "terms_ape"]
+@lru_cache(maxsize=1)
+def splitwise_terms() -> FittedTerms:
+    """The terms fitted to the bundled Splitwise table (``profiles.load_rows("splitwise")``): the
+    reference prior of smaller fits. Immutable, memoised."""
+    from backends.sim.profiles import load_rows
+
+    return fit_terms(load_rows("splitwise"))
+
+
+__all__ = ["DEFAULT_PRIOR", "REFERENCE_PRIOR_WEIGHT", "FLOOR_TERMS", "REF_HBM", "WORK_TERMS", "FittedTerms", "dense_features", "fit_terms",
+           "predict_terms", "row_features", "splitwise_terms", "step_features", "terms_ape"]

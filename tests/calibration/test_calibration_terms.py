@@ -30,13 +30,21 @@ def test_step_time_is_the_longer_of_work_and_floor():
     assert p_work > 5 * p_floor and p == pytest.approx(p_work, rel=0.01)
 
 
-def test_floor_scales_with_the_gpu_memory_speed():
-    """The same launch-bound step is shorter on H100 than on A100 by their HBM bandwidth ratio."""
-    t = replace(FittedTerms(), **{k: 0.0 for k in ("gemm", "gemm_ridge", "kv_read", "decode_attn", "elementwise",
-                                                    "activation_spill", "allreduce_bytes", "allreduce_hop")})
-    b = (0, 0.0, 0, 4, 4, 2048.0)
-    a100, h100 = predict_terms([_row("a100-80gb", 4, b), _row("h100-sxm", 4, b)], t)
-    assert a100 / h100 == pytest.approx(3.35e12 / 2.039e12, rel=1e-6)
+def test_launch_floor_scales_with_the_gpu_memory_speed_and_host_costs_do_not():
+    """The per-step and per-layer launch floor of the same launch-bound step is shorter on H100
+    than on A100 by their HBM bandwidth ratio; the host's per-sequence and per-prefill costs are
+    the same on both."""
+    no_work = {k: 0.0 for k in ("gemm", "gemm_ridge", "prefill_attn", "kv_read", "decode_attn", "elementwise",
+                                "activation_spill", "allreduce_bytes", "allreduce_hop")}
+    launch = replace(FittedTerms(), seq_s=0.0, prefill_s=0.0, **no_work)
+    host = replace(FittedTerms(), step_s=0.0, layer_s=0.0, **no_work)
+    for b in ((0, 0.0, 0, 4, 4, 2048.0), (512, 512 * 256.5, 1, 0, 0, 0.0)):
+        a100, h100 = predict_terms([_row("a100-80gb", 4, b), _row("h100-sxm", 4, b)], launch)
+        assert a100 / h100 == pytest.approx(3.35e12 / 2.039e12, rel=1e-6)
+        a100, h100 = predict_terms([_row("a100-80gb", 4, b), _row("h100-sxm", 4, b)], host)
+        assert a100 == pytest.approx(h100, rel=1e-12) and a100 > 0.0
+    seqs = [float(predict_terms([_row("h100-sxm", 4, (0, 0.0, 0, n, n, n * 512.0))], host)[0]) for n in (1, 9)]
+    assert seqs[1] - seqs[0] == pytest.approx(8 * host.seq_s, rel=1e-9)
 
 
 def test_fit_recovers_known_terms_on_splitwise_shapes():
@@ -53,9 +61,18 @@ def test_fit_recovers_known_terms_on_splitwise_shapes():
 
 def test_splitwise_leave_one_tp_out_meets_the_target():
     """Issue 7's per-batch target, out of sample: fitted on two TP degrees, the third is
-    predicted with median <= 8 % and p90 <= 15 % (measured 5.4 / 13.6 %)."""
+    predicted with median <= 8 % and p90 <= 15 % (measured 4.9 / 12.0 %)."""
     rows = list(load_rows("splitwise"))
     med, p90 = stats(terms_leave_out(rows, lambda r: r.tp))
+    assert med <= 8.0 and p90 <= 15.0
+
+
+def test_splitwise_leave_one_gpu_out_meets_the_target():
+    """Fitted on one GPU's rows (A100 or H100), the other's are predicted within the target
+    (measured 4.2 / 13.0 %; 4.4 / 17.0 % while the host's per-sequence and per-prefill costs were
+    scaled with the GPU like the launch floor)."""
+    rows = list(load_rows("splitwise"))
+    med, p90 = stats(terms_leave_out(rows, lambda r: r.gpu))
     assert med <= 8.0 and p90 <= 15.0
 
 
@@ -92,18 +109,56 @@ def test_terms_cost_model_prices_steps_as_the_fit_and_keeps_decode_closed_forms(
         get_model("llama-2-70b"), get_gpu("h100-sxm"), 4).iteration(2048, 2048 * 1024.5, 0, 0, 0.0).flops
 
 
-def test_simulator_runs_on_the_terms_cost_model(monkeypatch):
-    """End to end: the engine (closed-form decode segments, invariants checked) runs on a
-    ``TermsCostModel``; the Splitwise terms carry an eager engine's launch floor, so TPOT is
-    longer than under the default (CUDA-graph vLLM V1) roofline."""
-    import backends.sim.engine as engine_mod
-    from backends.sim.termcost import TermsCostModel
+def test_simulator_runs_on_the_terms_cost_model_chosen_by_the_deployment():
+    """End to end: ``Deployment(cost_model="terms")`` runs the engine (closed-form decode segments,
+    invariants checked) on a ``TermsCostModel`` fitted to the Splitwise table and says so; the
+    Splitwise terms carry an eager engine's launch floor, so TPOT is longer than under the default
+    (CUDA-graph vLLM V1) roofline."""
+    from backends.base import Deployment
     from tests.sim.simkit import poisson_workload, run
 
     wl = poisson_workload(60, 4.0, (200, 600), (20, 80))
     _, base = run(wl)
-    terms = fit_terms(load_rows("splitwise"))
-    monkeypatch.setattr(engine_mod, "instance_cost_model",
-                        lambda m, g, tp, wd, kd, eng, profile: TermsCostModel(m, g, tp, wd, kd, eng, terms=terms))
-    _, fitted = run(wl)
+    res, fitted = run(wl, Deployment("llama-3.1-8b", "h100", cost_model="terms"))
     assert fitted.tpot_p50_ms > 1.3 * base.tpot_p50_ms
+    src = res.meta["cost_model"]
+    assert src.startswith("fitted operator-class terms (profile:") and "splitwise: 300 batch rows" in src
+    assert "llama-3.1-8b h100-sxm tp1 not measured" in src
+    assert any(n == f"cost model: {src}" for n in res.notes)
+
+
+def test_terms_cost_model_choice_from_a_profile():
+    """``cost_model="terms"`` fits the named profile's batch rows (Sarathi: with the Splitwise fit
+    as prior), says when the group was measured, rejects a profile without batch rows, and
+    leaves the default path ("auto") untouched."""
+    from backends.base import Deployment
+    from backends.sim.catalog import get_gpu, get_model
+    from backends.sim.profiled import instance_cost_model
+    from backends.sim.termcost import TermsCostModel
+    from backends.sim.terms import REFERENCE_PRIOR_WEIGHT, splitwise_terms
+
+    m, g = get_model("yi-34b"), get_gpu("a100-80gb-pcie")
+    cm = instance_cost_model(m, g, 2, profile="sarathi", cost_model="terms")
+    assert isinstance(cm, TermsCostModel) and "sarathi: 35 batch rows" in cm.source and "tp2 measured" in cm.source
+    want = fit_terms(load_rows("sarathi"), prior=splitwise_terms(), prior_weight=REFERENCE_PRIOR_WEIGHT)
+    assert cm.terms == want
+    with pytest.raises(ValueError, match="no batch rows"):
+        instance_cost_model(m, g, 2, profile="vidur", cost_model="terms")
+    with pytest.raises(ValueError, match="auto or terms"):
+        Deployment("yi-34b", "a100-80gb-pcie", cost_model="roofline")
+    auto = instance_cost_model(m, g, 2)
+    assert type(auto) is CostModel and auto.source == "roofline (default efficiency)"
+
+
+def test_sarathi_stratified_kfold_figure():
+    """Sarathi (35 rows) with the Splitwise terms as prior, out of sample by a 5-fold stratified by
+    batch kind, mean over 5 seeds: measured median 8.7 %, p90 18.9 % (the p90 target of 15 % is
+    missed: contradictory rows and the b = 4 -> 8 decode step, docs/calibration.md). Guards the
+    figure; a random split that left one fold with 6 of the 9 decode rows gave p90 26.6 %."""
+    from backends.sim.terms import splitwise_terms
+    from tuner.calibration.fidelity import SARATHI_PRIOR_WEIGHT, kfold_lines
+
+    rows = list(load_rows("sarathi"))
+    _, mean = kfold_lines("sarathi", rows, "", lambda key: terms_leave_out(rows, key, splitwise_terms(),
+                                                                          SARATHI_PRIOR_WEIGHT))
+    assert mean.median <= 9.5 and mean.p90 <= 20.0

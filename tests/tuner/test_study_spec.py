@@ -107,3 +107,12 @@ def test_workload_transforms_apply_last_and_bad_ones_name_their_place(tmp_path):
     with pytest.raises(ValueError, match=r"workload\.transforms\[0\]"):
         bad = load_study(p)
         bad.workload.load(bad.slos)
+
+
+def test_deployment_cost_model_is_a_study_key(tiny):
+    dep = {"model": "llama-3.1-8b", "gpu": "h100-sxm", "profile": "splitwise", "cost_model": "terms"}
+    spec = parse_study({**tiny, "deployment": dep})
+    assert spec.deployment.cost_model == "terms" and spec.deployment.profile == "splitwise"
+    assert parse_study(tiny).deployment.cost_model == "auto"
+    with pytest.raises(ValueError, match="auto or terms"):
+        parse_study({**tiny, "deployment": {**dep, "cost_model": "vidur"}})

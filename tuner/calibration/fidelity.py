@@ -6,9 +6,11 @@ the fold that held it out. Tables and splits:
 * ``splitwise`` (per-batch prefill latency and decode-step latency, Llama-2-70B / BLOOM-176B,
   A100/H100, TP 2/4/8): fitted roofline efficiencies, leave one GPU / TP degree / model out;
   the same splits for the fitted operator-class terms (``backends.sim.terms``);
-* ``sarathi`` (Yi-34B TP2 A100 batches): 5-fold, leave one batch kind out, and a transfer
+* ``sarathi`` (Yi-34B TP2 A100 batches): 5-fold stratified by batch kind (``folds``: seed 0,
+  and the mean median / p90 over ``folds.SEEDS``), leave one batch kind out, and a transfer
   (efficiencies fitted on Splitwise A100, no Sarathi row used); the terms fitted with the
-  Splitwise terms fit as their prior, 5-fold and leave one batch kind out, and that prior alone;
+  Splitwise terms fit as their prior, the same k-folds and leave one batch kind out, and that
+  prior alone;
 * ``vidur`` (per-layer GEMM times): the fitted per-operator curves (``fit.LinearCurve``)
   extrapolating to token counts above those fitted (fit n <= 512, test n > 512) and
   interpolating (every other token count); the fitted roofline leave one TP degree / model /
@@ -77,13 +79,18 @@ def leave_out(rows: Sequence, key: Callable[[object], object], engine=None) -> l
     return errs
 
 
-def _fold_key(rows: Sequence, k: int = 5) -> Callable[[object], int]:
-    fold = {id(r): i % k for i, r in enumerate(np.random.default_rng(0).permutation(np.array(rows, dtype=object)))}
-    return lambda r: fold[id(r)]
+def kfold_lines(table: str, rows: Sequence, name: str, errs_for: Callable[[Callable[[object], int]], list[float]],
+                target: str = "8/15") -> list[FidelityLine]:
+    """Two lines of a k-fold stratified by batch kind (``folds``): the split of the first seed,
+    and the mean of the median and of the p90 over ``folds.SEEDS``. ``errs_for(key)`` returns the
+    held-out errors of a split given as a fold key (e.g. ``lambda key: leave_out(rows, key)``)."""
+    from tuner.calibration.folds import SEEDS, K, stratified_fold_key
 
-
-def _kfold(rows: Sequence, k: int = 5, engine=None) -> list[float]:
-    return leave_out(rows, _fold_key(rows, k), engine)
+    errs = [errs_for(stratified_fold_key(rows, K, s)) for s in SEEDS]
+    med, p90 = np.mean([stats(e) for e in errs], axis=0)
+    return [_line(table, f"{name}OOS stratified {K}-fold (seed {SEEDS[0]})", errs[0], target),
+            FidelityLine(table, f"{name}OOS stratified {K}-fold x{len(SEEDS)} seeds (mean)", len(rows), float(med),
+                         float(p90), target)]
 
 
 def terms_leave_out(rows: Sequence, key: Callable[[object], object], prior=None,
@@ -104,13 +111,13 @@ def terms_leave_out(rows: Sequence, key: Callable[[object], object], prior=None,
 
 
 SARATHI_PRIOR_WEIGHT = 0.3
-"""Pull of the Splitwise terms fit on a Sarathi fit (35 rows, some mutually inconsistent)."""
+"""Pull of the Splitwise terms fit on a Sarathi fit (35 rows, some mutually inconsistent); the
+same as ``backends.sim.terms.REFERENCE_PRIOR_WEIGHT``."""
 
 
 def terms_lines(table: str, rows: Sequence) -> list[FidelityLine]:
     """The fitted operator-class terms on Splitwise or Sarathi (see module doc)."""
-    from backends.sim.profiles import load_rows
-    from backends.sim.terms import fit_terms, terms_ape
+    from backends.sim.terms import fit_terms, splitwise_terms, terms_ape
 
     tgt = "8/15"
     if table == "splitwise":
@@ -122,10 +129,9 @@ def terms_lines(table: str, rows: Sequence) -> list[FidelityLine]:
                 sub = [e for e, r in zip(errs, rows, strict=True) if r.label.startswith(kind)]
                 out.append(_line(table, f"  {kind} rows", sub, tgt))
         return out
-    prior, pw = fit_terms(load_rows("splitwise")), SARATHI_PRIOR_WEIGHT
+    prior, pw = splitwise_terms(), SARATHI_PRIOR_WEIGHT
     return [_line(table, "terms: fitted, in sample", terms_ape(rows, fit_terms(rows, prior=prior, prior_weight=pw))),
-            _line(table, "terms: OOS 5-fold (prior: Splitwise terms)", terms_leave_out(rows, _fold_key(rows), prior, pw),
-                  tgt),
+            *kfold_lines(table, rows, "terms: ", lambda key: terms_leave_out(rows, key, prior, pw), tgt),
             _line(table, "terms: OOS leave-one-batch-kind-out", terms_leave_out(
                 rows, lambda r: r.label.split(" b")[0], prior, pw), tgt),
             _line(table, "terms: OOS transfer: Splitwise terms", terms_ape(rows, prior), tgt)]
@@ -149,7 +155,7 @@ def batch_tables(table: str) -> list[FidelityLine]:
                 sub = [e for e, r in zip(errs, rows, strict=True) if r.label.startswith(kind)]
                 out.append(_line(table, f"  {kind} rows", sub, tgt))
     else:
-        out.append(_line(table, "OOS 5-fold", _kfold(rows, 5, eng), tgt))
+        out += kfold_lines(table, rows, "", lambda key: leave_out(rows, key, eng), tgt)
         out.append(_line(table, "OOS leave-one-batch-kind-out", leave_out(rows, lambda r: r.label.split(" b")[0], eng),
                          tgt))
         train = [r for r in load_rows("splitwise") if r.gpu == "a100-80gb"]
@@ -210,12 +216,12 @@ def trainval_table(path=None, *, duration_scale: float = 0.15, max_nfev: int = 1
 
 
 def format_lines(lines: Sequence[FidelityLine]) -> str:
-    head = f"{'table':10s} {'evaluation':44s} {'n':>5s} {'median %':>9s} {'p90 %':>7s}  target (med/p90)"
+    head = f"{'table':10s} {'evaluation':46s} {'n':>5s} {'median %':>9s} {'p90 %':>7s}  target (med/p90)"
     out = [head, "-" * len(head)]
     for ln in lines:
         mark = "" if ln.met is None else (" met" if ln.met else " MISSED")
         tgt = ln.target.replace("/1000", " (median)") if ln.target else ""
-        out.append(f"{ln.table:10s} {ln.evaluation:44s} {ln.n:5d} {ln.median:9.1f} {ln.p90:7.1f}  {tgt}{mark}")
+        out.append(f"{ln.table:10s} {ln.evaluation:46s} {ln.n:5d} {ln.median:9.1f} {ln.p90:7.1f}  {tgt}{mark}")
     return "\n".join(out)
 
 
@@ -247,5 +253,5 @@ def format_trainval(per_run: Sequence[tuple]) -> str:
     return "\n".join(out)
 
 
-__all__ = ["TABLES", "FidelityLine", "batch_tables", "fidelity", "format_lines", "format_trainval", "leave_out",
-           "stats", "terms_leave_out", "terms_lines", "trainval_table", "vidur_table"]
+__all__ = ["TABLES", "FidelityLine", "batch_tables", "fidelity", "format_lines", "format_trainval", "kfold_lines",
+           "leave_out", "stats", "terms_leave_out", "terms_lines", "trainval_table", "vidur_table"]

@@ -193,6 +193,28 @@ class ProfileFit:
         self._memo[key] = res
         return res
 
+    def terms(self):
+        """Operator-class terms (``backends.sim.terms``) fitted to every batch row of this profile
+        (all groups together: the terms are per operator class and carry across GPUs, models and
+        TP degrees), the number of rows and their sources: ``(FittedTerms | None, n, sources)``.
+        The bundled Splitwise table's rows give ``splitwise_terms()``; any other profile is fitted
+        with that fit as its prior (``REFERENCE_PRIOR_WEIGHT``)."""
+        if ("terms",) not in self._memo:
+            from backends.sim.terms import REFERENCE_PRIOR_WEIGHT, fit_terms, splitwise_terms
+            from tuner.calibration.profile import to_profile_rows
+
+            d = self.df[self.df.op.isin(BATCH_OPS)]
+            rows = [r for r in to_profile_rows(d) if _known(r.model, r.gpu)]
+            srcs = tuple(sorted(set(d.source)))
+            if not rows:
+                res: tuple = (None, 0, srcs)
+            elif srcs == ("splitwise",) and len(rows) == len(d):
+                res = (splitwise_terms(), len(rows), srcs)
+            else:
+                res = (fit_terms(rows, prior=splitwise_terms(), prior_weight=REFERENCE_PRIOR_WEIGHT), len(rows), srcs)
+            self._memo[("terms",)] = res
+        return self._memo[("terms",)]
+
 
 def _known(model: str, gpu: str) -> bool:
     from backends.sim.catalog import get_gpu, get_model

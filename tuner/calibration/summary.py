@@ -19,16 +19,17 @@ def _measured() -> dict[str, Any]:
 
 
 def fidelity_summary(model: str, gpu: str, tp: int = 1, *, engine: str = "vllm-v1", profile: str = "none",
-                     weight_dtype: str = "bf16", kv_dtype: str = "bf16") -> str:
-    """What cost model the simulator uses for (model, gpu, tp) under ``profile`` (as
-    ``Deployment.profile``: ``backends.sim.profiled.instance_cost_model``) and how accurate it
+                     weight_dtype: str = "bf16", kv_dtype: str = "bf16", cost_model: str = "auto") -> str:
+    """What cost model the simulator uses for (model, gpu, tp) under ``profile`` and ``cost_model``
+    (as ``Deployment``: ``backends.sim.profiled.instance_cost_model``) and how accurate it
     measured on that GPU (out of sample), in plain sentences; says so when nothing was measured
     there."""
     from backends.sim.catalog import get_gpu, get_model
     from backends.sim.engines import get_engine
     from backends.sim.profiled import instance_cost_model
 
-    cm = instance_cost_model(get_model(model), get_gpu(gpu), tp, weight_dtype, kv_dtype, get_engine(engine), profile)
+    cm = instance_cost_model(get_model(model), get_gpu(gpu), tp, weight_dtype, kv_dtype, get_engine(engine), profile,
+                             cost_model)
     g = cm.gpu.name
     lines = [f"Cost model for {cm.model.name} on {tp}x {g} ({cm.engine.name}): {cm.source}."]
     meas = _measured().get("gpus", {})
