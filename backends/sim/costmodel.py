@@ -187,6 +187,7 @@ class CostModel:
             self._ar_fixed = self._ar_tok = self._ar_lat = 0.0
         self._memo: dict[tuple[int, int], tuple[float, float, float, float, float, float]] = {}
         self._dense_memo: dict[int, tuple[float, float, float]] = {}
+        self._lm_memo: dict[int, tuple[float, float, float]] = {}  # LM head per sampled-token count
         self._p = eff.roofline_p
         self._ip = 1.0 / eff.roofline_p
         e = self.engine
@@ -219,11 +220,16 @@ class CostModel:
         # LM head on sampled tokens
         n_sample = decode_tokens + (prefill_seqs if prefill_tokens else 0)
         if n_sample:
-            fl, by = self._lm_f * n_sample, self._lm_w + self._lm_a * n_sample
-            tc, tm = fl * self._inv_pc16, by * inv_bw
-            t += (tc ** p + tm ** p) ** ip
-            f += fl
-            b += by
+            lm = self._lm_memo.get(n_sample)
+            if lm is None:
+                if len(self._lm_memo) >= 8192:
+                    self._lm_memo.clear()
+                fl, by = self._lm_f * n_sample, self._lm_w + self._lm_a * n_sample
+                tc, tm = fl * self._inv_pc16, by * inv_bw
+                lm = self._lm_memo[n_sample] = ((tc ** p + tm ** p) ** ip, fl, by)
+            t += lm[0]
+            f += lm[1]
+            b += lm[2]
         t += self._oh + self._oh_seq * (decode_seqs + (prefill_seqs if prefill_tokens else 0))
         if prefill_tokens:
             t += self._oh_prefill

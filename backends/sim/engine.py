@@ -404,13 +404,16 @@ class Simulation(Arrivals, Scheduling):
             te = self._ta
             if self.retry and self.retry[0][0] < te:
                 te = self.retry[0][0]
-            if te < math.inf:  # (inline _steps_until: the hottest path)
-                dt = te - t0 - self.pending_s
+            dt = te - t0 - self.pending_s
+            # (inline _steps_until, the hottest path; skipped when the n steps to the next finish
+            # end before te: then no earlier iteration reaches it)
+            if te < math.inf and n * a + ts * (n * ctx + r * n * (n - 1) * 0.5) >= dt:
                 k = 1
                 if dt > 0:
                     qa = ts * r * 0.5
                     qb = a + ts * ctx - qa
-                    k = int((-qb + math.sqrt(qb * qb + 4.0 * qa * dt)) / (2.0 * qa)) if qa > 0 else int(dt / qb)
+                    k = math.ceil((-qb + math.sqrt(qb * qb + 4.0 * qa * dt)) / (2.0 * qa)) if qa > 0 else \
+                        math.ceil(dt / qb)
                     if k < 1:
                         k = 1
                     while k * a + ts * (k * ctx + r * k * (k - 1) * 0.5) < dt:
