@@ -27,6 +27,7 @@ tenant waits. Work-conserving: when only capped tenants wait, the smallest count
 
 from __future__ import annotations
 
+import math
 from collections import deque
 from collections.abc import Callable, Iterator
 
@@ -94,7 +95,7 @@ class CountingPool(DecodePool):
         svc.pool = self
 
     def add(self, req: Req) -> None:
-        super().add(req)
+        DecodePool.add(self, req)
         s, u = self.svc, self.svc.tenant[req.rid]
         k = req.fin_g - req.out
         s.n_dec[u] += 1
@@ -105,7 +106,7 @@ class CountingPool(DecodePool):
         s.cs[u] += w
 
     def remove(self, req: Req) -> int:
-        blocks = super().remove(req)
+        blocks = DecodePool.remove(self, req)
         s, u = self.svc, self.svc.tenant[req.rid]
         k = req.fin_g - req.out
         s.n_dec[u] -= 1
@@ -215,11 +216,16 @@ class VTCQueue(bytearray):
             live = self.live
             if live or (self.last >= 0 and self.last != u):
                 svc = self.svc
-                ref = min(self.counters(live)) if live else self.counters((self.last,))[0]
-                c = svc.cb[u] + svc.cs[u] * svc.pool.g
+                g, cb, cs = svc.pool.g, svc.cb, svc.cs
+                ref = math.inf  # (inline min(self.counters(live or [self.last])))
+                for v in live or (self.last,):
+                    x = cb[v] + cs[v] * g
+                    if x < ref:
+                        ref = x
+                c = cb[u] + cs[u] * g
                 if c < ref:
                     self.lift[u] += ref - c
-                    svc.cb[u] += ref - c
+                    cb[u] += ref - c
             live.append(u)
         q.append(req)
         self.append(0)
@@ -230,12 +236,18 @@ class VTCQueue(bytearray):
         self.append(0)
 
     def pop(self) -> Req:
-        u, req = self.pop_entry()
+        del self[-1]
         self._again = -1
-        if u >= 0:
-            if not self.by[u]:
-                self.last = u
-            self.svc.charge_prompt(u, req.prompt)  # (only fresh requests wait here: preempted ones use the front)
+        if self.front:
+            return self.front.popleft()
+        u = self._u if self._u >= 0 else self._pick()  # (inline pop_entry)
+        self._u = -1
+        q = self.by[u]
+        req = q.popleft()
+        if not q:
+            self.live.remove(u)
+            self.last = u
+        self.svc.charge_prompt(u, req.prompt)  # (only fresh requests wait here: preempted ones use the front)
         return req
 
     def pop_entry(self) -> tuple[int, Req]:
