@@ -142,7 +142,7 @@ def simulate_cmd(**kw) -> None:
     policy = _policy_from(kw["policy"], knobs)
     w = load_workload_for(kw["workload"], kw["seed"], kw["rate"], kw["first"])
     dep = Deployment(model=kw["model"], gpu=kw["gpu"], n_gpus=kw["n_gpus"] or policy.tp, engine=kw["engine"],
-                     max_model_len=kw["max_model_len"])
+                     max_model_len=kw["max_model_len"], profile=kw["profile"], cost_model=kw["cost_model"])
     for p in (kw["out"], kw["trace"]):
         if p is not None:
             p.parent.mkdir(parents=True, exist_ok=True)
@@ -160,7 +160,8 @@ def simulate_cmd(**kw) -> None:
         res.policy.to_yaml(pol_path)
         doc = {"scorecard": card.as_dict(), "policy": res.policy.to_dict(), "notes": list(res.notes),
                "workload": {"name": w.name, "n": w.n, "hash": w.content_hash()},
-               "deployment": {"model": dep.model, "gpu": dep.gpu, "n_gpus": dep.n_gpus, "engine": dep.engine},
+               "deployment": {"model": dep.model, "gpu": dep.gpu, "n_gpus": dep.n_gpus, "engine": dep.engine,
+                              "profile": dep.profile, "cost_model": dep.cost_model},
                "records": rec_path.name, "policy_file": pol_path.name, "meta": dict(res.meta),
                "counters": dict(res.telemetry.counters), "seed": kw["seed"]}
         out.write_text(json.dumps(doc, indent=1, default=float))
@@ -184,6 +185,12 @@ def _signature() -> inspect.Signature:
             "vllm-v1", "--engine", help="Engine preset: vllm-v1, vllm-v0, sglang, tensorrt-llm.")),
         inspect.Parameter("max_model_len", K, annotation=int, default=typer.Option(
             0, "--max-model-len", help="Context limit, tokens (0 = the model's).")),
+        inspect.Parameter("profile", K, annotation=str, default=typer.Option(
+            "none", "--profile", help="Calibration profile: a file from `servetune calibrate`, a shared table "
+            "(vidur, splitwise, sarathi, shared) or none (the roofline fitted to real vLLM V1 runs).")),
+        inspect.Parameter("cost_model", K, annotation=str, default=typer.Option(
+            "auto", "--cost-model", help="auto (the profile where it measured this model/GPU/TP, the roofline "
+            "elsewhere) or terms (operator-class terms fitted to the profile's batch rows).")),
         inspect.Parameter("policy", K, annotation=Path | None, default=typer.Option(
             None, "--policy", "-p", help="Policy YAML; knob flags override it.")),
         inspect.Parameter("rate", K, annotation=float | None, default=typer.Option(

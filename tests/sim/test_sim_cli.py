@@ -61,6 +61,8 @@ def test_simulate_policy_file_with_flag_override_and_rate_first(tmp_path, worklo
     (["--model", "no-such-model"], "unknown model"),
     (["--batching", "bogus"], "batching"),
     (["--model", "llama-3.1-70b"], "infeasible"),
+    (["--cost-model", "bogus"], "cost_model"),
+    (["--profile", "no-such-table"], "no-such-table"),
 ])
 def test_simulate_user_errors_are_one_line(workload_file, args, msg, capsys):
     with pytest.raises(SystemExit) as e:
@@ -74,3 +76,23 @@ def test_bundled_workload_name_resolves():
     r = CliRunner().invoke(cli.app, ["simulate", "-w", "azure-conv", "--first", "50"])
     assert r.exit_code == 0, r.output
     assert "azure-conv" in r.output
+
+
+def test_cost_model_and_profile_flags_change_the_pricing_and_are_stated(tmp_path, workload_file):
+    """--cost-model terms prices steps with the fitted operator-class terms (Splitwise rows) and
+    says so; --profile splitwise on a measured (model, GPU, TP) uses that profile's rows."""
+    docs = {}
+    for name, args in {"auto": [], "terms": ["--cost-model", "terms"],
+                       "profile": ["--profile", "splitwise", "--model", "llama-2-70b", "--tp", "4"]}.items():
+        out = tmp_path / f"{name}.json"
+        model = [] if "--model" in args else ["--model", "llama-2-7b", "--gpu", "a100"]
+        r = CliRunner().invoke(cli.app, ["simulate", "-w", str(workload_file), *model, *args, "--out", str(out)])
+        assert r.exit_code == 0, r.output
+        docs[name] = json.loads(out.read_text())
+    assert docs["auto"]["deployment"]["cost_model"] == "auto"
+    assert docs["terms"]["deployment"]["cost_model"] == "terms"
+    assert "operator-class terms" in docs["terms"]["meta"]["cost_model"]
+    assert "terms" not in docs["auto"]["meta"]["cost_model"]
+    assert docs["terms"]["scorecard"]["tpot_p50_ms"] != docs["auto"]["scorecard"]["tpot_p50_ms"]
+    assert docs["profile"]["deployment"]["profile"] == "splitwise"
+    assert "llama-2-70b" in docs["profile"]["meta"]["cost_model"]
