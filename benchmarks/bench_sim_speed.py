@@ -5,7 +5,7 @@
 
 Each case runs in a fresh subprocess so its peak RSS (ru_maxrss) is its own; "sim MB" is the
 peak RSS minus the RSS after the workload was built (what the simulation itself added).
-Times are the best of ``--repeat`` runs (default 3; 1 for the 1M case), as ``timeit`` does: the
+Times are the best of ``--repeat`` runs (default 5; 1 for the 1M case), as ``timeit`` does: the
 machine is shared, and the minimum is the least disturbed measurement.
 Deployment: Llama-3.1-8B on one H100 (vLLM V1 preset). Targets (servetune issue 3):
 >= 20,000 simulated req/s on azure-conv, < 1 GB for a million requests.
@@ -128,7 +128,7 @@ def run_case(case: str, repeat: int) -> dict:
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("--quick", action="store_true", help="skip the 1M-request case")
-    ap.add_argument("--repeat", type=int, default=3, help="runs per case; the best is reported (default 3)")
+    ap.add_argument("--repeat", type=int, default=5, help="runs per case; the best is reported (default 5)")
     ap.add_argument("--case", help=argparse.SUPPRESS)
     args = ap.parse_args()
     if args.case:
