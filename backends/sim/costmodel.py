@@ -298,12 +298,18 @@ class CostModel:
                   decode_tokens: int, decode_ctx: float, *, prefill_seqs: int = 1) -> IterCost:
         """Cost of one iteration (see module doc). ``prefill_seqs`` = sequences with a prefill
         chunk this iteration (their last-chunk tokens are sampled; default 1)."""
+        return IterCost(*self.step(prefill_tokens, prefill_attn_pairs, decode_seqs, decode_tokens, decode_ctx,
+                                   prefill_seqs))
+
+    def step(self, prefill_tokens: int, prefill_attn_pairs: float, decode_seqs: int, decode_tokens: int,
+             decode_ctx: float, prefill_seqs: int = 1) -> tuple[float, float, float]:
+        """``iteration`` as a plain (time s, FLOPs, bytes) tuple (the engine's per-step call)."""
         if prefill_tokens:
             t, f, b, ts, fs, bs = self._fixed(prefill_tokens, prefill_attn_pairs, decode_seqs,
                                               decode_tokens, prefill_seqs)
         else:
             t, f, b, ts, fs, bs = self._decode_terms(decode_seqs, decode_tokens)
-        return IterCost(t + ts * decode_ctx, f + fs * decode_ctx, b + bs * decode_ctx)
+        return t + ts * decode_ctx, f + fs * decode_ctx, b + bs * decode_ctx
 
     def _decode_terms(self, decode_seqs: int, decode_tokens: int) -> tuple[float, float, float, float, float, float]:
         """``_fixed`` of a decode-only batch, memoised per (seqs, tokens) on this instance (the

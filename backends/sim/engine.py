@@ -319,12 +319,12 @@ class Simulation(Arrivals, Scheduling):
             ctx = pool.sum_b + pool.sum_s + r * pool.g
             sc = spec.step_coef(r, ctx)
             k = sc[7]
-            cost = self.cm.iteration(pf, pairs, r, r * (k + 1), ctx, prefill_seqs=len(chunks))
+            dt, flops, nbytes = self.cm.step(pf, pairs, r, r * (k + 1), ctx, len(chunks))
             if spec.draft is not None and k:
                 db, dp = spec.draft.decode_affine(r)
-                cost = type(cost)(cost.time_s + k * (db.time_s + dp.time_s * ctx),
-                                  cost.flops + k * (db.flops + dp.flops * ctx),
-                                  cost.hbm_bytes + k * (db.hbm_bytes + dp.hbm_bytes * ctx))
+                dt += k * (db.time_s + dp.time_s * ctx)
+                flops += k * (db.flops + dp.flops * ctx)
+                nbytes += k * (db.hbm_bytes + dp.hbm_bytes * ctx)
             self._spec_frac += sc[6]
             m = int(self._spec_frac)  # tokens this step: the expectation, carried over (deterministic)
             self._spec_frac -= m
@@ -336,8 +336,8 @@ class Simulation(Arrivals, Scheduling):
             self.c_draft += r * k
             self.c_acc += r * (m - 1)
         else:
-            cost = self.cm.iteration(pf, pairs, r, r, pool.ctx() if r else 0, prefill_seqs=len(chunks))
-        dt, flops, nbytes = cost.time_s, cost.flops, cost.hbm_bytes
+            dt, flops, nbytes = self.cm.step(pf, pairs, r, r, pool.sum_b + pool.sum_s + r * pool.g if r else 0,
+                                             len(chunks))
         if self.lora is not None:  # (with speculation: one token per decoding sequence)
             lt, lf, lb = self._lora_extra(chunks, 1 if r else 0)
             dt, flops, nbytes = dt + lt, flops + lf, nbytes + lb

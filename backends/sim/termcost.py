@@ -15,7 +15,7 @@ context-free parts are memoised per token count. All times in seconds.
 from __future__ import annotations
 
 from backends.sim.catalog import GPUSpec, ModelSpec
-from backends.sim.costmodel import CostModel, Efficiency, IterCost
+from backends.sim.costmodel import CostModel, Efficiency
 from backends.sim.engines import EnginePreset
 from backends.sim.terms import FittedTerms, dense_features, step_features
 
@@ -55,17 +55,17 @@ class TermsCostModel(CostModel):
         q = self._q
         return (work ** q + floor ** q) ** (1.0 / q)
 
-    def iteration(self, prefill_tokens: int, prefill_attn_pairs: float, decode_seqs: int,
-                  decode_tokens: int, decode_ctx: float, *, prefill_seqs: int = 1) -> IterCost:
-        """As ``CostModel.iteration``; a step with prefill tokens is priced exactly (its context
-        is known), a decode-only step by the affine form (see module doc)."""
+    def step(self, prefill_tokens: int, prefill_attn_pairs: float, decode_seqs: int, decode_tokens: int,
+             decode_ctx: float, prefill_seqs: int = 1) -> tuple[float, float, float]:
+        """As ``CostModel.step`` (and so ``iteration``); a step with prefill tokens is priced
+        exactly (its context is known), a decode-only step by the affine form (see module doc)."""
         if not prefill_tokens:
-            return super().iteration(prefill_tokens, prefill_attn_pairs, decode_seqs, decode_tokens, decode_ctx,
-                                     prefill_seqs=prefill_seqs)
+            return super().step(prefill_tokens, prefill_attn_pairs, decode_seqs, decode_tokens, decode_ctx,
+                                prefill_seqs)
         _, f, b, _, fs, bs = CostModel._fixed(self, prefill_tokens, prefill_attn_pairs, decode_seqs, decode_tokens,
                                               prefill_seqs)  # analytical FLOPs and bytes
         w0, slope, fl = self._parts(prefill_tokens, prefill_attn_pairs, decode_seqs, decode_tokens, prefill_seqs)
-        return IterCost(self._smax(w0 + slope * decode_ctx, fl), f + fs * decode_ctx, b + bs * decode_ctx)
+        return self._smax(w0 + slope * decode_ctx, fl), f + fs * decode_ctx, b + bs * decode_ctx
 
     def _fixed(self, prefill_tokens: int, prefill_attn_pairs: float, decode_seqs: int,
                decode_tokens: int, prefill_seqs: int) -> tuple[float, float, float, float, float, float]:
