@@ -21,6 +21,8 @@ import yaml
 DATA_DIR = Path(__file__).parent / "data"
 DTYPE_BYTES: dict[str, float] = {"bf16": 2.0, "fp16": 2.0, "fp8": 1.0}
 GIB = float(1 << 30)
+HBM_BANDWIDTHS = ("datasheet", "achievable")
+"""Which HBM bandwidth a roofline's memory term divides by (``GPUSpec.hbm_bandwidth``)."""
 
 
 def dtype_bytes(dtype: str) -> float:
@@ -141,11 +143,26 @@ class GPUSpec:
     pcie_bytes_s: float
     price_hour: float = 0.0
     spot_price_hour: float = 0.0
+    hbm_achievable_bytes_s: float = 0.0
+    """HBM bandwidth a published streaming READ benchmark reached on this GPU (BabelStream
+    ``Dot``), bytes/s; 0 = none recorded. Opt-in (``hbm_bandwidth("achievable")``): the
+    simulator's cost model uses the datasheet ``hbm_bytes_s``."""
 
     def __post_init__(self) -> None:
         for k in ("memory_bytes", "hbm_bytes_s", "flops_bf16", "flops_fp16", "pcie_bytes_s"):
             if not getattr(self, k) > 0:
                 raise ValueError(f"gpu {self.name}: {k} must be > 0")
+        if not 0.0 <= self.hbm_achievable_bytes_s <= self.hbm_bytes_s:
+            raise ValueError(f"gpu {self.name}: hbm_achievable_bytes_s must be in [0, hbm_bytes_s]")
+
+    def hbm_bandwidth(self, kind: str = "datasheet") -> float:
+        """HBM bandwidth, bytes/s: ``datasheet`` (peak) or ``achievable`` (the measured
+        ``hbm_achievable_bytes_s``; the datasheet figure where none is recorded)."""
+        if kind == "datasheet":
+            return self.hbm_bytes_s
+        if kind == "achievable":
+            return self.hbm_achievable_bytes_s or self.hbm_bytes_s
+        raise ValueError(f"hbm bandwidth {kind!r}: choose one of {', '.join(HBM_BANDWIDTHS)}")
 
     def peak_flops(self, dtype: str) -> float:
         """Peak dense FLOP/s of GEMMs whose weights are ``dtype`` (fp8 without FP8 tensor cores
@@ -180,7 +197,8 @@ def _gpu_from_entry(name: str, e: dict[str, Any]) -> GPUSpec:
             flops_bf16=float(fl["bf16"]), flops_fp16=float(fl.get("fp16") or fl["bf16"]),
             flops_fp8=float(fl["fp8"]) if fl.get("fp8") else None,
             nvlink_bytes_s=float(e.get("nvlink_bytes_s", 0.0)), pcie_bytes_s=float(e["pcie_bytes_s"]),
-            price_hour=float(e.get("price_hour", 0.0)), spot_price_hour=float(e.get("spot_price_hour", 0.0)))
+            price_hour=float(e.get("price_hour", 0.0)), spot_price_hour=float(e.get("spot_price_hour", 0.0)),
+            hbm_achievable_bytes_s=float(e.get("hbm_achievable_bytes_s", 0.0)))
     except KeyError as k:
         raise ValueError(f"gpu {name}: missing key {k}") from None
 
