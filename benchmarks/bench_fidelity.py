@@ -9,6 +9,8 @@ Out-of-sample errors pool each row's prediction from the fold that held it out.
 
     python benchmarks/bench_fidelity.py            # all tables
     python benchmarks/bench_fidelity.py --table sarathi
+    python benchmarks/bench_fidelity.py --table vidur_mlp --hbm achievable   # memory terms at the
+                                     # GPU's measured achievable HBM bandwidth (GPUSpec.hbm_bandwidth)
 
 Targets: median <= 15 % per table (issue 3); stretch median <= 8 %, p90 <= 15 % out of sample (issue 7).
 """
@@ -25,6 +27,7 @@ import numpy as np
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
+from backends.sim.catalog import HBM_BANDWIDTHS  # noqa: E402
 from backends.sim.engines import get_engine  # noqa: E402
 from backends.sim.profiles import (  # noqa: E402
     TABLES,
@@ -55,9 +58,10 @@ def _stats(errs: Sequence[float]) -> tuple[float, float]:
     return float(np.median(a)), float(np.percentile(a, 90))
 
 
-def leave_out(rows: Sequence[ProfileRow], key: Callable[[ProfileRow], object]) -> tuple[list[float], int]:
+def leave_out(rows: Sequence[ProfileRow], key: Callable[[ProfileRow], object],
+              hbm: str = "datasheet") -> tuple[list[float], int]:
     """Pooled held-out errors when each value of ``key`` is left out in turn (folds whose
-    training rows would be empty are skipped)."""
+    training rows would be empty are skipped); ``hbm``: the memory terms' bandwidth."""
     errs: list[float] = []
     folds = 0
     for k in sorted({key(r) for r in rows}, key=str):
@@ -66,31 +70,31 @@ def leave_out(rows: Sequence[ProfileRow], key: Callable[[ProfileRow], object]) -
         if not train:
             continue
         eng = ENGINES.get(rows[0].table, ENGINE)
-        errs += ape(test, fit_efficiency(train, engine=eng), eng)
+        errs += ape(test, fit_efficiency(train, engine=eng, hbm=hbm), eng, hbm=hbm)
         folds += 1
     return errs, folds
 
 
-def splits(table: str) -> dict[str, Callable[[list[ProfileRow]], tuple[list[float], int]]]:
-    by_gpu = lambda rs: leave_out(rs, lambda r: r.gpu)  # noqa: E731
-    by_tp = lambda rs: leave_out(rs, lambda r: r.tp)  # noqa: E731
-    by_model = lambda rs: leave_out(rs, lambda r: r.model)  # noqa: E731
+def splits(table: str, hbm: str = "datasheet") -> dict[str, Callable[[list[ProfileRow]], tuple[list[float], int]]]:
+    by_gpu = lambda rs: leave_out(rs, lambda r: r.gpu, hbm)  # noqa: E731
+    by_tp = lambda rs: leave_out(rs, lambda r: r.tp, hbm)  # noqa: E731
+    by_model = lambda rs: leave_out(rs, lambda r: r.model, hbm)  # noqa: E731
     if table == "splitwise":
         return {"leave-one-GPU-out": by_gpu, "leave-one-TP-out": by_tp, "leave-one-model-out": by_model}
     if table == "sarathi":
-        return {"leave-one-batch-kind-out": lambda rs: leave_out(rs, lambda r: r.label.split(" b")[0]),
-                "fit Splitwise A100 -> Sarathi": _transfer_sarathi}
+        return {"leave-one-batch-kind-out": lambda rs: leave_out(rs, lambda r: r.label.split(" b")[0], hbm),
+                "fit Splitwise A100 -> Sarathi": lambda rs: _transfer_sarathi(rs, hbm)}
     if table == "vllm_v1":
         return {"leave-one-model-out": by_model, "leave-one-TP-out": by_tp,
-                "leave-one-workload-out": lambda rs: leave_out(rs, lambda r: r.label.split()[-2])}
+                "leave-one-workload-out": lambda rs: leave_out(rs, lambda r: r.label.split()[-2], hbm)}
     if table == "vidur_mlp":
         return {"leave-one-GPU-out": by_gpu, "leave-one-TP-out": by_tp, "leave-one-model-out": by_model}
     return {"leave-one-GPU-out": by_gpu, "leave-one-GPU-count-out": by_tp}
 
 
-def _transfer_sarathi(rows: list[ProfileRow]) -> tuple[list[float], int]:
+def _transfer_sarathi(rows: list[ProfileRow], hbm: str = "datasheet") -> tuple[list[float], int]:
     train = [r for r in load_rows("splitwise") if r.gpu == "a100-80gb"]
-    return ape(rows, fit_efficiency(train, engine=ENGINE), ENGINE), 1
+    return ape(rows, fit_efficiency(train, engine=ENGINE, hbm=hbm), ENGINE, hbm=hbm), 1
 
 
 def speed() -> None:
@@ -118,6 +122,8 @@ def main(argv: Sequence[str] | None = None) -> int:
     ap = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     ap.add_argument("--table", choices=(*TABLES, "vllm_v1"), action="append", help="table(s) to run (default: all)")
     ap.add_argument("--no-speed", action="store_true", help="skip the µs/call timing of the cost model")
+    ap.add_argument("--hbm", choices=HBM_BANDWIDTHS, default="datasheet",
+                    help="HBM bandwidth of the roofline's memory terms (default: datasheet, as the simulator)")
     args = ap.parse_args(argv)
     t0 = time.perf_counter()
     head = f"{'table':16s} {'rows':>5s}  {'evaluation':46s} {'median %':>9s} {'p90 %':>7s}"
@@ -127,21 +133,21 @@ def main(argv: Sequence[str] | None = None) -> int:
     for table in tables:
         rows = _rows(table)
         eng = ENGINES.get(table, ENGINE)
-        med, p90 = _stats(ape(rows, None, eng))
+        med, p90 = _stats(ape(rows, None, eng, hbm=args.hbm))
         print(f"{table:16s} {len(rows):5d}  {'default efficiencies':46s} {med:9.1f} {p90:7.1f}")
-        eff = fit_efficiency(rows, engine=eng)
-        med, p90 = _stats(ape(rows, eff, eng))
+        eff = fit_efficiency(rows, engine=eng, hbm=args.hbm)
+        med, p90 = _stats(ape(rows, eff, eng, hbm=args.hbm))
         print(f"{'':16s} {'':5s}  {'fitted, in sample':46s} {med:9.1f} {p90:7.1f}")
-        for name, fn in splits(table).items():
+        for name, fn in splits(table, args.hbm).items():
             errs, folds = fn(rows)
             med, p90 = _stats(errs)
             print(f"{'':16s} {'':5s}  {f'OOS {name} ({folds} folds)':46s} {med:9.1f} {p90:7.1f}")
-        lines = kfold_lines(table, rows, "", lambda key, rs=rows: leave_out(rs, key)[0]) if table == "sarathi" else []
+        lines = kfold_lines(table, rows, "", lambda key, rs=rows: leave_out(rs, key, args.hbm)[0]) if table == "sarathi" else []
         if table in ("splitwise", "sarathi"):  # the fitted operator-class terms (backends.sim.terms)
             lines += terms_lines(table, rows)
         for ln in lines:
             print(f"{'':16s} {'':5s}  {ln.evaluation:46s} {ln.median:9.1f} {ln.p90:7.1f}")
-    print(f"\n({time.perf_counter() - t0:.1f} s) engine presets: vllm_v1 -> vllm-v1, others -> vllm-v0. The vllm_v1"
+    print(f"\n({time.perf_counter() - t0:.1f} s) HBM bandwidth: {args.hbm}. Engine presets: vllm_v1 -> vllm-v1, others -> vllm-v0. The vllm_v1"
           " table is a steady-state approximation (Little's law) of real serving runs; the default"
           " efficiencies and the vllm-v1 preset were rounded from its in-sample fit, so its 'default'"
           " row is NOT out of sample.")

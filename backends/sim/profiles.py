@@ -195,13 +195,19 @@ def load_rows(table: str) -> tuple[ProfileRow, ...]:
 
 # ---------------------------------------------------------------- prediction
 @lru_cache(maxsize=256)  # a memo of immutable cost models, bounded for long fits
-def _cm(model: str, gpu: str, tp: int, weight_dtype: str, engine: EnginePreset | None, eff: Efficiency) -> CostModel:
-    return CostModel(get_model(model), get_gpu(gpu), tp, weight_dtype, "bf16", engine, eff)
+def _cm(model: str, gpu: str, tp: int, weight_dtype: str, engine: EnginePreset | None, eff: Efficiency,
+        hbm: str = "datasheet") -> CostModel:
+    g = get_gpu(gpu)
+    if hbm != "datasheet":  # the memory terms divide by another bandwidth (eff.mem multiplies it)
+        g = replace(g, hbm_bytes_s=g.hbm_bandwidth(hbm))
+    return CostModel(get_model(model), g, tp, weight_dtype, "bf16", engine, eff)
 
 
-def predict(row: ProfileRow, eff: Efficiency | None = None, engine: EnginePreset | None = None) -> float:
-    """The cost model's time for ``row``, s."""
-    cm = _cm(row.model, row.gpu, row.tp, row.weight_dtype, engine, eff or Efficiency())
+def predict(row: ProfileRow, eff: Efficiency | None = None, engine: EnginePreset | None = None, *,
+            hbm: str = "datasheet") -> float:
+    """The cost model's time for ``row``, s. ``hbm``: the bandwidth of the memory terms,
+    ``datasheet`` (the simulator's) or ``achievable`` (``GPUSpec.hbm_bandwidth``)."""
+    cm = _cm(row.model, row.gpu, row.tp, row.weight_dtype, engine, eff or Efficiency(), hbm)
     if row.op == "allreduce":
         return cm.allreduce_time(row.nbytes)
     if row.op:
@@ -209,9 +215,10 @@ def predict(row: ProfileRow, eff: Efficiency | None = None, engine: EnginePreset
     return sum(cm.iteration(b[0], b[1], b[3], b[4], b[5], prefill_seqs=b[2]).time_s for b in row.batches)
 
 
-def ape(rows: Sequence[ProfileRow], eff: Efficiency | None = None, engine: EnginePreset | None = None) -> list[float]:
-    """Absolute percentage errors of the predictions, %."""
-    return [abs(predict(r, eff, engine) / r.measured_s - 1.0) * 100.0 for r in rows]
+def ape(rows: Sequence[ProfileRow], eff: Efficiency | None = None, engine: EnginePreset | None = None, *,
+        hbm: str = "datasheet") -> list[float]:
+    """Absolute percentage errors of the predictions, % (``hbm``: see ``predict``)."""
+    return [abs(predict(r, eff, engine, hbm=hbm) / r.measured_s - 1.0) * 100.0 for r in rows]
 
 
 # ---------------------------------------------------------------- fitting
@@ -227,13 +234,15 @@ _ADDITIVE_START = {"layer_overhead_s": 2e-5, "seq_overhead_s": 2e-5, "prefill_ov
 
 def fit_efficiency(profile_rows: Sequence[ProfileRow], model: object = None, gpu: object = None, tp: object = None,
                    *, engine: EnginePreset | None = None, params: Sequence[str] | None = None,
-                   start: Efficiency | None = None, prior_weight: float = 0.05, loss: str = "linear") -> Efficiency:
+                   start: Efficiency | None = None, prior_weight: float = 0.05, loss: str = "linear",
+                   hbm: str = "datasheet") -> Efficiency:
     """Efficiency factors minimising the log error of the predictions for ``profile_rows``
     (scipy least squares, parameters in log space within physical bounds, a weak prior pulling
     each toward ``start`` so unidentified parameters stay put). Rows carry their own
     model/GPU/tp; ``model``, ``gpu`` and ``tp`` are accepted for the documented call shape and
     only used to check the rows match them when given. ``loss`` is scipy's (``soft_l1`` resists
-    outlier rows on large tables; ``linear`` did better on the small ones here)."""
+    outlier rows on large tables; ``linear`` did better on the small ones here). ``hbm``: the
+    bandwidth the fitted ``mem`` multiplies (see ``predict``); predict with the same one."""
     import numpy as np
     from scipy.optimize import least_squares
 
@@ -259,7 +268,7 @@ def fit_efficiency(profile_rows: Sequence[ProfileRow], model: object = None, gpu
 
     def resid(x):
         e = eff_of(x)
-        pred = np.log([max(predict(r, e, engine), 1e-12) for r in rows])
+        pred = np.log([max(predict(r, e, engine, hbm=hbm), 1e-12) for r in rows])
         return np.concatenate([pred - meas, w * (x - x0) / 3.0])
 
     sol = least_squares(resid, x0, bounds=(lo, hi), x_scale=1.0, diff_step=1e-3, max_nfev=60 * (len(names) + 1),

@@ -14,7 +14,9 @@ the fold that held it out. Tables and splits:
 * ``vidur`` (per-layer GEMM times): the fitted per-operator curves (``fit.LinearCurve``)
   extrapolating to token counts above those fitted (fit n <= 512, test n > 512) and
   interpolating (every other token count); the fitted roofline leave one TP degree / model /
-  GPU out; all-reduce leave one GPU count out;
+  GPU out, with its memory terms at the datasheet HBM bandwidth (the simulator's) and again at
+  the GPU's achievable one (``ach. HBM``: ``GPUSpec.hbm_bandwidth``); all-reduce leave one GPU
+  count out;
 * ``trainval`` (13 real vLLM V1 serving runs on H100): the engine fit (``engine_fit``), leave
   one MODEL out, errors of the mean TTFT, E2E and TPOT.
 
@@ -64,9 +66,10 @@ def _line(table: str, evaluation: str, errs: Sequence[float], target: str = "") 
     return FidelityLine(table, evaluation, len(errs), med, p90, target)
 
 
-def leave_out(rows: Sequence, key: Callable[[object], object], engine=None) -> list[float]:
+def leave_out(rows: Sequence, key: Callable[[object], object], engine=None, *, hbm: str = "datasheet") -> list[float]:
     """Held-out APEs of the fitted roofline when each ``key`` value is left out, aligned with
-    ``rows`` (NaN where a fold had no training rows)."""
+    ``rows`` (NaN where a fold had no training rows). ``hbm``: the bandwidth the fitted memory
+    efficiency multiplies (``datasheet`` or ``achievable``, ``backends.sim.profiles.predict``)."""
     from backends.sim.profiles import ape, fit_efficiency
 
     errs = [float("nan")] * len(rows)
@@ -74,7 +77,8 @@ def leave_out(rows: Sequence, key: Callable[[object], object], engine=None) -> l
         idx = [i for i, r in enumerate(rows) if key(r) == k]
         train = [r for r in rows if key(r) != k]
         if train:
-            for i, e in zip(idx, ape([rows[i] for i in idx], fit_efficiency(train, engine=engine), engine), strict=True):
+            eff = fit_efficiency(train, engine=engine, hbm=hbm)
+            for i, e in zip(idx, ape([rows[i] for i in idx], eff, engine, hbm=hbm), strict=True):
                 errs[i] = e
     return errs
 
@@ -184,8 +188,9 @@ def vidur_table() -> list[FidelityLine]:
     out = [_line("vidur", "curves: OOS odd token counts", inter, "8/15"),
            _line("vidur", "curves: OOS extrapolate n>512 from n<=512", extra, "8/15")]
     rows = list(load_rows("vidur_mlp"))[::3]
-    for name, key in (("TP", lambda r: r.tp), ("model", lambda r: r.model), ("GPU", lambda r: r.gpu)):
-        out.append(_line("vidur", f"roofline: OOS leave-one-{name}-out", leave_out(rows, key), "8/15"))
+    for hbm, tag in (("datasheet", ""), ("achievable", " (ach. HBM)")):
+        for name, key in (("TP", lambda r: r.tp), ("model", lambda r: r.model), ("GPU", lambda r: r.gpu)):
+            out.append(_line("vidur", f"roofline{tag}: OOS leave-one-{name}-out", leave_out(rows, key, hbm=hbm), "8/15"))
     ar = list(load_rows("vidur_allreduce"))
     out.append(_line("vidur", "all-reduce: OOS leave-one-GPU-count-out", leave_out(ar, lambda r: r.tp)))
     return out
