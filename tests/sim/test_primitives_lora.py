@@ -12,6 +12,8 @@ from backends.base import Deployment
 from backends.sim import SimBackend, effective_policy
 from backends.sim.catalog import get_model
 from backends.sim.lora import AdapterSlots, adapter_bytes_per_gpu, adapter_params_per_gpu
+from backends.sim.queue import FCFSQueue, KeyedQueue
+from backends.sim.request_state import Req
 from tuner.policy import Policy
 from workloads import assign_adapters
 
@@ -164,3 +166,21 @@ def test_assign_adapters_transform_in_a_workload_spec():
                                                                  "share": 0.5, "rank": 32}}, "t").adapter)
     with pytest.raises(ValueError, match="assign_adapters"):
         apply_transform(w, {"assign_adapters": {"n": 0}}, "t")
+
+
+@pytest.mark.parametrize("make", [lambda: FCFSQueue(), lambda: KeyedQueue(lambda r: (r.prio, r.arrival))])
+def test_set_aside_moves_blocked_heads_out_in_order_and_restore_puts_them_back(make):
+    q = make()
+    reqs = [Req(i, float(i), 100, 10, 10, 0, (), 0) for i in range(6)]
+    for r, a in zip(reqs, (3, 3, -1, 1, 3, 2), strict=True):
+        r.adapter = a
+        q.push(r)
+    out: list = []
+    assert q.set_aside({1: 1}, out) is reqs[2]      # base model: may always run
+    assert len(out) == 2 and len(q) == 4
+    q.pop()
+    assert q.set_aside({1: 1}, out) is reqs[3]      # adapter 1 runs
+    q.pop()
+    assert q.set_aside({1: 1}, out) is None and len(out) == 4 and not q  # adapters 3 and 2 wait
+    q.restore(out)
+    assert [q.pop().rid for _ in range(4)] == [0, 1, 4, 5]  # back in their places
