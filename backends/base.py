@@ -36,6 +36,10 @@ RECORD_COLUMNS: dict[str, str] = {
 }
 
 
+COST_MODELS = ("auto", "terms")
+"""``Deployment.cost_model`` values (``backends.sim.profiled.instance_cost_model``)."""
+
+
 @dataclass(frozen=True, slots=True)
 class Deployment:
     """Where the workload is served: model and GPU by catalog name (or a path to a
@@ -62,7 +66,7 @@ class Deployment:
     on). Live backends ignore it."""
 
     def __post_init__(self) -> None:
-        if self.cost_model not in ("auto", "terms"):
+        if self.cost_model not in COST_MODELS:
             raise ValueError(f"deployment cost_model={self.cost_model!r}: must be auto or terms")
         if self.n_gpus < 1:
             raise ValueError(f"deployment n_gpus={self.n_gpus}: must be >= 1")

@@ -84,7 +84,6 @@ class Arrivals:
     def _arrivals(self) -> None:
         """Admission decisions for every arrival and deferral retry due by now, in time order."""
         t, n, retry = self.t, self.n_stream, self.retry
-        direct = not self.admission.active and self.prefilled is None  # (inline _arrive → _enqueue)
         while True:
             i = self._next
             ta = self._ta
@@ -100,12 +99,7 @@ class Arrivals:
                 else:
                     self._ta = math.inf
                 req = self._new_req(i)
-                if req is None:
-                    continue
-                if direct:
-                    self.waiting.push(req)
-                    self.queued_tokens += req.num_tokens
-                else:
+                if req is not None:
                     self._arrive(req)
             else:
                 if tr > t:

@@ -316,7 +316,7 @@ class Simulation(Arrivals, Scheduling):
             raise SimInvariantError(f"token budget exceeded: {pf + r} > {self.budget}")
         spec, m = self.spec, 1
         if spec is not None and r:
-            ctx = pool.sum_b + pool.sum_s + r * pool.g
+            ctx = pool.ctx()
             sc = spec.step_coef(r, ctx)
             k = sc[7]
             dt, flops, nbytes = self.cm.step(pf, pairs, r, r * (k + 1), ctx, len(chunks))
@@ -336,8 +336,7 @@ class Simulation(Arrivals, Scheduling):
             self.c_draft += r * k
             self.c_acc += r * (m - 1)
         else:
-            dt, flops, nbytes = self.cm.step(pf, pairs, r, r, pool.sum_b + pool.sum_s + r * pool.g if r else 0,
-                                             len(chunks))
+            dt, flops, nbytes = self.cm.step(pf, pairs, r, r, pool.ctx() if r else 0, len(chunks))
         if self.lora is not None:  # (with speculation: one token per decoding sequence)
             lt, lf, lb = self._lora_extra(chunks, 1 if r else 0)
             dt, flops, nbytes = dt + lt, flops + lf, nbytes + lb
@@ -369,7 +368,7 @@ class Simulation(Arrivals, Scheduling):
             return 1
         qa = ts * r * 0.5
         qb = a + ts * ctx - qa
-        n = int((-qb + math.sqrt(qb * qb + 4.0 * qa * dt)) / (2.0 * qa)) if qa > 0 else int(dt / qb)
+        n = math.ceil((-qb + math.sqrt(qb * qb + 4.0 * qa * dt)) / (2.0 * qa)) if qa > 0 else math.ceil(dt / qb)
         if n < 1:
             n = 1
         while n * a + ts * (n * ctx + r * n * (n - 1) * 0.5) < dt:
@@ -387,15 +386,9 @@ class Simulation(Arrivals, Scheduling):
         c = self._coef.get(r) or self._coef_of(r) if spec is None else spec.step_coef(r, ctx)
         a, ts = c[0], c[1]
         lf = lb = 0.0
-        lora = self.lora
-        if lora is not None:  # a fixed batch: the same LoRA cost every iteration (inline _lora_extra)
-            tok = lora.n_lora
-            for q in self.prefilling:
-                if q.adapter >= 0:
-                    tok -= 1
-            if tok > 0:
-                lt, lf, lb = self.lora_cost.cost(tok, len(lora.running))
-                a += lt
+        if self.lora is not None:  # a fixed batch: the same LoRA cost every iteration
+            lt, lf, lb = self._lora_extra([], 1)
+            a += lt
         heap = pool.heap
         while heap[0][2] != heap[0][3].ver:  # drop entries of members that left
             heapq.heappop(heap)

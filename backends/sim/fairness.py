@@ -95,7 +95,7 @@ class CountingPool(DecodePool):
         svc.pool = self
 
     def add(self, req: Req) -> None:
-        DecodePool.add(self, req)
+        super().add(req)
         s, u = self.svc, self.svc.tenant[req.rid]
         k = req.fin_g - req.out
         s.n_dec[u] += 1
@@ -106,7 +106,7 @@ class CountingPool(DecodePool):
         s.cs[u] += w
 
     def remove(self, req: Req) -> int:
-        blocks = DecodePool.remove(self, req)
+        blocks = super().remove(req)
         s, u = self.svc, self.svc.tenant[req.rid]
         k = req.fin_g - req.out
         s.n_dec[u] -= 1
@@ -236,18 +236,12 @@ class VTCQueue(bytearray):
         self.append(0)
 
     def pop(self) -> Req:
-        del self[-1]
+        u, req = self.pop_entry()
         self._again = -1
-        if self.front:
-            return self.front.popleft()
-        u = self._u if self._u >= 0 else self._pick()  # (inline pop_entry)
-        self._u = -1
-        q = self.by[u]
-        req = q.popleft()
-        if not q:
-            self.live.remove(u)
-            self.last = u
-        self.svc.charge_prompt(u, req.prompt)  # (only fresh requests wait here: preempted ones use the front)
+        if u >= 0:
+            if not self.by[u]:
+                self.last = u
+            self.svc.charge_prompt(u, req.prompt)  # (only fresh requests wait here: preempted ones use the front)
         return req
 
     def pop_entry(self) -> tuple[int, Req]:

@@ -24,6 +24,7 @@ from functools import lru_cache
 from pathlib import Path
 from typing import Any
 
+from backends.base import COST_MODELS
 from backends.sim.catalog import GPUSpec, ModelSpec, get_gpu, get_model
 from backends.sim.costmodel import CostModel, Efficiency
 from backends.sim.engines import EnginePreset, get_engine
@@ -160,8 +161,8 @@ def instance_cost_model(model: ModelSpec, gpu: GPUSpec, tp: int = 1, weight_dtyp
     engine = engine or get_engine("vllm-v1")
     if cost_model == "terms":
         return _terms_cost_model(model, gpu, tp, weight_dtype, kv_dtype, engine, profile)
-    if cost_model != "auto":
-        raise ValueError(f"cost_model={cost_model!r}: must be auto or terms")
+    if cost_model not in COST_MODELS:
+        raise ValueError(f"cost_model={cost_model!r}: must be {' or '.join(COST_MODELS)}")
     fit = profile_fit(profile)
     if fit is None or not fit.covers(model.name, gpu.name, tp):
         cm = CostModel(model, gpu, tp, weight_dtype, kv_dtype, engine)

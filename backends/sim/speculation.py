@@ -62,7 +62,7 @@ def _unique(a):
 class Speculator:
     """Per-token-step decode coefficients under speculation, memoised per (seqs, k)."""
 
-    __slots__ = ("cm", "draft", "alpha", "k_max", "dynamic", "ngram", "_memo", "_kmemo", "_smemo")
+    __slots__ = ("cm", "draft", "alpha", "k_max", "dynamic", "ngram", "_memo", "_smemo")
 
     def __init__(self, policy: Policy, workload: Workload, cm: CostModel, draft: CostModel | None) -> None:
         self.cm, self.draft = cm, draft
@@ -70,7 +70,6 @@ class Speculator:
         self.k_max = policy.spec_k
         self.dynamic = policy.spec_dynamic
         self._memo: dict[tuple[int, int], tuple[float, ...]] = {}
-        self._kmemo: dict[tuple[int, int], int] = {}
         self._smemo: dict[int, tuple[float, ...]] = {}
 
     def iteration_terms(self, r: int, k: int) -> tuple[float, float, float, float, float, float]:
@@ -107,19 +106,16 @@ class Speculator:
 
     def pick_k(self, r: int, ctx: int) -> int:
         """k for a batch of r sequences with summed context ctx (fixed, or dynamic: most
-        expected tokens per second at this batch size, context bucketed by powers of 2)."""
+        expected tokens per second at this batch size, context bucketed by powers of 2; the same
+        buckets as ``step_coef``, which memoises it)."""
         if not self.dynamic:
             return self.k_max
         bucket = (ctx // r + 1).bit_length() - 1  # = floor(log2(ctx / r + 1)), exactly
-        key = (r, bucket)
-        k = self._kmemo.get(key)
-        if k is None:
-            c_avg = r * (2.0 ** bucket)
-            best, k = -1.0, 1
-            for kk in range(0, self.k_max + 1):  # k = 0: no speculation
-                t, ts, *_ = self.iteration_terms(r, kk)
-                rate = expected_tokens(self.alpha, kk) / (t + ts * c_avg)
-                if rate > best:
-                    best, k = rate, kk
-            self._kmemo[key] = k
+        c_avg = r * (2.0 ** bucket)
+        best, k = -1.0, 1
+        for kk in range(0, self.k_max + 1):  # k = 0: no speculation
+            t, ts, *_ = self.iteration_terms(r, kk)
+            rate = expected_tokens(self.alpha, kk) / (t + ts * c_avg)
+            if rate > best:
+                best, k = rate, kk
         return k

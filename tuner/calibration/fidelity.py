@@ -30,6 +30,8 @@ from dataclasses import dataclass
 
 import numpy as np
 
+from backends.sim.terms import REFERENCE_PRIOR_WEIGHT
+
 TABLES = ("splitwise", "sarathi", "vidur", "trainval")
 TARGETS = {"batch": (8.0, 15.0), "trainval": {"ttft": 15.0, "e2e": 7.0, "tpot": 7.0}}
 
@@ -114,9 +116,8 @@ def terms_leave_out(rows: Sequence, key: Callable[[object], object], prior=None,
     return errs
 
 
-SARATHI_PRIOR_WEIGHT = 0.3
-"""Pull of the Splitwise terms fit on a Sarathi fit (35 rows, some mutually inconsistent); the
-same as ``backends.sim.terms.REFERENCE_PRIOR_WEIGHT``."""
+SARATHI_PRIOR_WEIGHT = REFERENCE_PRIOR_WEIGHT
+"""Pull of the Splitwise terms fit on a Sarathi fit (35 rows, some mutually inconsistent)."""
 
 
 def terms_lines(table: str, rows: Sequence) -> list[FidelityLine]:
