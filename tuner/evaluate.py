@@ -97,7 +97,7 @@ class Evaluator:
 
     def policy_for(self, trial: Any) -> Policy:
         only = self.defaults if trial.user_attrs.get(DEFAULT_ATTR) else None
-        return sample(trial, self.search, self.base, only=only)
+        return sample(trial, self.search, self.base, only=only, n_gpus=self.deployment.n_gpus)
 
     def evaluate(self, trial: Any, timings: Timings) -> Outcome:
         """Sample, run and score one trial (reports intermediate values; never raises for a bad

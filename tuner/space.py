@@ -8,13 +8,19 @@ Conditional knobs are sampled only when they apply (``CONDITIONS``): e.g. ``spec
 when ``speculation != off``; ``WORKLOAD_CONDITIONS`` drop knobs the study's workload cannot use
 (``max_loras`` without LoRA adapters). A knob that does not apply keeps its fixed/default value and does
 not appear in the trial's params, which TPE handles as a conditional parameter.
+
+Instance counts are sampled within the deployment's GPUs (``fit_gpus``): once ``tp`` (and, for
+disaggregation, the prefill instance count) is chosen, the upper bound of ``prefill_instances``,
+``decode_instances``, ``replicas`` and ``autoscale_max_replicas`` is what still fits ``n_gpus``,
+so a study does not spend trials on combinations the backend must refuse (Optuna allows an int
+range to change between trials; TPE samples it as usual, NSGA-II independently).
 """
 
 from __future__ import annotations
 
 import math
 from collections.abc import Callable, Mapping
-from dataclasses import dataclass, fields
+from dataclasses import dataclass, fields, replace
 from typing import Any
 
 from tuner.policy import Policy, knob_choices, knob_types
@@ -189,12 +195,41 @@ def applies(knob: str, values: Mapping[str, Any]) -> bool:
     return cond is None or cond[1](values)
 
 
-def sample(trial: Any, space: tuple[KnobRange, ...], base: Policy, *, only: Mapping[str, Any] | None = None) -> Policy:
+GPU_COUNT_KNOBS = ("prefill_instances", "decode_instances", "replicas", "autoscale_max_replicas")
+"""Int knobs whose upper bound ``fit_gpus`` narrows to the deployment's GPUs."""
+
+
+def fit_gpus(r: KnobRange, values: Mapping[str, Any], by_knob: Mapping[str, KnobRange], n_gpus: int) -> KnobRange:
+    """``r`` with its upper bound lowered to the instances that still fit ``n_gpus`` GPUs given
+    the knobs chosen so far (``values``, Policy order: tp, then the prefill instances before the
+    decode ones, which keep room for at least their own lower bound). Unchanged when ``r`` is not
+    an int GPU-count knob or when even its lower bound does not fit (the backend refuses that
+    trial with the reason, as before)."""
+    if r.kind != "int" or r.knob not in GPU_COUNT_KNOBS:
+        return r
+    tp = values["tp"]
+    if r.knob == "prefill_instances":
+        dr = by_knob.get("decode_instances")
+        d_low = int(dr.low) if dr is not None and dr.kind == "int" else values["decode_instances"]
+        cap = (n_gpus - d_low * (values["decode_tp"] or tp)) // (values["prefill_tp"] or tp)
+    elif r.knob == "decode_instances":
+        cap = (n_gpus - values["prefill_instances"] * (values["prefill_tp"] or tp)) // (values["decode_tp"] or tp)
+    else:
+        cap = n_gpus // tp
+    if cap < r.low or cap >= r.high:
+        return r
+    step = int(r.step or 1)  # (stay on the range's grid)
+    return replace(r, high=float(int(r.low) + (cap - int(r.low)) // step * step))
+
+
+def sample(trial: Any, space: tuple[KnobRange, ...], base: Policy, *, only: Mapping[str, Any] | None = None,
+           n_gpus: int = 0) -> Policy:
     """The trial's policy: ``base`` (defaults + fixed knobs) with each searched knob that applies
     suggested by ``trial``, in Policy declaration order so conditions see their parents.
 
     ``only``: for the default-policy trial, the values to record (knobs whose base value the
-    range cannot represent are left unsuggested)."""
+    range cannot represent are left unsuggested). ``n_gpus`` > 0: instance counts are sampled
+    within that many GPUs (``fit_gpus``)."""
     by_knob = {r.knob: r for r in space}
     values = base.to_dict()
     for knob in KNOB_ORDER:
@@ -203,6 +238,8 @@ def sample(trial: Any, space: tuple[KnobRange, ...], base: Policy, *, only: Mapp
             continue
         if only is not None and knob not in only:
             continue
+        if n_gpus > 0:
+            r = fit_gpus(r, values, by_knob, n_gpus)
         values[knob] = r.suggest(trial)
     return Policy.from_dict(values)
 

@@ -32,6 +32,34 @@ def test_conditional_knobs_are_sampled_only_when_they_apply():
     assert all(0 < v < 40 for v in seen.values()), seen
 
 
+def test_instance_counts_are_sampled_within_the_deployments_gpus():
+    """With n_gpus, every sampled disaggregated / replicated layout fits the GPUs (without it, a
+    third of these layouts would need more), and the full range is still reached where it fits."""
+    from backends.base import Deployment
+    from backends.sim.cluster import check_gpus
+
+    space = _space({"tp": [1, 2], "disaggregated": "bool", "prefill_instances": {"low": 1, "high": 2},
+                    "decode_instances": {"low": 1, "high": 3}, "replicas": {"low": 1, "high": 8}})
+    dep = Deployment("llama-3.1-8b", "h100-sxm", n_gpus=4)
+    counts = {"fit": 0, "unfit_without": 0}
+    seen_d3 = False
+    for n_gpus, key in ((4, "fit"), (0, "unfit_without")):
+        study = optuna.create_study(sampler=optuna.samplers.RandomSampler(seed=3))
+        for _ in range(60):
+            t = study.ask()
+            p = sample(t, space, Policy(), n_gpus=n_gpus)
+            try:
+                check_gpus(p, dep)
+                counts["fit"] += key == "fit"
+            except ValueError:
+                counts["unfit_without"] += key == "unfit_without"
+                assert key == "unfit_without", p
+            seen_d3 |= key == "fit" and p.disaggregated and p.decode_instances == 3
+            study.tell(t, 0.0)
+    assert counts["fit"] == 60 and counts["unfit_without"] >= 15, counts
+    assert seen_d3  # tp=1, one prefill instance: three decode instances still fit and are sampled
+
+
 def test_types_log_and_step():
     (r,) = _space({"max_num_batched_tokens": {"low": 256, "high": 8192, "log": True}})
     assert r.kind == "int" and r.log
