@@ -17,7 +17,10 @@ first line ``{"servetune_workload": {...}}``. Without ``slo_classes`` the only k
 
 Rows are numbered from 1 (the first request) in messages. Unsorted arrivals are accepted and
 sorted stably by arrival (the order of equal arrivals is kept). Mooncake-format JSONL
-(``timestamp`` ms, ``input_length``, ``output_length``, ``hash_ids``) is read as well.
+(``timestamp`` ms, ``input_length``, ``output_length``, ``hash_ids``) is read as well, and so are
+the CSVs of two public trace families as published (``foreign_csv``): the Azure LLM inference
+traces (``TIMESTAMP``, ``ContextTokens``, ``GeneratedTokens``; 2023 and 2024) and BurstGPT
+(``Timestamp`` s, ``Request tokens``, ``Response tokens``, ``Model`` as the tenant).
 """
 
 from __future__ import annotations
@@ -95,9 +98,55 @@ def _read_csv(path: Path) -> tuple[pd.DataFrame, dict]:
     except pd.errors.ParserError as e:
         raise ValueError(f"{path}: not a readable CSV ({str(e).strip().splitlines()[0]})") from None
     df.columns = [str(c).strip() for c in df.columns]
+    df = foreign_csv(df, str(path))
     if "prefix_ids" in df:
         df["prefix_ids"] = df["prefix_ids"].map(lambda s: s.replace(",", " ").replace("[", " ").replace("]", " ").split())
     return df, header
+
+
+FOREIGN_FORMATS = {
+    "Azure LLM inference trace": ("TIMESTAMP", "ContextTokens", "GeneratedTokens"),
+    "BurstGPT": ("Timestamp", "Request tokens", "Response tokens"),
+}
+"""Public trace CSVs read as published: format -> the columns that identify it (arrival, prompt
+tokens, output tokens)."""
+
+
+def _numbers(col: pd.Series, name: str, where: str) -> np.ndarray:
+    v = pd.to_numeric(col, errors="coerce").to_numpy(float)
+    bad = ~np.isfinite(v)
+    if bad.any():
+        k = int(np.flatnonzero(bad)[0])
+        raise ValueError(f"{where} row {k + 1}: {name}={_show(col.iloc[k])} is not a number")
+    return v
+
+
+def foreign_csv(df: pd.DataFrame, where: str) -> pd.DataFrame:
+    """``df`` as request columns when it is one of ``FOREIGN_FORMATS`` (else unchanged).
+
+    Azure: ``TIMESTAMP`` is wall clock (ISO 8601, any sub-second digits), arrivals become
+    seconds from the earliest row. BurstGPT: ``Timestamp`` is seconds, shifted to start at 0;
+    ``Model`` (ChatGPT, GPT-4) becomes the tenant. A 0-token output (a request that stopped at
+    once or failed, as BurstGPT logs them) is served as 1 token: its prefill still ran."""
+    fmt = next((f for f, cols in FOREIGN_FORMATS.items() if set(cols) <= set(df.columns)), None)
+    if fmt is None:
+        return df
+    t_col, p_col, o_col = FOREIGN_FORMATS[fmt]
+    if fmt.startswith("Azure"):
+        ts = pd.to_datetime(df[t_col], format="ISO8601", errors="coerce")
+        if ts.isna().any():
+            k = int(np.flatnonzero(ts.isna().to_numpy())[0])
+            raise ValueError(f"{where} row {k + 1}: {t_col}={_show(df[t_col].iloc[k])} is not a date and time")
+        ns = ts.to_numpy("datetime64[ns]").astype(np.int64)
+        arrival = (ns - ns.min()) / 1e9
+    else:
+        t = _numbers(df[t_col], t_col, where)
+        arrival = t - t.min()
+    out = pd.DataFrame({"arrival_s": arrival, "prompt_len": _numbers(df[p_col], p_col, where),
+                        "output_len": np.maximum(_numbers(df[o_col], o_col, where), 1)})
+    if fmt == "BurstGPT" and "Model" in df:
+        out["tenant"] = df["Model"].astype(str).str.strip().to_numpy()
+    return out
 
 
 def _read_parquet(path: Path) -> tuple[pd.DataFrame, dict]:

@@ -68,18 +68,20 @@ def _mk(name: str, arrival: np.ndarray, prompt: np.ndarray, output: np.ndarray, 
 def load_azure(kind: str = "conv") -> Workload:
     """Azure LLM inference trace 2023 (``kind`` = "conv" or "code").
 
-    ``TIMESTAMP`` is wall clock with 100 ns digits; arrivals become seconds from the first row.
+    ``TIMESTAMP`` is wall clock with 100 ns digits; arrivals become seconds from the first row
+    (``files.foreign_csv``, which reads any Azure-format trace file the same way).
     """
     if kind not in ("conv", "code"):
         raise ValueError(f"azure trace kind {kind!r}: expected 'conv' or 'code'")
-    df = pd.read_csv(io.BytesIO(bundled_bytes(TRACE_FILES[f"azure-{kind}"])))
-    ts = pd.to_datetime(df["TIMESTAMP"], format="%Y-%m-%d %H:%M:%S.%f").to_numpy("datetime64[ns]")
-    arrival = (ts - ts[0]).astype(np.int64) / 1e9
+    from workloads.files import foreign_csv
+
+    name = f"azure-{kind}"
+    df = foreign_csv(pd.read_csv(io.BytesIO(bundled_bytes(TRACE_FILES[name]))), name)
     return _mk(
-        f"azure-{kind}",
-        arrival,
-        df["ContextTokens"].to_numpy(),
-        df["GeneratedTokens"].to_numpy(),
+        name,
+        df["arrival_s"].to_numpy(),
+        df["prompt_len"].to_numpy(),
+        df["output_len"].to_numpy(),
         meta={"source": f"Azure LLM inference trace 2023 ({kind})", "licence": "CC-BY-4.0"},
     )
 

@@ -44,6 +44,23 @@ def test_mooncake_format_jsonl_is_read(tmp_path, shared_traces):
     assert w.content_hash() == load_workload("mooncake-synthetic").content_hash()
 
 
+def test_azure_trace_csv_as_published_is_read(shared_traces):
+    w = read_requests(shared_traces / "azure_llm_2023_conv.csv")
+    assert w.content_hash() == load_workload("azure-conv").content_hash()
+
+
+def test_burstgpt_csv_as_published_is_read(tmp_path):
+    p = tmp_path / "BurstGPT_1.csv"
+    p.write_text("Timestamp,Model,Request tokens,Response tokens,Total tokens,Log Type\n"
+                 "5,ChatGPT,472,18,490,Conversation log\n45,ChatGPT,1087,0,1087,Conversation log\n"
+                 "118,GPT-4,417,276,693,API log\n")
+    w = read_requests(p)
+    assert w.arrival_s.tolist() == [0.0, 40.0, 113.0]
+    assert w.prompt_len.tolist() == [472, 1087, 417]
+    assert w.output_len.tolist() == [18, 1, 276]  # a failed (0-token) response still ran its prefill
+    assert [w.tenants[t] for t in w.tenant] == ["ChatGPT", "ChatGPT", "GPT-4"]
+
+
 @pytest.mark.parametrize(
     "text, msg",
     [
@@ -58,6 +75,9 @@ def test_mooncake_format_jsonl_is_read(tmp_path, shared_traces):
         ("arrival_s,prompt_len,output_len,prefix_ids\n0,10,5,1 x\n", "row 1: prefix_ids"),
         ("# schema_version: 2\narrival_s,prompt_len,output_len\n0,10,5\n", "schema_version '2'"),
         ("arrival_s,prompt_len,output_len\n", "no requests"),
+        ("TIMESTAMP,ContextTokens,GeneratedTokens\n2023-11-16 18:15:46.68,374,44\nyesterday,396,109\n",
+         "row 2: TIMESTAMP='yesterday' is not a date and time"),
+        ("Timestamp,Model,Request tokens,Response tokens\n5,ChatGPT,abc,18\n", "row 1: Request tokens='abc' is not a number"),
     ],
 )
 def test_bad_csv_names_row_and_field(tmp_path, text, msg):
