@@ -37,7 +37,7 @@ from backends.sim.profiles import (  # noqa: E402
     load_rows,
     vllm_v1_steady_rows,
 )
-from tuner.calibration.fidelity import kfold_lines, terms_lines  # noqa: E402
+from tuner.calibration.fidelity import kfold_lines, residual_lines, terms_lines  # noqa: E402
 
 VLLM_RUNS = Path("/work/shared/data/profiles/vllm_v0151_trainval_runs.csv")
 """Real vLLM V1 serving runs (not bundled: licence not stated); the table is skipped without it."""
@@ -126,7 +126,7 @@ def main(argv: Sequence[str] | None = None) -> int:
                     help="HBM bandwidth of the roofline's memory terms (default: datasheet, as the simulator)")
     args = ap.parse_args(argv)
     t0 = time.perf_counter()
-    head = f"{'table':16s} {'rows':>5s}  {'evaluation':46s} {'median %':>9s} {'p90 %':>7s}"
+    head = f"{'table':16s} {'rows':>5s}  {'evaluation':56s} {'median %':>9s} {'p90 %':>7s}"
     print(head)
     print("-" * len(head))
     tables = args.table or [*TABLES, *(["vllm_v1"] if VLLM_RUNS.is_file() else [])]
@@ -134,19 +134,21 @@ def main(argv: Sequence[str] | None = None) -> int:
         rows = _rows(table)
         eng = ENGINES.get(table, ENGINE)
         med, p90 = _stats(ape(rows, None, eng, hbm=args.hbm))
-        print(f"{table:16s} {len(rows):5d}  {'default efficiencies':46s} {med:9.1f} {p90:7.1f}")
+        print(f"{table:16s} {len(rows):5d}  {'default efficiencies':56s} {med:9.1f} {p90:7.1f}")
         eff = fit_efficiency(rows, engine=eng, hbm=args.hbm)
         med, p90 = _stats(ape(rows, eff, eng, hbm=args.hbm))
-        print(f"{'':16s} {'':5s}  {'fitted, in sample':46s} {med:9.1f} {p90:7.1f}")
+        print(f"{'':16s} {'':5s}  {'fitted, in sample':56s} {med:9.1f} {p90:7.1f}")
         for name, fn in splits(table, args.hbm).items():
             errs, folds = fn(rows)
             med, p90 = _stats(errs)
-            print(f"{'':16s} {'':5s}  {f'OOS {name} ({folds} folds)':46s} {med:9.1f} {p90:7.1f}")
+            print(f"{'':16s} {'':5s}  {f'OOS {name} ({folds} folds)':56s} {med:9.1f} {p90:7.1f}")
         lines = kfold_lines(table, rows, "", lambda key, rs=rows: leave_out(rs, key, args.hbm)[0]) if table == "sarathi" else []
         if table in ("splitwise", "sarathi"):  # the fitted operator-class terms (backends.sim.terms)
             lines += terms_lines(table, rows)
+        if table == "vidur_mlp":  # the roofline times a learned residual (tuner.calibration.residual)
+            lines += residual_lines(rows, args.hbm)
         for ln in lines:
-            print(f"{'':16s} {'':5s}  {ln.evaluation:46s} {ln.median:9.1f} {ln.p90:7.1f}")
+            print(f"{'':16s} {'':5s}  {ln.evaluation:56s} {ln.median:9.1f} {ln.p90:7.1f}")
     print(f"\n({time.perf_counter() - t0:.1f} s) HBM bandwidth: {args.hbm}. Engine presets: vllm_v1 -> vllm-v1, others -> vllm-v0. The vllm_v1"
           " table is a steady-state approximation (Little's law) of real serving runs; the default"
           " efficiencies and the vllm-v1 preset were rounded from its in-sample fit, so its 'default'"

@@ -15,8 +15,10 @@ the fold that held it out. Tables and splits:
   extrapolating to token counts above those fitted (fit n <= 512, test n > 512) and
   interpolating (every other token count); the fitted roofline leave one TP degree / model /
   GPU out, with its memory terms at the datasheet HBM bandwidth (the simulator's) and again at
-  the GPU's achievable one (``ach. HBM``: ``GPUSpec.hbm_bandwidth``); all-reduce leave one GPU
-  count out;
+  the GPU's achievable one (``ach. HBM``: ``GPUSpec.hbm_bandwidth``); the same splits for the
+  fitted roofline times a learned residual (``residual``: a tree ensemble on GPU-normalised GEMM
+  features, fitted on the training fold's roofline residuals; not the simulator's path);
+  all-reduce leave one GPU count out;
 * ``trainval`` (13 real vLLM V1 serving runs on H100): the engine fit (``engine_fit``), leave
   one MODEL out, errors of the mean TTFT, E2E and TPOT.
 
@@ -68,21 +70,37 @@ def _line(table: str, evaluation: str, errs: Sequence[float], target: str = "") 
     return FidelityLine(table, evaluation, len(errs), med, p90, target)
 
 
+def held_out(rows: Sequence, key: Callable[[object], object], fit: Callable[[list], object],
+             errors: Callable[[object, list], Sequence[float]]) -> list[float]:
+    """Held-out errors when each ``key`` value is left out in turn, aligned with ``rows`` (NaN
+    where a fold had no training rows): ``fit(train_rows)`` returns a model, ``errors(model,
+    test_rows)`` its errors on the held-out rows."""
+    errs = [float("nan")] * len(rows)
+    for k in sorted({key(r) for r in rows}, key=str):
+        idx = [i for i, r in enumerate(rows) if key(r) == k]
+        train = [r for r in rows if key(r) != k]
+        if train:
+            for i, e in zip(idx, errors(fit(train), [rows[i] for i in idx]), strict=True):
+                errs[i] = e
+    return errs
+
+
 def leave_out(rows: Sequence, key: Callable[[object], object], engine=None, *, hbm: str = "datasheet") -> list[float]:
     """Held-out APEs of the fitted roofline when each ``key`` value is left out, aligned with
     ``rows`` (NaN where a fold had no training rows). ``hbm``: the bandwidth the fitted memory
     efficiency multiplies (``datasheet`` or ``achievable``, ``backends.sim.profiles.predict``)."""
     from backends.sim.profiles import ape, fit_efficiency
 
-    errs = [float("nan")] * len(rows)
-    for k in sorted({key(r) for r in rows}, key=str):
-        idx = [i for i, r in enumerate(rows) if key(r) == k]
-        train = [r for r in rows if key(r) != k]
-        if train:
-            eff = fit_efficiency(train, engine=engine, hbm=hbm)
-            for i, e in zip(idx, ape([rows[i] for i in idx], eff, engine, hbm=hbm), strict=True):
-                errs[i] = e
-    return errs
+    return held_out(rows, key, lambda train: fit_efficiency(train, engine=engine, hbm=hbm),
+                    lambda eff, test: ape(test, eff, engine, hbm=hbm))
+
+
+def residual_leave_out(rows: Sequence, key: Callable[[object], object], *, hbm: str = "datasheet") -> list[float]:
+    """Held-out APEs of the fitted roofline times the learned residual (``residual``: both
+    fitted on the training fold only) when each ``key`` value is left out, aligned with ``rows``."""
+    from tuner.calibration.residual import fit_residual
+
+    return held_out(rows, key, lambda train: fit_residual(train, hbm), lambda model, test: model.ape(test))
 
 
 def kfold_lines(table: str, rows: Sequence, name: str, errs_for: Callable[[Callable[[object], int]], list[float]],
@@ -105,15 +123,8 @@ def terms_leave_out(rows: Sequence, key: Callable[[object], object], prior=None,
     ``key`` value is left out, aligned with ``rows``."""
     from backends.sim.terms import DEFAULT_PRIOR, fit_terms, terms_ape
 
-    errs = [float("nan")] * len(rows)
-    for k in sorted({key(r) for r in rows}, key=str):
-        idx = [i for i, r in enumerate(rows) if key(r) == k]
-        train = [r for r in rows if key(r) != k]
-        if train:
-            fit = fit_terms(train, prior=prior or DEFAULT_PRIOR, prior_weight=prior_weight)
-            for i, e in zip(idx, terms_ape([rows[i] for i in idx], fit), strict=True):
-                errs[i] = e
-    return errs
+    return held_out(rows, key, lambda train: fit_terms(train, prior=prior or DEFAULT_PRIOR, prior_weight=prior_weight),
+                    lambda fit, test: terms_ape(test, fit))
 
 
 SARATHI_PRIOR_WEIGHT = REFERENCE_PRIOR_WEIGHT
@@ -192,9 +203,18 @@ def vidur_table() -> list[FidelityLine]:
     for hbm, tag in (("datasheet", ""), ("achievable", " (ach. HBM)")):
         for name, key in (("TP", lambda r: r.tp), ("model", lambda r: r.model), ("GPU", lambda r: r.gpu)):
             out.append(_line("vidur", f"roofline{tag}: OOS leave-one-{name}-out", leave_out(rows, key, hbm=hbm), "8/15"))
+        out += residual_lines(rows, hbm, tag)
     ar = list(load_rows("vidur_allreduce"))
     out.append(_line("vidur", "all-reduce: OOS leave-one-GPU-count-out", leave_out(ar, lambda r: r.tp)))
     return out
+
+
+def residual_lines(rows: Sequence, hbm: str = "datasheet", tag: str = "") -> list[FidelityLine]:
+    """The roofline times the learned residual (``residual_leave_out``) on Vidur GEMM rows:
+    leave one TP degree / model / GPU out; ``tag`` is appended to the evaluation's name."""
+    splits = (("TP", lambda r: r.tp), ("model", lambda r: r.model), ("GPU", lambda r: r.gpu))
+    return [_line("vidur", f"roofline + residual{tag}: OOS leave-one-{name}-out",
+                  residual_leave_out(rows, key, hbm=hbm), "8/15") for name, key in splits]
 
 
 def trainval_table(path=None, *, duration_scale: float = 0.15, max_nfev: int = 15,
@@ -222,12 +242,12 @@ def trainval_table(path=None, *, duration_scale: float = 0.15, max_nfev: int = 1
 
 
 def format_lines(lines: Sequence[FidelityLine]) -> str:
-    head = f"{'table':10s} {'evaluation':46s} {'n':>5s} {'median %':>9s} {'p90 %':>7s}  target (med/p90)"
+    head = f"{'table':10s} {'evaluation':56s} {'n':>5s} {'median %':>9s} {'p90 %':>7s}  target (med/p90)"
     out = [head, "-" * len(head)]
     for ln in lines:
         mark = "" if ln.met is None else (" met" if ln.met else " MISSED")
         tgt = ln.target.replace("/1000", " (median)") if ln.target else ""
-        out.append(f"{ln.table:10s} {ln.evaluation:46s} {ln.n:5d} {ln.median:9.1f} {ln.p90:7.1f}  {tgt}{mark}")
+        out.append(f"{ln.table:10s} {ln.evaluation:56s} {ln.n:5d} {ln.median:9.1f} {ln.p90:7.1f}  {tgt}{mark}")
     return "\n".join(out)
 
 
@@ -259,5 +279,6 @@ def format_trainval(per_run: Sequence[tuple]) -> str:
     return "\n".join(out)
 
 
-__all__ = ["TABLES", "FidelityLine", "batch_tables", "fidelity", "format_lines", "format_trainval", "kfold_lines",
-           "leave_out", "stats", "terms_leave_out", "terms_lines", "trainval_table", "vidur_table"]
+__all__ = ["TABLES", "FidelityLine", "batch_tables", "fidelity", "format_lines", "format_trainval", "held_out",
+           "kfold_lines", "leave_out", "residual_leave_out", "residual_lines", "stats", "terms_leave_out", "terms_lines",
+           "trainval_table", "vidur_table"]

@@ -10,7 +10,11 @@ log residual ``log(measured / roofline)`` from features that do not name the GPU
 * ``log2(arithmetic intensity / ridge)``: FLOPs per HBM byte of the GEMM over the GPU's peak
   FLOP/s per byte/s (below 0: memory-bound, above: compute-bound);
 * ``log2 N`` and ``log2 K``: the per-GPU GEMM shape after the TP split (weights are K x N);
-* ``(tokens mod 64) / 64`` and ``(tokens mod 128) / 128``: tile alignment of M.
+* ``(tokens mod 64) / 64`` and ``(tokens mod 128) / 128``: tile alignment of M;
+* wave quantization: a GEMM runs in waves of one output tile per SM, so the last wave may run
+  part-empty. For output tiles of 128 x 128 and 128 x 256 (M x N), the filled fraction of the
+  last wave, ``(tiles / SMs) / ceil(tiles / SMs)``, and ``log2 ceil(tiles / SMs)`` of the first
+  (``SMS``: streaming multiprocessors per GPU, the GPU's published figure).
 
 A prediction is ``roofline × exp(residual)``. Hyper-parameters are fixed (``HGB_PARAMS``), chosen
 before any held-out error was measured. Not used by the simulator (``CostModel``): a tree goes flat
@@ -32,7 +36,12 @@ from backends.sim.profiles import ProfileRow, fit_efficiency, predict
 HGB_PARAMS = {"learning_rate": 0.05, "max_iter": 200, "max_leaf_nodes": 15, "min_samples_leaf": 40,
               "l2_regularization": 1.0, "early_stopping": False, "random_state": 0}
 """``sklearn.ensemble.HistGradientBoostingRegressor`` settings (fixed, deterministic)."""
-FEATURES = ("log2_tokens", "log2_intensity_over_ridge", "log2_n", "log2_k", "tokens_mod64", "tokens_mod128")
+FEATURES = ("log2_tokens", "log2_intensity_over_ridge", "log2_n", "log2_k", "tokens_mod64", "tokens_mod128",
+            "wave_fill_128x128", "log2_waves_128x128", "wave_fill_128x256")
+SMS = {"a100-80gb": 108, "a100-40gb": 108, "a100-80gb-pcie": 108, "h100-sxm": 132, "h100-pcie": 114, "h200": 132}
+"""Streaming multiprocessors per GPU (NVIDIA's published figures), keyed by catalog name."""
+TILES = ((128, 128), (128, 256))
+"""Output tile shapes (M x N) of the wave-quantization features."""
 
 
 def gemm_shape(row: ProfileRow) -> tuple[int, int]:
@@ -55,8 +64,12 @@ def features(row: ProfileRow, hbm: str = "datasheet") -> list[float]:
     nbytes = n * k * 2.0 + t * (n + k) * ACT_BYTES  # weights (16-bit) + activations in and out
     g = get_gpu(row.gpu)
     ridge = g.peak_flops(row.weight_dtype) / g.hbm_bandwidth(hbm)  # FLOPs per byte
+    if row.gpu not in SMS:
+        raise ValueError(f"features: no SM count for gpu {row.gpu!r} (add it to SMS)")
+    waves = [math.ceil(t / tm) * math.ceil(n / tn) / SMS[row.gpu] for tm, tn in TILES]
     return [math.log2(t), math.log2(flops / nbytes / ridge), math.log2(n), math.log2(k), (t % 64) / 64.0,
-            (t % 128) / 128.0]
+            (t % 128) / 128.0, waves[0] / math.ceil(waves[0]), math.log2(math.ceil(waves[0])),
+            waves[1] / math.ceil(waves[1])]
 
 
 @dataclass(frozen=True, slots=True)
@@ -96,4 +109,4 @@ def fit_residual(rows: Sequence[ProfileRow], hbm: str = "datasheet", eff: Effici
     return ResidualModel(eff, hbm, HistGradientBoostingRegressor(**HGB_PARAMS).fit(x, y))
 
 
-__all__ = ["FEATURES", "HGB_PARAMS", "ResidualModel", "features", "fit_residual", "gemm_shape"]
+__all__ = ["FEATURES", "HGB_PARAMS", "SMS", "TILES", "ResidualModel", "features", "fit_residual", "gemm_shape"]
