@@ -9,6 +9,8 @@ Times are the best of ``--repeat`` runs (default 5; 1 for the 1M case), as ``tim
 machine is shared, and the minimum is the least disturbed measurement.
 Deployment: Llama-3.1-8B on one H100 (vLLM V1 preset). Targets (servetune issue 3):
 >= 20,000 simulated req/s on azure-conv, < 1 GB for a million requests.
+The header says whether the simulator core runs compiled (mypyc: what ``pip install .``
+builds; in a checkout ``python setup.py build_ext --inplace``) or as pure Python source.
 """
 
 from __future__ import annotations
@@ -138,7 +140,11 @@ def main() -> None:
              *(f"azure-conv:{p}" for p in PRIMITIVES), "poisson:10000", "poisson:100000"] + ([] if args.quick else ["poisson:1000000"])
     hdr = (f"{'workload':14s} {'batching':15s} {'requests':>9s} {'iters':>9s} {'wall s':>8s} {'cpu s':>7s} "
            f"{'req/s wall':>11s} {'req/s cpu':>10s} {'peak RSS MB':>12s} {'sim MB':>7s}")
-    print(f"Llama-3.1-8B on one H100 (vllm-v1 preset); best of {args.repeat} runs per case (1M: one run)")
+    import backends.sim.engine as engine
+
+    core = "compiled (mypyc)" if not engine.__file__.endswith(".py") else "pure Python"
+    print(f"Llama-3.1-8B on one H100 (vllm-v1 preset); simulator core: {core}; best of {args.repeat} runs per case "
+          "(1M: one run)")
     print(hdr)
     print("-" * len(hdr))
     for case in cases:

@@ -9,15 +9,51 @@ from __future__ import annotations
 
 import heapq
 import math
+from collections import deque
 
-from backends.sim.admission import Verdict
+import numpy as np
+
+from backends.sim.admission import AdmissionControl, Verdict
 from backends.sim.request_state import Req
+from backends.sim.scheduler import Scheduling
+from tuner.policy import Policy
+from workloads.workload import Workload
 
 ARRIVAL_CHUNK = 8192
 
 
-class Arrivals:
-    """Arrival stream and admission control (mixin of ``Simulation``)."""
+class Arrivals(Scheduling):
+    """Arrival stream and admission control: the second layer of ``Simulation`` (see
+    ``scheduler.Scheduling``). It declares the state it reads beyond that layer's;
+    ``Simulation.__init__`` builds it."""
+
+    w: Workload
+    policy: Policy
+    n_stream: int                  # rows that arrive by themselves (the rest are injection slots)
+    t: float                       # s
+    max_len: int                   # tokens
+    admission: AdmissionControl
+    _parked: list[tuple[int, Req]]
+    prefilled: np.ndarray | None
+    retry: list[tuple[float, int, Req]]
+    recent_done: deque[float]
+    rejected: np.ndarray
+    c_defer: int
+    _seq: int
+    _next: int                     # row of the next arrival
+    _ta: float                     # s, time of the next arrival
+    _c0: int                       # first row of the loaded chunk
+    _ca: list[float]               # the chunk's columns, as Python lists
+    _cp: list[int]
+    _co: list[int]
+    _cm: list[int]
+    _cr: list[int]
+    _cs: list[float]
+    _cl: list[int] | None
+
+    def n_waiting(self) -> int:
+        """Waiting requests, those set aside for want of a LoRA slot included."""
+        return len(self.waiting) + len(self._parked)
 
     # ============================================================== arrivals
     def _load_chunk(self, i0: int) -> None:
@@ -29,7 +65,7 @@ class Arrivals:
         self._cm = w.max_output[i0:i1].tolist()
         self._cr = w.priority[i0:i1].tolist()
         self._cs = (self.w.ttft_slo_ms()[i0:i1] / 1e3).tolist()
-        self._cl = w.adapter[i0:i1].tolist() if self.lora is not None else None
+        self._cl = w.adapter[i0:i1].tolist() if self.lora is not None else None  # type: ignore[index]
 
     def _new_req(self, i: int) -> Req | None:
         k = i - self._c0
@@ -45,9 +81,9 @@ class Arrivals:
         ids: tuple[int, ...] = ()
         if self.pbt:
             off = self.w.prefix_offsets
-            full = min(int(off[i + 1] - off[i]), prompt // self.pbt)
+            full = min(int(off[i + 1] - off[i]), prompt // self.pbt)  # type: ignore[index]
             if full:
-                ids = tuple(dict.fromkeys(self.w.prefix_ids[off[i]: off[i] + full].tolist()))
+                ids = tuple(dict.fromkeys(self.w.prefix_ids[off[i]: off[i] + full].tolist()))  # type: ignore[index]
         if self.prefilled is not None and self.prefilled[i]:
             ids = ()  # its KV arrives whole from elsewhere: private blocks, no prefix-cache use
         req = Req(i, self._ca[k], prompt, out, max_out, self._cr[k], ids, len(ids) * self.pbt)

@@ -55,10 +55,10 @@ def plan_chunked(sim: Simulation, one_prefill: bool = False) -> tuple[Chunks, bo
                 return chunks, True
     waiting = sim.waiting
     while budget > 0 and waiting and sim.seats_free():
-        req = sim.head()
-        if req is None:
+        head = sim.head()
+        if head is None:
             break
-        c = sim.admit(req, budget if budget < cap else cap, first=not chunks)
+        c = sim.admit(head, budget if budget < cap else cap, first=not chunks)
         if not c:
             break
         chunks.append((sim.prefilling[-1], c))
@@ -82,10 +82,10 @@ def plan_continuous(sim: Simulation) -> tuple[Chunks, bool]:
     budget = sim.budget - sum(c for _, c in chunks)
     waiting = sim.waiting
     while waiting and sim.seats_free() and (budget > 0 or not chunks):
-        req = sim.head()
-        if req is None:
+        head = sim.head()
+        if head is None:
             break
-        c = sim.admit(req, budget, first=not chunks, whole=True)
+        c = sim.admit(head, budget, first=not chunks, whole=True)
         if not c:
             break
         chunks.append((sim.prefilling[-1], c))

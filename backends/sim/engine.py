@@ -23,6 +23,7 @@ import math
 from collections import deque
 
 import numpy as np
+from mypy_extensions import mypyc_attr
 
 from backends.base import Deployment
 from backends.sim.admission import RATE_WINDOW, AdmissionControl
@@ -38,7 +39,6 @@ from backends.sim.memory import BlockManager
 from backends.sim.profiled import instance_cost_model
 from backends.sim.queue import make_queue
 from backends.sim.request_state import DecodePool, Req
-from backends.sim.scheduler import Scheduling
 from backends.sim.speculation import Speculator
 from backends.sim.telemetry import TelemetryRecorder
 from backends.sim.tiers import make_tiers
@@ -47,15 +47,16 @@ from workloads.adapters import adapter_rank, uses_adapters
 from workloads.workload import Workload
 
 
+@mypyc_attr(native_class=False)  # (a builtin exception's subclass stays a Python class when compiled)
 class SimInvariantError(AssertionError):
     """The simulation broke one of its own invariants (a bug, never a result)."""
 
 
-class Simulation(Arrivals, Scheduling):
+class Simulation(Arrivals):
     """One run of one policy on one workload on one instance (tp GPUs). Use ``run()`` once.
 
-    This class holds the state and the loop; arrivals (``arrivals.py``) and the scheduling
-    actions admit/grow/swap-in/preempt (``scheduler.py``) are mixins over the same state."""
+    This class holds the state and the loop; the scheduling actions admit/grow/swap-in/preempt
+    (``scheduler.py``) and arrivals (``arrivals.py``) are its base layers over the same state."""
 
     def __init__(self, policy: Policy, workload: Workload, deployment: Deployment, *, seed: int = 0,
                  check: bool = False, trace: bool = False, max_sim_time_s: float | None = None,
@@ -118,7 +119,7 @@ class Simulation(Arrivals, Scheduling):
                 raise ValueError(f"policy knob max_loras={policy.max_loras}: {policy.max_loras} LoRA slots of rank "
                                  f"{rank} leave no KV memory")
             self.lora = AdapterSlots(policy.max_loras, self.lora_cost.bytes_adapter / gpu.pcie_bytes_s)
-        self._parked: list = []     # waiting entries set aside for want of a LoRA slot (see _lora_head)
+        self._parked = []           # waiting entries set aside for want of a LoRA slot (see _lora_head)
         self._park_ver = 0          # lora.version at which they were all seen unable to run
         caching = policy.prefix_caching and workload.prefix_offsets is not None
         self.pbt = workload.prefix_block_tokens if caching else 0
@@ -167,7 +168,7 @@ class Simulation(Arrivals, Scheduling):
         self._seq = 0
         self._next = 0              # index of the next arrival
         self._c0 = 0
-        self._ca: list[float] = []
+        self._ca = []
         self._ta = math.inf         # time of the next arrival
         self._ran = False
         self._last_t = 0.0
@@ -192,16 +193,6 @@ class Simulation(Arrivals, Scheduling):
         self.trace = TraceWriter() if trace else None
         self.c_preempt = self.c_swapped = self.c_pq = self.c_ph = self.c_defer = 0
 
-    # ================================================================ queries
-    def n_running(self) -> int:
-        return len(self.prefilling) + self.pool.n
-
-    def seats_free(self) -> bool:
-        return len(self.prefilling) + self.pool.n < self.seat_cap
-
-    def _blocks_for(self, tokens: int) -> int:
-        return -(-tokens // self.bs) if tokens > 0 else 0
-
     # ================================================================== LoRA
     def _lora_head(self) -> Req | None:
         """``head`` with LoRA slots: the first waiting request whose adapter may run now (vLLM
@@ -209,7 +200,8 @@ class Simulation(Arrivals, Scheduling):
         still waiting: they count in the queue's length) until the set of running adapters
         changes, when ``_unpark`` puts them back in place: each is looked at once per change,
         not once per step. Every entry set aside could not run at ``lora.version`` = ``_park_ver``."""
-        lora, w = self.lora, self.waiting
+        lora: AdapterSlots = self.lora  # type: ignore[assignment]  # (only called with LoRA slots)
+        w = self.waiting
         if lora.version != self._park_ver:
             self._unpark()
         running = lora.running
@@ -218,22 +210,19 @@ class Simulation(Arrivals, Scheduling):
         return w.set_aside(running, self._parked)
 
     def _unpark(self) -> None:
-        self._park_ver = self.lora.version
+        self._park_ver = self.lora.version  # type: ignore[union-attr]
         if self._parked:
             self.waiting.restore(self._parked)
             self._parked.clear()
-
-    def n_waiting(self) -> int:
-        """Waiting requests, those set aside for want of a LoRA slot included."""
-        return len(self.waiting) + len(self._parked)
 
     def _lora_extra(self, chunks: list[tuple[Req, int]], decode_tokens: int) -> tuple[float, float, float]:
         """LoRA's extra (s, FLOPs, bytes) in one iteration: the chunks' adapter tokens and
         ``decode_tokens`` per decoding sequence with an adapter (running ones with an adapter
         minus those still prefilling)."""
+        lora: AdapterSlots = self.lora  # type: ignore[assignment]  # (only called with LoRA slots)
         tok = 0
         if decode_tokens:
-            tok = self.lora.n_lora
+            tok = lora.n_lora
             for q in self.prefilling:
                 if q.adapter >= 0:
                     tok -= 1
@@ -241,7 +230,7 @@ class Simulation(Arrivals, Scheduling):
         for req, c in chunks:
             if req.adapter >= 0:
                 tok += c
-        return self.lora_cost.cost(tok, len(self.lora.running))
+        return self.lora_cost.cost(tok, len(lora.running))
 
     # ============================================================ completion
     def _done(self, req: Req, t: float) -> None:
@@ -318,7 +307,7 @@ class Simulation(Arrivals, Scheduling):
         if spec is not None and r:
             ctx = pool.ctx()
             sc = spec.step_coef(r, ctx)
-            k = sc[7]
+            k = int(sc[7])
             dt, flops, nbytes = self.cm.step(pf, pairs, r, r * (k + 1), ctx, len(chunks))
             if spec.draft is not None and k:
                 db, dp = spec.draft.decode_affine(r)
@@ -448,7 +437,7 @@ class Simulation(Arrivals, Scheduling):
             self._pool_finished(t)
         if self._fresh:
             self._first_decode_tokens(t)
-        iters = n
+        iters = float(n)
         if spec is not None:  # n token steps = n / E speculative iterations
             iters = n / c[6]
             self.c_draft += r * iters * c[7]
@@ -469,13 +458,13 @@ class Simulation(Arrivals, Scheduling):
 
     def _demote(self, i: int) -> None:
         """The GPU evicts prefix entry ``i``: it moves down a tier (if one can hold it)."""
-        self.pending_s += self.tiers.store_entry(i)
+        self.pending_s += self.tiers.store_entry(i)  # type: ignore[union-attr]
 
     def _page_out_cold(self) -> None:
         """GPU KV use is above the paging threshold: cold (unreferenced, oldest first) prefix
         entries move down a tier until it is not, while a tier can take them."""
         mem = self.mem
-        if self.tiers.can_store_entry():
+        if self.tiers.can_store_entry():  # type: ignore[union-attr]
             mem.evict(min(mem.total - mem.free - self.page_above, mem.evictable))
 
     def _kv_now(self) -> tuple[int, int]:
@@ -489,7 +478,7 @@ class Simulation(Arrivals, Scheduling):
                 used += req.computed - req.shared
         return mem.total - mem.free - mem.evictable, used
 
-    def _record(self, t0: float, dt: float, flops: float, nbytes: float, iters: int, seqs: int,
+    def _record(self, t0: float, dt: float, flops: float, nbytes: float, iters: float, seqs: float,
                 tokens: int, held_first: int, held_last: int, used_first: int, used_last: int) -> None:
         """Check the step's invariants and hand its totals to telemetry (held/used: KV blocks and
         tokens during the step's first and last iteration)."""
@@ -614,7 +603,7 @@ class Simulation(Arrivals, Scheduling):
         req = Req(row, t, prompt, out, max_out, int(self.w.priority[row]), (), 0)
         req.ttft_slo_s = float(self.w.slo_classes[self.w.slo_class[row]].ttft_ms) / 1e3
         if self.lora is not None:
-            req.adapter = int(self.w.adapter[row])
+            req.adapter = int(self.w.adapter[row])  # type: ignore[index]
         self._seq += 1
         heapq.heappush(self.retry, (t, self._seq, req))
 

@@ -29,7 +29,9 @@ from __future__ import annotations
 
 import math
 from collections import deque
-from collections.abc import Callable, Iterator
+from collections.abc import Callable, Iterable, Iterator
+
+from mypy_extensions import mypyc_attr
 
 from backends.sim.request_state import DecodePool, Req
 from tuner.policy import Policy
@@ -51,13 +53,13 @@ class TenantService:
 
     __slots__ = ("tenant", "w_in", "w_out", "inp", "out", "n_dec", "sum_k", "pool",
                  "inv_w", "wi_w", "wo_w", "cb", "cs")
+    pool: DecodePool  # the CountingPool that keeps n_dec / sum_k (it sets this when built)
 
     def __init__(self, policy: Policy, workload: Workload) -> None:
         self.tenant: list[int] = workload.tenant.tolist()
         self.w_in, self.w_out = policy.vtc_input_weight, policy.vtc_output_weight
         k = len(workload.tenants)
         self.inp, self.out, self.n_dec, self.sum_k = [0] * k, [0] * k, [0] * k, [0] * k
-        self.pool: DecodePool | None = None
         share = dict(policy.tenant_weights)
         self.inv_w = [1.0 / share.get(name, 1.0) for name in workload.tenants]
         self.wi_w = [self.w_in * x for x in self.inv_w]    # counter units per prompt token
@@ -118,6 +120,7 @@ class CountingPool(DecodePool):
         return blocks
 
 
+@mypyc_attr(native_class=False, allow_interpreted_subclasses=True)  # (a bytearray subclass: a Python class when compiled)
 class VTCQueue(bytearray):
     """The waiting queue ordered by virtual token counters (see module doc); the same
     push / push_front / peek / pop / len interface as ``queue.FCFSQueue``. ``pop`` removes what
@@ -149,7 +152,7 @@ class VTCQueue(bytearray):
         self.clock = clock
 
     # -------------------------------------------------------------- queries
-    def counters(self, tenants: list[int]) -> list[float]:
+    def counters(self, tenants: Iterable[int]) -> list[float]:
         """The virtual counters of ``tenants`` now (weighted tokens / share weight + lifts)."""
         s = self.svc
         g, cb, cs = s.pool.g, s.cb, s.cs
@@ -191,7 +194,7 @@ class VTCQueue(bytearray):
                     best, low = u, c
         return best
 
-    def __iter__(self) -> Iterator[Req]:
+    def __iter__(self) -> Iterator[Req]:  # type: ignore[override]  # (the bytes are a count)
         yield from self.front
         for q in self.by:
             yield from q
@@ -235,7 +238,7 @@ class VTCQueue(bytearray):
         self.front.appendleft(req)
         self.append(0)
 
-    def pop(self) -> Req:
+    def pop(self) -> Req:  # type: ignore[override]  # (the queue's pop, not bytearray's)
         u, req = self.pop_entry()
         self._again = -1
         if u >= 0:

@@ -18,8 +18,12 @@ of vanishing, and a hit run continues through entries held there (``hits_through
 from __future__ import annotations
 
 from collections import OrderedDict
+from collections.abc import Callable, Sequence
+
+from mypy_extensions import mypyc_attr
 
 
+@mypyc_attr(native_class=False)  # (a builtin exception's subclass stays a Python class when compiled)
 class OutOfBlocks(RuntimeError):
     """Raised when an allocation was not checked against ``avail`` first (an engine bug)."""
 
@@ -44,7 +48,7 @@ class BlockManager:
         self._ready: set[int] = set()
         self._lru: OrderedDict[int, None] = OrderedDict()  # unreferenced entries, oldest first
         self.evictions = 0
-        self.demote = None    # callable(id) given each evicted entry (lower tiers), or None
+        self.demote: Callable[[int], None] | None = None  # given each evicted entry id (lower tiers)
 
     # -------------------------------------------------------------- queries
     @property
@@ -114,7 +118,7 @@ class BlockManager:
                     ref[i] = 1
             self.cached += new * eb
 
-    def mark_ready(self, ids: tuple[int, ...]) -> None:
+    def mark_ready(self, ids: Sequence[int]) -> None:
         """The KV of these entries has been computed: later requests may hit them."""
         self._ready.update(ids)
 

@@ -23,6 +23,7 @@ from collections import deque
 from collections.abc import Callable
 
 import numpy as np
+from mypy_extensions import mypyc_attr
 
 from backends.sim.request_state import Req
 from workloads.workload import Workload
@@ -30,6 +31,7 @@ from workloads.workload import Workload
 SJF_OUTPUT_SIGMA = 0.5
 
 
+@mypyc_attr(native_class=False)  # (builtin container subclasses stay Python classes when compiled)
 class FCFSQueue(deque):
     """Arrival order; preempted requests go to the front (a deque: len/push/pop are C calls)."""
 
@@ -58,6 +60,7 @@ class FCFSQueue(deque):
         return self[0]
 
 
+@mypyc_attr(native_class=False)
 class KeyedQueue(list):
     """A heap ordered by ``key(req)`` (smaller first); preempted requests ahead of all."""
 

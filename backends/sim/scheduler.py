@@ -21,11 +21,64 @@ and gives it back when it finishes or is preempted.
 
 from __future__ import annotations
 
-from backends.sim.request_state import DECODE, PREFILL, SWAPPED, WAITING, Req
+from collections import deque
+from typing import Any
+
+import numpy as np
+
+from backends.sim.lora import AdapterSlots
+from backends.sim.memory import BlockManager
+from backends.sim.request_state import DECODE, PREFILL, SWAPPED, WAITING, DecodePool, Req
+from backends.sim.tiers import KVTiers
 
 
 class Scheduling:
-    """Admission into the running set and preemption out of it (mixin of ``Simulation``)."""
+    """Admission into the running set and preemption out of it: the first layer of
+    ``Simulation`` (``Scheduling`` → ``arrivals.Arrivals`` → ``Simulation``, single inheritance
+    so that mypyc can compile them as native classes). It declares the state it reads;
+    ``Simulation.__init__`` builds it."""
+
+    bs: int                        # KV block size, tokens
+    pbt: int                       # tokens per prefix-cache entry (0: no prefix caching)
+    mem: BlockManager
+    pool: DecodePool
+    lora: AdapterSlots | None
+    tiers: KVTiers | None
+    waiting: Any                   # the waiting queue (queue.py / fairness.VTCQueue)
+    prefilling: list[Req]
+    swapped: deque[Req]
+    transferred: deque[Req]
+    _fresh: list[tuple[Req, int]]
+    seat_cap: int
+    reserve: bool
+    watermark: int                 # blocks
+    headroom: int                  # blocks
+    page_victims: bool
+    tier_hits: bool
+    priv_explicit: int             # blocks
+    queued_tokens: int
+    pending_s: float
+    _adm: int
+    c_preempt: int
+    c_swapped: int
+    c_pq: int
+    c_ph: int
+    c_paged: int
+    c_tier_hit: int
+    cached: np.ndarray
+    failed: np.ndarray
+    out_done: np.ndarray
+    preempts: np.ndarray
+
+    # ================================================================ queries
+    def n_running(self) -> int:
+        return len(self.prefilling) + self.pool.n
+
+    def seats_free(self) -> bool:
+        return len(self.prefilling) + self.pool.n < self.seat_cap
+
+    def _blocks_for(self, tokens: int) -> int:
+        return -(-tokens // self.bs) if tokens > 0 else 0
 
     # ============================================================== admission
     def admit(self, req: Req, limit: int, first: bool, whole: bool = False) -> int:
@@ -40,7 +93,7 @@ class Scheduling:
         if ids:
             h = mem.hits(ids)
             if self.tier_hits and h < len(ids):
-                h, load = mem.hits_through(ids, h, self.tiers.where)
+                h, load = mem.hits_through(ids, h, self.tiers.where)  # type: ignore[union-attr]
             cached = min(h * self.pbt, req.num_tokens - 1)
         c = req.num_tokens - cached
         if whole:
@@ -63,7 +116,7 @@ class Scheduling:
         if ids:
             if load:
                 for i in load:
-                    self.pending_s += self.tiers.load_entry(i)
+                    self.pending_s += self.tiers.load_entry(i)  # type: ignore[union-attr]
                 self.c_tier_hit += len(load) * self.pbt
             mem.acquire(ids)
             if load:
@@ -118,7 +171,7 @@ class Scheduling:
                 self.pending_s += self.lora.acquire(req.adapter)
             swapped.popleft()
             mem.take(kv)
-            self.pending_s += self.tiers.load_seq(req.tier, kv)
+            self.pending_s += self.tiers.load_seq(req.tier, kv)  # type: ignore[union-attr]
             self.c_swapped += kv
             req.priv = kv
             self.priv_explicit += kv
@@ -158,7 +211,7 @@ class Scheduling:
     # ============================================================= preemption
     def _victim(self) -> Req:
         cands = self.prefilling + self.pool.members()
-        return max(cands, key=Req.victim_key.fget)
+        return max(cands, key=lambda r: r.victim_key)
 
     def preempt(self, req: Req) -> None:
         """Evict ``req`` from the running set: page its KV down a tier or drop it for recompute."""
@@ -183,11 +236,11 @@ class Scheduling:
         kv = self._blocks_for(req.computed)
         # Page out only while other sequences keep running: with none left, a paged-out request would
         # come straight back and be preempted again (a livelock); it recomputes instead.
-        tier = self.tiers.store_seq(kv) if self.page_victims and kv and self.pool.n else -1
+        tier = self.tiers.store_seq(kv) if self.page_victims and kv and self.pool.n else -1  # type: ignore[union-attr]
         if tier >= 0:
             req.tier = tier
             self.c_paged += 1
-            self.pending_s += self.tiers.move_s(tier, kv)
+            self.pending_s += self.tiers.move_s(tier, kv)  # type: ignore[union-attr]
             self.c_swapped += kv
             req.ids, req.shared = (), 0   # its whole KV comes back as private blocks
             req.state = SWAPPED
@@ -207,7 +260,7 @@ class Scheduling:
             self.queued_tokens -= req.num_tokens
         else:
             self.swapped.pop()
-            self.tiers.drop_seq(req.tier, self._blocks_for(req.computed))
+            self.tiers.drop_seq(req.tier, self._blocks_for(req.computed))  # type: ignore[union-attr]
         self.failed[req.rid] = True
         self.preempts[req.rid] = req.preemptions - 1
         self.out_done[req.rid] = req.gen

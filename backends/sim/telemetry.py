@@ -36,7 +36,7 @@ class TelemetryRecorder:
         self._stride, self._skip = 1, 0
         self.t_end = 0.0
 
-    def step(self, t0: float, dt: float, flops: float, nbytes: float, iters: int, seqs: int, tokens: int,
+    def step(self, t0: float, dt: float, flops: float, nbytes: float, iters: float, seqs: float, tokens: int,
              held_first: int, held_last: int, used_first: int, used_last: int, running: int, waiting: int) -> None:
         """One iteration (or ``iters`` decode iterations) from t0 lasting dt seconds; KV blocks
         held and tokens used during its first and last iteration; queue sizes after it."""
