@@ -2,7 +2,8 @@
 workload's columns (no per-request object until a request arrives), pass admission control,
 and join the waiting queue; deferred ones come back through a retry heap.
 
-A mixin of ``engine.Simulation``: it reads the state that class builds.
+A base layer of ``engine.Simulation`` (``Scheduling`` → ``Arrivals`` → ``Simulation``): it declares
+the state it reads, which ``Simulation.__init__`` builds.
 """
 
 from __future__ import annotations

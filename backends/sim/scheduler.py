@@ -2,7 +2,8 @@
 
 These are the query/mutate steps the BatchPlanner (``batching.py``) and the engine loop call;
 each keeps the KV books exact (``memory.BlockManager`` + explicit ``Req.priv`` + the lazily
-grown ``DecodePool``). A mixin of ``engine.Simulation``: it reads the state that class builds.
+grown ``DecodePool``). The first base layer of ``engine.Simulation`` (``Scheduling`` →
+``Arrivals`` → ``Simulation``): it declares the state it reads, which ``Simulation.__init__`` builds.
 
 Preemption (token-level): when a decoding sequence cannot get its next block, victims leave the
 running set in order of (priority value, arrival) descending (vLLM: the last of the running
