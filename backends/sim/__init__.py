@@ -51,7 +51,10 @@ def simulate(policy: Policy, workload: Workload, deployment: Deployment, *, seed
              trace_path: str | Path | None = None, max_sim_time_s: float | None = None,
              check: bool = False, prefilled=None) -> RunResult:
     """Serve ``workload`` on one simulated instance under ``policy`` (see ``SimBackend.run``).
-    ``prefilled``: bool per request, prompt KV computed elsewhere (``engine.Simulation``)."""
+    ``prefilled``: bool per request, prompt KV computed elsewhere (``engine.Simulation``).
+    First-token and finish times are what the client sees: the engine preset's client lag
+    (``client_lag``; vllm-v1: 1.6 steps) is added to the engine's times."""
+    from backends.sim.client_lag import engine_client_lag
     from backends.sim.engine import Simulation
     from backends.sim.telemetry import build_result
 
@@ -66,7 +69,7 @@ def simulate(policy: Policy, workload: Workload, deployment: Deployment, *, seed
                          "(replicas and routing not simulated yet)")
     if trace_path is not None:
         sim.trace.write(trace_path)
-    return build_result(sim, eff, notes)
+    return engine_client_lag(build_result(sim, eff, notes), deployment.engine)
 
 
 class SimBackend:

@@ -298,11 +298,13 @@ def merge_timelines(tls: list[pd.DataFrame | None]) -> pd.DataFrame | None:
 
 def simulate_cluster(policy: Policy, workload: Workload, deployment: Deployment, *, seed: int = 0) -> RunResult:
     """Serve ``workload`` on the cluster ``policy`` describes (see the module doc)."""
+    from backends.sim.client_lag import engine_client_lag
+
     check_gpus(policy, deployment)
     if policy.disaggregated:
         from backends.sim.disagg import simulate_disaggregated
 
-        return simulate_disaggregated(policy, workload, deployment, seed=seed)
+        return engine_client_lag(simulate_disaggregated(policy, workload, deployment, seed=seed), deployment.engine)
     from backends.sim.scaling import simulate_replicated
 
-    return simulate_replicated(policy, workload, deployment, seed=seed)
+    return engine_client_lag(simulate_replicated(policy, workload, deployment, seed=seed), deployment.engine)

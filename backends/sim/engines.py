@@ -38,6 +38,10 @@ class EnginePreset:
     """Decode batches up to this size replay CUDA graphs (no per-kernel launch cost)."""
     eager_launch_overhead_s: float = 0.0
     """Extra per-iteration launch cost when a batch runs without CUDA graphs (prefill/large), s."""
+    client_lag_steps: float = 0.0
+    """Steps between the engine sampling a token and the client receiving it (async scheduling
+    and output streaming), in units of the request's own time per output token; added to the
+    records' first-token and finish times (``client_lag``). 0: not measured for this engine."""
     description: str = ""
 
 
@@ -47,7 +51,7 @@ ENGINES: dict[str, EnginePreset] = {
         EnginePreset(
             "vllm-v1", iteration_overhead_s=0.6e-3, per_seq_overhead_s=30e-6, batching="chunked",
             chunked_prefill=True, prefix_caching=True, max_num_batched_tokens=2048, max_num_seqs=256,
-            eager_launch_overhead_s=0.5e-3,
+            eager_launch_overhead_s=0.5e-3, client_lag_steps=1.6,
             description="vLLM >= 0.8 (V1): chunked prefill + prefix caching on, token budget per step"),
         EnginePreset(
             "vllm-v0", iteration_overhead_s=3.0e-3, per_seq_overhead_s=60e-6, batching="continuous",

@@ -8,8 +8,6 @@ nothing global is touched.
 
 from __future__ import annotations
 
-from dataclasses import replace
-
 from backends.base import Deployment, RunResult
 from tuner.policy import Policy
 from workloads.workload import Workload
@@ -26,9 +24,11 @@ def simulate_with(cost_model, policy: Policy, workload: Workload, deployment: De
     more step to be scheduled and its tokens reach the client a step later than the engine
     samples them. ``lag_s``: a fixed client-visible latency per request, s (API server: HTTP,
     tokenisation, detokenisation; large on a busy CPU host). Both are fitted from real runs
-    (``engine_fit``, ``live``); 0 = the simulator's own times."""
+    (``engine_fit``, ``live``); 0 = the simulator's own times. (This path adds only the lag
+    given here, not the engine preset's ``client_lag_steps`` that ``simulate`` adds.)"""
     from backends.sim import effective_policy
     from backends.sim.admission import AdmissionControl
+    from backends.sim.client_lag import with_client_lag
     from backends.sim.engine import Simulation
     from backends.sim.telemetry import build_result
 
@@ -38,17 +38,7 @@ def simulate_with(cost_model, policy: Policy, workload: Workload, deployment: De
         sim.cm = cost_model
         sim.admission = AdmissionControl(eff, cost_model, sim.mem.total)
     sim.run()
-    res = build_result(sim, eff, notes)
-    if lag_steps or lag_s:
-        rec = res.records
-        gen = rec.output_len.clip(lower=2) - 1
-        step = ((rec.finish_s - rec.first_token_s) / gen).where(rec.output_len >= 2)
-        step = step.fillna(step.median() if step.notna().any() else 0.0)
-        rec["first_token_s"] = rec.first_token_s + lag_steps * step + lag_s
-        rec["finish_s"] = rec.finish_s + lag_steps * step + lag_s
-        res = replace(res, notes=(*res.notes, f"client lag: {lag_steps:.2f} steps + {lag_s * 1e3:.1f} ms added to "
-                                  "first-token/finish times"))
-    return res
+    return with_client_lag(build_result(sim, eff, notes), lag_steps, lag_s)
 
 
 __all__ = ["simulate_with"]
