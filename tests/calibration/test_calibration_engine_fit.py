@@ -1,5 +1,7 @@
 from __future__ import annotations
 
+from pathlib import Path
+
 import numpy as np
 import pytest
 
@@ -55,3 +57,23 @@ def test_stored_vllm_h100_calibration_loads():
     c = engine_calibration("vllm", "h100")
     assert c is not None and 0.3 < c.efficiency.mem <= 1.0 and 1.0 < c.lag_steps < 3.0
     assert engine_calibration("sglang", "h100") is None
+
+
+def test_new_runs_are_predicted_without_refitting(tmp_path):
+    """A runs CSV other than the bundled trainval one is predicted out of sample by the default
+    simulator and by the stored calibration, with the targets (``servetune fidelity --runs``)."""
+    import pandas as pd
+
+    from tuner.calibration.fidelity import no_refit_lines
+    from tuner.calibration.trainval import TRAINVAL_CSV, load_runs
+
+    if not Path(TRAINVAL_CSV).is_file():
+        pytest.skip("shared trainval runs not found")
+    df = pd.read_csv(TRAINVAL_CSV)
+    small = tmp_path / "two_runs.csv"
+    df[df.model_hf.str.contains("Mistral-Nemo")].head(1).to_csv(small, index=False)
+    lines = no_refit_lines(load_runs(small), new=True)
+    assert [ln.evaluation.split(" mean, ")[1] for ln in lines][:3] == ["default sim (no refit, new runs)"] * 3
+    assert all(ln.target and ln.n == 1 for ln in lines)
+    ttft, e2e, tpot = lines[:3]
+    assert ttft.median < 15 and e2e.median < 10 and tpot.median < 10  # Mistral-Nemo runs: +6/+8/+8 % today

@@ -29,6 +29,7 @@ from __future__ import annotations
 
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
+from pathlib import Path
 
 import numpy as np
 
@@ -225,12 +226,12 @@ def trainval_table(path=None, *, duration_scale: float = 0.15, max_nfev: int = 1
     from tuner.calibration.trainval import TRAINVAL_CSV, load_runs
 
     runs = load_runs(path or TRAINVAL_CSV)
+    lines = no_refit_lines(runs, new=path is not None and Path(path).resolve() != Path(TRAINVAL_CSV).resolve(), log=log)
     kw = {"duration_scale": duration_scale, "max_nfev": max_nfev}
     full = fit_engine(runs, **kw)
     ins = [simulate_run(r, full).errors() for r in runs]
     oos_pred, _ = leave_one_out(runs, **kw)
     oos = [p.errors() for p in oos_pred]
-    lines = []
     for i, (name, tgt) in enumerate((("ttft", 15.0), ("e2e", 7.0), ("tpot", 7.0))):
         lines.append(_line("trainval", f"{name.upper()} mean, fitted in sample", [e[i] for e in ins]))
         lines.append(_line("trainval", f"{name.upper()} mean, OOS leave-one-model-out", [e[i] for e in oos],
@@ -239,6 +240,32 @@ def trainval_table(path=None, *, duration_scale: float = 0.15, max_nfev: int = 1
     if log:
         log(f"trainval full fit: {full.to_dict()}")
     return lines, per_run
+
+
+def no_refit_lines(runs: Sequence, *, new: bool, log: Callable[[str], None] | None = None) -> list[FidelityLine]:
+    """Errors of the mean TTFT / E2E / TPOT of ``runs`` predicted WITHOUT refitting: by the default
+    simulator (``servetune simulate``: default efficiencies, the vllm-v1 preset and its client
+    lag) and by the calibration stored from the bundled trainval runs
+    (``engine_fit.engine_calibration("vllm-v1", "h100")``). Out of sample when ``runs`` are ``new``
+    (not the runs those numbers were fitted on), in sample otherwise."""
+    from backends.sim.engines import get_engine
+    from tuner.calibration.engine_fit import EngineCalibration, engine_calibration, simulate_run
+
+    tag = "no refit, new runs" if new else "no refit, in sample"
+    cals = [("default sim", EngineCalibration(share="prompt", lag_steps=get_engine("vllm-v1").client_lag_steps))]
+    stored = engine_calibration("vllm-v1", "h100")
+    if stored is not None:
+        cals.append(("stored H100 fit", stored))
+    out = []
+    for name, cal in cals:
+        errs = [simulate_run(r, cal).errors() for r in runs]
+        if log:
+            log(f"{name} ({tag}), signed errors % TTFT / E2E / TPOT: "
+                + "; ".join(f"{r.run_id} {t:+.1f}/{e:+.1f}/{p:+.1f}" for r, (t, e, p) in zip(runs, errs, strict=True)))
+        for i, (metric, tgt) in enumerate((("ttft", 15.0), ("e2e", 7.0), ("tpot", 7.0))):
+            out.append(_line("trainval", f"{metric.upper()} mean, {name} ({tag})", [e[i] for e in errs],
+                             f"{tgt:g}/1000" if new else ""))
+    return out
 
 
 def format_lines(lines: Sequence[FidelityLine]) -> str:
@@ -281,4 +308,4 @@ def format_trainval(per_run: Sequence[tuple]) -> str:
 
 __all__ = ["TABLES", "FidelityLine", "batch_tables", "fidelity", "format_lines", "format_trainval", "held_out",
            "kfold_lines", "leave_out", "residual_leave_out", "residual_lines", "stats", "terms_leave_out", "terms_lines",
-           "trainval_table", "vidur_table"]
+           "no_refit_lines", "trainval_table", "vidur_table"]
