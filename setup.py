@@ -39,7 +39,7 @@ def ext_modules() -> list:
         print("servetune: mypyc is not installed: pure Python build", file=sys.stderr)
         return []
     try:
-        exts = mypycify(COMPILED, opt_level="3")
+        exts = mypycify(COMPILED, opt_level="3", group_name="backends.sim.core")  # (the shared lib inside the package)
     except (Exception, SystemExit) as e:  # noqa: BLE001 - a type error or a mypyc failure: keep pure Python
         print(f"servetune: mypyc failed ({e}): pure Python build", file=sys.stderr)
         return []
