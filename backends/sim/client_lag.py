@@ -16,11 +16,11 @@ from dataclasses import replace
 from backends.base import RunResult
 
 
-def with_client_lag(res: RunResult, lag_steps: float, lag_s: float = 0.0) -> RunResult:
+def with_client_lag(res: RunResult, lag_steps: float, lag_s: float = 0.0, source: str = "") -> RunResult:
     """``res`` with ``lag_steps`` × the request's own time per output token (≈ the step time
     around it; the run's median for one-token requests) plus ``lag_s`` seconds added to each
     request's first-token and finish times. Scheduling is unchanged: this is what the client
-    sees, not what the engine does."""
+    sees, not what the engine does. ``source`` names where the lag comes from, in the note."""
     if not lag_steps and not lag_s:
         return res
     rec = res.records.copy()
@@ -29,7 +29,8 @@ def with_client_lag(res: RunResult, lag_steps: float, lag_s: float = 0.0) -> Run
     step = step.fillna(step.median() if step.notna().any() else 0.0)
     rec["first_token_s"] = rec.first_token_s + lag_steps * step + lag_s
     rec["finish_s"] = rec.finish_s + lag_steps * step + lag_s
-    note = f"client lag: {lag_steps:.2f} steps + {lag_s * 1e3:.1f} ms added to first-token/finish times"
+    note = (f"client lag{f' ({source})' if source else ''}: {lag_steps:.2f} steps + {lag_s * 1e3:.1f} ms added to "
+            "first-token/finish times")
     return replace(res, records=rec, notes=(note, *res.notes))
 
 
@@ -37,7 +38,8 @@ def engine_client_lag(res: RunResult, engine: str) -> RunResult:
     """``res`` with the engine preset's client lag (``EnginePreset.client_lag_steps``)."""
     from backends.sim.engines import get_engine
 
-    return with_client_lag(res, get_engine(engine).client_lag_steps)
+    preset = get_engine(engine)
+    return with_client_lag(res, preset.client_lag_steps, source=f"{preset.name}: async scheduling + streaming")
 
 
 __all__ = ["engine_client_lag", "with_client_lag"]
