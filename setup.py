@@ -9,6 +9,8 @@ Pure Python instead, with the same behaviour:
   * ``SERVETUNE_PURE_PYTHON=1 pip install .``;
   * automatically, when mypyc or a C compiler is missing or the compile fails (the extensions
     are optional; pip prints the reason).
+Offline, ``pip install --no-build-isolation .`` builds with the environment's setuptools (and
+mypy, if installed; else pure Python) instead of fetching them.
 In a checkout, ``python setup.py build_ext --inplace`` (needs ``pip install mypy``) puts the
 compiled modules next to their sources, which Python then prefers (benchmarks, CI); delete
 ``backends/sim/*.so`` to go back to the source.
