@@ -49,11 +49,12 @@ def effective_policy(policy: Policy, workload: Workload | None = None) -> tuple[
 
 def simulate(policy: Policy, workload: Workload, deployment: Deployment, *, seed: int = 0,
              trace_path: str | Path | None = None, max_sim_time_s: float | None = None,
-             check: bool = False, prefilled=None) -> RunResult:
+             check: bool = False, prefilled=None, client_lag: bool = True) -> RunResult:
     """Serve ``workload`` on one simulated instance under ``policy`` (see ``SimBackend.run``).
     ``prefilled``: bool per request, prompt KV computed elsewhere (``engine.Simulation``).
     First-token and finish times are what the client sees: the engine preset's client lag
-    (``client_lag``; vllm-v1: 1.6 steps) is added to the engine's times."""
+    (``client_lag``; vllm-v1: 1.6 steps) is added to the engine's times (``client_lag=False``:
+    the engine's own times, e.g. to compare with another engine simulator)."""
     from backends.sim.client_lag import engine_client_lag
     from backends.sim.engine import Simulation
     from backends.sim.telemetry import build_result
@@ -69,7 +70,8 @@ def simulate(policy: Policy, workload: Workload, deployment: Deployment, *, seed
                          "(replicas and routing not simulated yet)")
     if trace_path is not None:
         sim.trace.write(trace_path)
-    return engine_client_lag(build_result(sim, eff, notes), deployment.engine)
+    res = build_result(sim, eff, notes)
+    return engine_client_lag(res, deployment.engine) if client_lag else res
 
 
 class SimBackend:
@@ -78,8 +80,9 @@ class SimBackend:
 
     name = "sim"
 
-    def __init__(self, *, check: bool = False) -> None:
+    def __init__(self, *, check: bool = False, client_lag: bool = True) -> None:
         self.check = check
+        self.client_lag = client_lag  # add the engine preset's client lag (``simulate``)
 
     def run(self, policy: Policy, workload: Workload, deployment: Deployment, *, seed: int = 0,
             trace_path: str | Path | None = None, max_sim_time_s: float | None = None,
@@ -94,6 +97,7 @@ class SimBackend:
             if trace_path is not None or max_sim_time_s is not None or prefilled is not None:
                 raise ValueError("trace_path, max_sim_time_s and prefilled need one instance; this policy "
                                  "needs a cluster (replicas > 1, disaggregated, autoscale or spot_fraction > 0)")
-            return simulate_cluster(policy, workload, deployment, seed=seed)
+            return simulate_cluster(policy, workload, deployment, seed=seed, client_lag=self.client_lag)
         return simulate(policy, workload, deployment, seed=seed, trace_path=trace_path,
-                        max_sim_time_s=max_sim_time_s, check=self.check, prefilled=prefilled)
+                        max_sim_time_s=max_sim_time_s, check=self.check, prefilled=prefilled,
+                        client_lag=self.client_lag)

@@ -296,15 +296,19 @@ def merge_timelines(tls: list[pd.DataFrame | None]) -> pd.DataFrame | None:
                          **{c: v.astype(np.int64) for c, v in sums.items()}})
 
 
-def simulate_cluster(policy: Policy, workload: Workload, deployment: Deployment, *, seed: int = 0) -> RunResult:
-    """Serve ``workload`` on the cluster ``policy`` describes (see the module doc)."""
+def simulate_cluster(policy: Policy, workload: Workload, deployment: Deployment, *, seed: int = 0,
+                     client_lag: bool = True) -> RunResult:
+    """Serve ``workload`` on the cluster ``policy`` describes (see the module doc); with
+    ``client_lag``, the engine preset's client lag is added once to the merged records."""
     from backends.sim.client_lag import engine_client_lag
 
     check_gpus(policy, deployment)
     if policy.disaggregated:
         from backends.sim.disagg import simulate_disaggregated
 
-        return engine_client_lag(simulate_disaggregated(policy, workload, deployment, seed=seed), deployment.engine)
-    from backends.sim.scaling import simulate_replicated
+        res = simulate_disaggregated(policy, workload, deployment, seed=seed)
+    else:
+        from backends.sim.scaling import simulate_replicated
 
-    return engine_client_lag(simulate_replicated(policy, workload, deployment, seed=seed), deployment.engine)
+        res = simulate_replicated(policy, workload, deployment, seed=seed)
+    return engine_client_lag(res, deployment.engine) if client_lag else res

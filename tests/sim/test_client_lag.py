@@ -31,3 +31,11 @@ def test_cluster_runs_add_it_once(knobs):
     w = poisson_workload(100, 8.0, (100, 1500), (10, 100), seed=3)
     res = SimBackend().run(Policy(**knobs), w, Deployment("llama-3.1-8b", "h100", n_gpus=2))
     assert sum(n.startswith("client lag") for n in res.notes) == 1
+
+
+def test_it_can_be_left_out_for_engine_side_times():
+    w = poisson_workload(50, 5.0, (100, 800), (10, 60), seed=5)
+    raw = simulate_with(None, Policy(), w, H100_8B).records
+    for res in (simulate(Policy(), w, H100_8B, client_lag=False), SimBackend(client_lag=False).run(Policy(), w, H100_8B)):
+        np.testing.assert_array_equal(res.records.first_token_s, raw.first_token_s)
+        assert not any(n.startswith("client lag") for n in res.notes)
