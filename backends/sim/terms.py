@@ -210,12 +210,19 @@ def terms_ape(rows: Sequence, terms: FittedTerms) -> list[float]:
 
 
 _NAMES = WORK_TERMS + FLOOR_TERMS
-_LO, _HI = math.log(1e-9), math.log(1e3)
+PHYSICAL_BOUNDS = {"prefill_attn": (1.0, 4.0)}
+"""Coefficients with a physical range (multiples of the ideal time): prefill attention runs as a
+fused FlashAttention-class kernel, at most at peak (1) and at no less than a quarter of it (4).
+Without the bound, a fit on one model at one TP degree (Splitwise: BLOOM-176B at TP8 alone) put
+its long-prompt cost into attention at 11.4x ideal and carried it over to Llama-2-70B at TP2
+(docs/calibration.md). Other coefficients: [1e-9, 1e3]."""
+_BLO = np.array([math.log(PHYSICAL_BOUNDS.get(k, (1e-9, 1e3))[0]) for k in _NAMES])
+_BHI = np.array([math.log(PHYSICAL_BOUNDS.get(k, (1e-9, 1e3))[1]) for k in _NAMES])
 
 
 def fit_terms(rows: Sequence, *, prior: FittedTerms = DEFAULT_PRIOR, prior_weight: float = 0.01) -> FittedTerms:
     """Coefficients minimising the log error of ``predict_terms`` on ``rows`` (scipy least
-    squares in log space, within [1e-9, 1e3]); each is pulled toward ``prior`` with weight
+    squares in log space, within [1e-9, 1e3] or ``PHYSICAL_BOUNDS``); each is pulled toward ``prior`` with weight
     ``prior_weight`` per row (a prior fitted on another table makes a better start than the
     default for a small table). The smooth-max power stays the prior's."""
     from scipy.optimize import least_squares
@@ -226,7 +233,7 @@ def fit_terms(rows: Sequence, *, prior: FittedTerms = DEFAULT_PRIOR, prior_weigh
     work, floor, idx = row_features(rows)
     meas = np.log([r.measured_s for r in rows])
     nw, q = len(WORK_TERMS), prior.q
-    x0 = np.clip(np.log(np.maximum([getattr(prior, k) for k in _NAMES], 1e-9)), _LO + 1e-9, _HI - 1e-9)
+    x0 = np.clip(np.log(np.maximum([getattr(prior, k) for k in _NAMES], 1e-9)), _BLO + 1e-9, _BHI - 1e-9)
     w = math.sqrt(prior_weight * len(rows) / len(x0))
 
     def resid(x: np.ndarray) -> np.ndarray:
@@ -235,7 +242,7 @@ def fit_terms(rows: Sequence, *, prior: FittedTerms = DEFAULT_PRIOR, prior_weigh
         pred = np.log(np.maximum(np.bincount(idx, t, minlength=len(rows)), 1e-12))
         return np.concatenate([pred - meas, w * (x - x0) / 3.0])
 
-    sol = least_squares(resid, x0, bounds=(np.full_like(x0, _LO), np.full_like(x0, _HI)), ftol=1e-12, xtol=1e-12,
+    sol = least_squares(resid, x0, bounds=(_BLO, _BHI), ftol=1e-12, xtol=1e-12,
                         gtol=1e-12, max_nfev=200 * len(x0))
     return FittedTerms(**{k: float(v) for k, v in zip(_NAMES, np.exp(sol.x), strict=True)}, q=q)
 
@@ -249,5 +256,5 @@ def splitwise_terms() -> FittedTerms:
     return fit_terms(load_rows("splitwise"))
 
 
-__all__ = ["DEFAULT_PRIOR", "REFERENCE_PRIOR_WEIGHT", "FLOOR_TERMS", "REF_HBM", "WORK_TERMS", "FittedTerms", "dense_features", "fit_terms",
+__all__ = ["DEFAULT_PRIOR", "PHYSICAL_BOUNDS", "REFERENCE_PRIOR_WEIGHT", "FLOOR_TERMS", "REF_HBM", "WORK_TERMS", "FittedTerms", "dense_features", "fit_terms",
            "predict_terms", "row_features", "splitwise_terms", "step_features", "terms_ape"]
