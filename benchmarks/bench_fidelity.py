@@ -38,6 +38,7 @@ from backends.sim.profiles import (  # noqa: E402
     vllm_v1_steady_rows,
 )
 from tuner.calibration.fidelity import kfold_lines, residual_lines, terms_lines  # noqa: E402
+from tuner.calibration.fidelity import leave_out as fidelity_leave_out  # noqa: E402
 
 VLLM_RUNS = Path("/work/shared/data/profiles/vllm_v0151_trainval_runs.csv")
 """Real vLLM V1 serving runs (not bundled: licence not stated); the table is skipped without it."""
@@ -62,17 +63,9 @@ def leave_out(rows: Sequence[ProfileRow], key: Callable[[ProfileRow], object],
               hbm: str = "datasheet") -> tuple[list[float], int]:
     """Pooled held-out errors when each value of ``key`` is left out in turn (folds whose
     training rows would be empty are skipped); ``hbm``: the memory terms' bandwidth."""
-    errs: list[float] = []
-    folds = 0
-    for k in sorted({key(r) for r in rows}, key=str):
-        train = [r for r in rows if key(r) != k]
-        test = [r for r in rows if key(r) == k]
-        if not train:
-            continue
-        eng = ENGINES.get(rows[0].table, ENGINE)
-        errs += ape(test, fit_efficiency(train, engine=eng, hbm=hbm), eng, hbm=hbm)
-        folds += 1
-    return errs, folds
+    errs = fidelity_leave_out(rows, key, ENGINES.get(rows[0].table, ENGINE), hbm=hbm)
+    folds = sum(1 for k in {key(r) for r in rows} if any(key(r) != k for r in rows))
+    return [e for e in errs if np.isfinite(e)], folds
 
 
 def splits(table: str, hbm: str = "datasheet") -> dict[str, Callable[[list[ProfileRow]], tuple[list[float], int]]]:

@@ -66,12 +66,10 @@ def main(argv: Sequence[str] | None = None) -> int:
     base = EngineCalibration(share="prompt", lag_steps=0.0)
     _table("default efficiencies, vllm-v1 preset, no client lag (NOT fitted here)", runs,
            [simulate_run(r, base).errors() for r in runs])
-    from backends.sim.engines import get_engine
-
-    lag = get_engine("vllm-v1").client_lag_steps
+    default = EngineCalibration.simulator_default()
     _table(f"the simulator's default (servetune simulate): default efficiencies + the preset's client lag "
-           f"{lag:g} steps (rounded from the fit on these runs: in sample for the lag)", runs,
-           [simulate_run(r, EngineCalibration(share="prompt", lag_steps=lag)).errors() for r in runs])
+           f"{default.lag_steps:g} steps (rounded from the fit on these runs: in sample for the lag)", runs,
+           [simulate_run(r, default).errors() for r in runs])
     if args.quick:
         return 0
     kw = {"duration_scale": args.duration_scale, "max_nfev": args.max_nfev,

@@ -112,15 +112,6 @@ FOREIGN_FORMATS = {
 tokens, output tokens)."""
 
 
-def _numbers(col: pd.Series, name: str, where: str) -> np.ndarray:
-    v = pd.to_numeric(col, errors="coerce").to_numpy(float)
-    bad = ~np.isfinite(v)
-    if bad.any():
-        k = int(np.flatnonzero(bad)[0])
-        raise ValueError(f"{where} row {k + 1}: {name}={_show(col.iloc[k])} is not a number")
-    return v
-
-
 def foreign_csv(df: pd.DataFrame, where: str) -> pd.DataFrame:
     """``df`` as request columns when it is one of ``FOREIGN_FORMATS`` (else unchanged).
 
@@ -140,10 +131,10 @@ def foreign_csv(df: pd.DataFrame, where: str) -> pd.DataFrame:
         ns = ts.to_numpy("datetime64[ns]").astype(np.int64)
         arrival = (ns - ns.min()) / 1e9
     else:
-        t = _numbers(df[t_col], t_col, where)
+        t = _column(df, t_col, where, integer=False)
         arrival = t - t.min()
-    out = pd.DataFrame({"arrival_s": arrival, "prompt_len": _numbers(df[p_col], p_col, where),
-                        "output_len": np.maximum(_numbers(df[o_col], o_col, where), 1)})
+    out = pd.DataFrame({"arrival_s": arrival, "prompt_len": _column(df, p_col, where, integer=False),
+                        "output_len": np.maximum(_column(df, o_col, where, integer=False), 1)})
     if fmt == "BurstGPT" and "Model" in df:
         out["tenant"] = df["Model"].astype(str).str.strip().to_numpy()
     return out

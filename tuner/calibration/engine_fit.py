@@ -54,6 +54,13 @@ class EngineCalibration:
                 "kv_mem": self.kv_mem, "lag_s": self.lag_s}
 
     @classmethod
+    def simulator_default(cls, engine: str = "vllm-v1") -> EngineCalibration:
+        """What ``servetune simulate`` runs: default efficiencies and the engine preset's client lag."""
+        from backends.sim.engines import get_engine
+
+        return cls(lag_steps=get_engine(engine).client_lag_steps)
+
+    @classmethod
     def from_dict(cls, d: dict) -> EngineCalibration:
         return cls(efficiency_from_dict(d.get("efficiency", {})), float(d.get("lag_steps", 0.0)),
                    str(d.get("share", "prompt")), float(d.get("kv_mem", 0.0)), float(d.get("lag_s", 0.0)))

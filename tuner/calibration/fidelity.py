@@ -248,11 +248,10 @@ def no_refit_lines(runs: Sequence, *, new: bool, log: Callable[[str], None] | No
     lag) and by the calibration stored from the bundled trainval runs
     (``engine_fit.engine_calibration("vllm-v1", "h100")``). Out of sample when ``runs`` are ``new``
     (not the runs those numbers were fitted on), in sample otherwise."""
-    from backends.sim.engines import get_engine
     from tuner.calibration.engine_fit import EngineCalibration, engine_calibration, simulate_run
 
     tag = "no refit, new runs" if new else "no refit, in sample"
-    cals = [("default sim", EngineCalibration(share="prompt", lag_steps=get_engine("vllm-v1").client_lag_steps))]
+    cals = [("default sim", EngineCalibration.simulator_default())]
     stored = engine_calibration("vllm-v1", "h100")
     if stored is not None:
         cals.append(("stored H100 fit", stored))
