@@ -120,7 +120,7 @@ class CountingPool(DecodePool):
         return blocks
 
 
-@mypyc_attr(native_class=False, allow_interpreted_subclasses=True)  # (a bytearray subclass: a Python class when compiled)
+@mypyc_attr(native_class=False)  # (a bytearray subclass stays a Python class when compiled)
 class VTCQueue(bytearray):
     """The waiting queue ordered by virtual token counters (see module doc); the same
     push / push_front / peek / pop / len interface as ``queue.FCFSQueue``. ``pop`` removes what
