@@ -58,6 +58,8 @@ def tune_cmd(
     if mlflow_logger not in ("auto", "inline", "process"):
         raise ValueError(f"--mlflow-logger {mlflow_logger!r}: choose auto, inline or process")
     study_backend = get_backend(backend)  # fail fast (exit 2) on an unknown or missing backend
+    if hasattr(study_backend, "check_deployment"):  # and on a model / GPU the backend does not know
+        study_backend.check_deployment(spec.deployment)
     checker = get_backend(verify_backend) if verify_top else None  # and on a missing verify engine
     opts = TuneOptions(trials=trials, timeout_s=timeout, storage=storage, mlflow_uri=mlflow_uri, n_jobs=n_jobs,
                        backend=backend, seed=seed, retry_failed=retry_failed,

@@ -84,6 +84,16 @@ class SimBackend:
         self.check = check
         self.client_lag = client_lag  # add the engine preset's client lag (``simulate``)
 
+    def check_deployment(self, deployment: Deployment) -> None:
+        """Raise a one-line ValueError when the deployment's model, GPU or engine preset is not
+        one this simulator knows (before a study spends trials on it)."""
+        from backends.sim.catalog import get_gpu, get_model
+        from backends.sim.engines import get_engine
+
+        get_model(deployment.model)
+        get_gpu(deployment.gpu)
+        get_engine(deployment.engine)
+
     def run(self, policy: Policy, workload: Workload, deployment: Deployment, *, seed: int = 0,
             trace_path: str | Path | None = None, max_sim_time_s: float | None = None,
             prefilled=None) -> RunResult:

@@ -28,6 +28,7 @@ CASES = [
     (["workloads", "inspect", "{d}/bad.csv"], "row"),
     (["tune", "{d}/missing-study.yaml"], "study"),
     (["tune", "{d}/bad-study.yaml"], "max_num_seqz"),
+    (["tune", "{d}/bad-model-study.yaml"], "unknown model"),
     (["export", "{d}/bad-study.yaml"], "max_num_seqz"),
 ]
 
@@ -47,6 +48,7 @@ def bad_files(project):
 @pytest.mark.parametrize("argv, fragment", CASES, ids=[" ".join(a) for a, _ in CASES])
 def test_bad_input_is_one_line_exit_2(argv, fragment, bad_files, write_study, run_cli):
     write_study(name="bad-study", search={"max_num_seqz": [1, 2]})
+    write_study(name="bad-model-study", deployment={"model": "llama-9000", "gpu": "h100"})
     args = [a.format(d=bad_files) for a in argv]
     code, out, err = run_cli(*args)
     assert code == 2, (out, err)
