@@ -43,9 +43,13 @@ def run(backend, w, seed=0):
     return res
 
 
-def test_preemptions_under_small_kv_budget(backend):
-    # 8 requests of 100 + 300 tokens (13 blocks each); 4 running need 52 blocks > 24.
-    w = build_workload("kv-pressure", np.zeros(8), np.full(8, 100), np.full(8, 300))
+def test_preemptions_under_small_kv_budget(backend, monkeypatch):
+    # The run lasts ~2-3 s and the engine starts work ~1 s in: sample /metrics every 0.1 s, not 0.5 s
+    # (a CI run sampled only idle moments). Only here: scrapes load the API server, and the priority
+    # test needs it quick to admit its late requests.
+    monkeypatch.setattr(backend, "metrics_interval_s", 0.1)
+    # 16 requests of 100 + 300 tokens (13 blocks each); 4 running need 52 blocks > 24.
+    w = build_workload("kv-pressure", np.zeros(16), np.full(16, 100), np.full(16, 300))
     res = run(backend, w)
     rec = res.records
     assert not rec["failed"].any(), res.notes
@@ -58,10 +62,13 @@ def test_preemptions_under_small_kv_budget(backend):
 
 
 def test_priority_order_holds_on_a_saturated_server(backend):
-    # 8 low-priority (10) requests arrive first, then 8 high-priority (0): only 4 run at once.
-    n = 16
-    arrival = np.r_[np.zeros(8), np.full(8, 0.05)]
-    prio = np.r_[np.full(8, 10), np.zeros(8, int)]
+    # 48 low-priority (10) requests arrive first, then 8 high-priority (0): only 4 run at once.
+    # Many lows (12 waves, ~2 s): on 2 cores the API server admits requests up to ~1 s late, and with
+    # 8 lows they could all be in the engine's running set before a high got there (a CI flake).
+    n_low, n_high = 48, 8
+    arrival = np.r_[np.zeros(n_low), np.full(n_high, 0.05)]
+    prio = np.r_[np.full(n_low, 10), np.zeros(n_high, int)]
+    n = n_low + n_high
     w = build_workload("priority", arrival, np.full(n, 32), np.full(n, 120), priority=prio)
     rec = run(backend, w).records
     assert not rec["failed"].any()
@@ -69,10 +76,10 @@ def test_priority_order_holds_on_a_saturated_server(backend):
     low = rec["finish_s"][prio == 10].to_numpy()
     order = "".join("H" if p == 0 else "L" for p in prio[np.argsort(rec["finish_s"].to_numpy())])
     print(f"finish order {order}; mean finish high={high.mean():.3f}s low={low.mean():.3f}s")
-    # Priority: 4 lows run, the 8 highs jump the 4 waiting lows, which all finish after the first
-    # high does (FCFS would finish all 8 lows before any high: LLLLLLLLHHHHHHHH).
-    assert (low > high.min()).sum() >= 4
-    assert (low < high.min()).sum() <= 4
+    # Priority: the highs jump the waiting lows: at most two waves of lows (8) finish before the first
+    # high (measured: 0-4 in 5 runs). FCFS would finish all 48 lows before any high.
+    assert (low < high.min()).sum() <= 8
+    assert (low > high.min()).sum() >= n_low - 8
 
 
 def test_prefix_cache_hits_with_shared_prefixes(backend):
