@@ -147,11 +147,16 @@ class GPUSpec:
     """HBM bandwidth a published streaming READ benchmark reached on this GPU (BabelStream
     ``Dot``), bytes/s; 0 = none recorded. Opt-in (``hbm_bandwidth("achievable")``): the
     simulator's cost model uses the datasheet ``hbm_bytes_s``."""
+    sm_count: int = 0
+    """Streaming multiprocessors (the published figure); 0 = not recorded. GEMM tile-wave
+    quantisation in the learned residual (``tuner.calibration.residual``) needs it."""
 
     def __post_init__(self) -> None:
         for k in ("memory_bytes", "hbm_bytes_s", "flops_bf16", "flops_fp16", "pcie_bytes_s"):
             if not getattr(self, k) > 0:
                 raise ValueError(f"gpu {self.name}: {k} must be > 0")
+        if self.sm_count < 0:
+            raise ValueError(f"gpu {self.name}: sm_count must be >= 0")
         if not 0.0 <= self.hbm_achievable_bytes_s <= self.hbm_bytes_s:
             raise ValueError(f"gpu {self.name}: hbm_achievable_bytes_s must be in [0, hbm_bytes_s]")
 
@@ -198,7 +203,8 @@ def _gpu_from_entry(name: str, e: dict[str, Any]) -> GPUSpec:
             flops_fp8=float(fl["fp8"]) if fl.get("fp8") else None,
             nvlink_bytes_s=float(e.get("nvlink_bytes_s", 0.0)), pcie_bytes_s=float(e["pcie_bytes_s"]),
             price_hour=float(e.get("price_hour", 0.0)), spot_price_hour=float(e.get("spot_price_hour", 0.0)),
-            hbm_achievable_bytes_s=float(e.get("hbm_achievable_bytes_s", 0.0)))
+            hbm_achievable_bytes_s=float(e.get("hbm_achievable_bytes_s", 0.0)),
+            sm_count=int(e.get("sm_count", 0)))
     except KeyError as k:
         raise ValueError(f"gpu {name}: missing key {k}") from None
 

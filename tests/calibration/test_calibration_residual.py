@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import dataclasses
 import math
 
 import pytest
@@ -26,6 +27,9 @@ def test_gemm_shape_splits_by_tp_and_features_are_finite(rows):
         f = features(r)
         assert len(f) == len(FEATURES) and all(math.isfinite(x) for x in f)
         assert 0.0 < f[FEATURES.index("wave_fill_128x128")] <= 1.0
+    # The SM count comes from the GPU catalog: a GPU without one is a clear error, not a guess.
+    with pytest.raises(ValueError, match="no sm_count"):
+        features(dataclasses.replace(r, gpu="cpu"))
 
 
 def test_fit_is_deterministic(rows):

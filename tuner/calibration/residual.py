@@ -14,7 +14,7 @@ log residual ``log(measured / roofline)`` from features that do not name the GPU
 * wave quantization: a GEMM runs in waves of one output tile per SM, so the last wave may run
   part-empty. For output tiles of 128 x 128 and 128 x 256 (M x N), the filled fraction of the
   last wave, ``(tiles / SMs) / ceil(tiles / SMs)``, and ``log2 ceil(tiles / SMs)`` of the first
-  (``SMS``: streaming multiprocessors per GPU, the GPU's published figure).
+  (SMs: the GPU catalog's ``sm_count``, the published figure).
 
 A prediction is ``roofline × exp(residual)``. Hyper-parameters are fixed (``HGB_PARAMS``), chosen
 before any held-out error was measured. Not used by the simulator (``CostModel``): a tree goes flat
@@ -38,8 +38,6 @@ HGB_PARAMS = {"learning_rate": 0.05, "max_iter": 200, "max_leaf_nodes": 15, "min
 """``sklearn.ensemble.HistGradientBoostingRegressor`` settings (fixed, deterministic)."""
 FEATURES = ("log2_tokens", "log2_intensity_over_ridge", "log2_n", "log2_k", "tokens_mod64", "tokens_mod128",
             "wave_fill_128x128", "log2_waves_128x128", "wave_fill_128x256")
-SMS = {"a100-80gb": 108, "a100-40gb": 108, "a100-80gb-pcie": 108, "h100-sxm": 132, "h100-pcie": 114, "h200": 132}
-"""Streaming multiprocessors per GPU (NVIDIA's published figures), keyed by catalog name."""
 TILES = ((128, 128), (128, 256))
 """Output tile shapes (M x N) of the wave-quantization features."""
 
@@ -64,9 +62,9 @@ def features(row: ProfileRow, hbm: str = "datasheet") -> list[float]:
     nbytes = n * k * 2.0 + t * (n + k) * ACT_BYTES  # weights (16-bit) + activations in and out
     g = get_gpu(row.gpu)
     ridge = g.peak_flops(row.weight_dtype) / g.hbm_bandwidth(hbm)  # FLOPs per byte
-    if row.gpu not in SMS:
-        raise ValueError(f"features: no SM count for gpu {row.gpu!r} (add it to SMS)")
-    waves = [math.ceil(t / tm) * math.ceil(n / tn) / SMS[row.gpu] for tm, tn in TILES]
+    if g.sm_count <= 0:
+        raise ValueError(f"features: gpu {row.gpu!r} has no sm_count in the GPU catalog")
+    waves = [math.ceil(t / tm) * math.ceil(n / tn) / g.sm_count for tm, tn in TILES]
     return [math.log2(t), math.log2(flops / nbytes / ridge), math.log2(n), math.log2(k), (t % 64) / 64.0,
             (t % 128) / 128.0, waves[0] / math.ceil(waves[0]), math.log2(math.ceil(waves[0])),
             waves[1] / math.ceil(waves[1])]
@@ -109,4 +107,4 @@ def fit_residual(rows: Sequence[ProfileRow], hbm: str = "datasheet", eff: Effici
     return ResidualModel(eff, hbm, HistGradientBoostingRegressor(**HGB_PARAMS).fit(x, y))
 
 
-__all__ = ["FEATURES", "HGB_PARAMS", "SMS", "TILES", "ResidualModel", "features", "fit_residual", "gemm_shape"]
+__all__ = ["FEATURES", "HGB_PARAMS", "TILES", "ResidualModel", "features", "fit_residual", "gemm_shape"]
