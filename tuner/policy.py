@@ -213,6 +213,11 @@ class Policy:
              "preemption_mode", "static batches never preempt; swap needs token-level preemption")
 
     # --------------------------------------------------------------- helpers
+    @property
+    def pool_tps(self) -> tuple[int, int]:
+        """TP degrees of (prefill, decode) instances when disaggregated (``pool_tps``)."""
+        return pool_tps(self.tp, self.prefill_tp, self.decode_tp)
+
     def replace(self, **changes: Any) -> Policy:
         return dataclasses.replace(self, **changes)
 
@@ -263,6 +268,12 @@ class Policy:
             return cls.from_dict(data)
         except (TypeError, ValueError) as e:
             raise ValueError(f"policy file {p}: {e}") from None
+
+
+def pool_tps(tp: int, prefill_tp: int, decode_tp: int) -> tuple[int, int]:
+    """TP degrees of (prefill, decode) instances: ``prefill_tp`` / ``decode_tp``, 0 meaning ``tp``.
+    One rule for the simulator, the GPU check and the search space's GPU bounds."""
+    return prefill_tp or tp, decode_tp or tp
 
 
 def _atomic_write(path: Path, text: str) -> None:

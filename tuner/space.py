@@ -23,7 +23,7 @@ from collections.abc import Callable, Mapping
 from dataclasses import dataclass, fields, replace
 from typing import Any
 
-from tuner.policy import Policy, knob_choices, knob_types
+from tuner.policy import Policy, knob_choices, knob_types, pool_tps
 from workloads.adapters import uses_adapters
 from workloads.workload import Workload
 
@@ -208,12 +208,13 @@ def fit_gpus(r: KnobRange, values: Mapping[str, Any], by_knob: Mapping[str, Knob
     if r.kind != "int" or r.knob not in GPU_COUNT_KNOBS:
         return r
     tp = values["tp"]
+    ptp, dtp = pool_tps(tp, values["prefill_tp"], values["decode_tp"])
     if r.knob == "prefill_instances":
         dr = by_knob.get("decode_instances")
         d_low = int(dr.low) if dr is not None and dr.kind == "int" else values["decode_instances"]
-        cap = (n_gpus - d_low * (values["decode_tp"] or tp)) // (values["prefill_tp"] or tp)
+        cap = (n_gpus - d_low * dtp) // ptp
     elif r.knob == "decode_instances":
-        cap = (n_gpus - values["prefill_instances"] * (values["prefill_tp"] or tp)) // (values["decode_tp"] or tp)
+        cap = (n_gpus - values["prefill_instances"] * ptp) // dtp
     else:
         cap = n_gpus // tp
     if cap < r.low or cap >= r.high:

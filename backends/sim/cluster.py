@@ -54,7 +54,7 @@ def check_gpus(policy: Policy, deployment: Deployment) -> None:
     """Raise a one-line ValueError when the instances need more GPUs than the deployment has."""
     n = deployment.n_gpus
     if policy.disaggregated:
-        ptp, dtp = policy.prefill_tp or policy.tp, policy.decode_tp or policy.tp
+        ptp, dtp = policy.pool_tps
         need = policy.prefill_instances * ptp + policy.decode_instances * dtp
         if need > n:
             raise ValueError(f"policy knobs prefill_instances={policy.prefill_instances} x prefill_tp={ptp} + "

@@ -33,7 +33,7 @@ from workloads.workload import Workload
 
 def simulate_disaggregated(policy: Policy, w: Workload, dep: Deployment, *, seed: int = 0) -> RunResult:
     """Serve ``w`` on a prefill pool and a decode pool (see the module doc)."""
-    ptp, dtp = policy.prefill_tp or policy.tp, policy.decode_tp or policy.tp
+    ptp, dtp = policy.pool_tps
     ppol, pnotes = instance_policy(policy, ptp, w)
     dpol, dnotes = instance_policy(policy, dtp, w)
     pcm, dcm = CostModel.for_deployment(dep, ptp), CostModel.for_deployment(dep, dtp)
