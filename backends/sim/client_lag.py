@@ -23,7 +23,7 @@ def with_client_lag(res: RunResult, lag_steps: float, lag_s: float = 0.0, source
     sees, not what the engine does. ``source`` names where the lag comes from, in the note."""
     if not lag_steps and not lag_s:
         return res
-    rec = res.records.copy()
+    rec = res.records.copy(deep=False)  # pandas copy-on-write: the columns set below leave res's frame as it was
     gen = rec.output_len.clip(lower=2) - 1
     step = ((rec.finish_s - rec.first_token_s) / gen).where(rec.output_len >= 2)
     step = step.fillna(step.median() if step.notna().any() else 0.0)

@@ -3,11 +3,13 @@
 from __future__ import annotations
 
 import numpy as np
+import pandas as pd
 import pytest
 from simkit import H100_8B, poisson_workload
 
 from backends.base import Deployment
 from backends.sim import SimBackend, simulate
+from backends.sim.client_lag import with_client_lag
 from backends.sim.engines import get_engine
 from tuner.calibration.simrun import simulate_with
 from tuner.policy import Policy
@@ -31,6 +33,15 @@ def test_cluster_runs_add_it_once(knobs):
     w = poisson_workload(100, 8.0, (100, 1500), (10, 100), seed=3)
     res = SimBackend().run(Policy(**knobs), w, Deployment("llama-3.1-8b", "h100", n_gpus=2))
     assert sum(n.startswith("client lag") for n in res.notes) == 1
+
+
+def test_the_given_result_is_left_as_it_was():
+    w = poisson_workload(50, 5.0, (100, 800), (10, 60), seed=6)
+    res = simulate_with(None, Policy(), w, H100_8B)
+    before = res.records.copy()
+    lagged = with_client_lag(res, 1.5, 0.002)
+    pd.testing.assert_frame_equal(res.records, before)
+    assert (lagged.records.finish_s > res.records.finish_s).all()
 
 
 def test_it_can_be_left_out_for_engine_side_times():
