@@ -71,11 +71,11 @@ def test_preemptions_under_small_kv_budget(backend, monkeypatch):
 
 
 def test_priority_order_holds_on_a_saturated_server(backend):
-    # 48 low-priority (10) requests arrive first, then 8 high-priority (0): only 4 run at once.
-    # Many lows (12 waves, ~2 s): on 2 cores the API server admits requests up to ~1 s late, and with
-    # 8 lows they could all be in the engine's running set before a high got there (a CI flake).
-    n_low, n_high = 48, 8
-    arrival = np.r_[np.zeros(n_low), np.full(n_high, 0.05)]
+    # 24 low-priority (10) requests, then 8 high-priority (0) 10 ms later, in one burst: only 4 run at
+    # once, so 20 lows wait when the highs come. (Highs sent 0.05-0.5 s later flaked: on 2 cores the API
+    # server can stall for seconds and admit them after every low was running, even with 48 lows.)
+    n_low, n_high = 24, 8
+    arrival = np.r_[np.zeros(n_low), np.full(n_high, 0.01)]
     prio = np.r_[np.full(n_low, 10), np.zeros(n_high, int)]
     n = n_low + n_high
     w = build_workload("priority", arrival, np.full(n, 32), np.full(n, 120), priority=prio)
@@ -85,10 +85,9 @@ def test_priority_order_holds_on_a_saturated_server(backend):
     low = rec["finish_s"][prio == 10].to_numpy()
     order = "".join("H" if p == 0 else "L" for p in prio[np.argsort(rec["finish_s"].to_numpy())])
     print(f"finish order {order}; mean finish high={high.mean():.3f}s low={low.mean():.3f}s")
-    # Priority: the highs jump the waiting lows: at most two waves of lows (8) finish before the first
-    # high (measured: 0-4 in 5 runs). FCFS would finish all 48 lows before any high.
-    assert (low < high.min()).sum() <= 8
-    assert (low > high.min()).sum() >= n_low - 8
+    # Priority: the highs jump the waiting lows (measured: 20-24 lows finish after the first high, 6
+    # runs); FCFS finishes every low first (measured: 0 in 3 runs with --scheduling-policy fcfs).
+    assert (low > high.min()).sum() >= 4
 
 
 def test_prefix_cache_hits_with_shared_prefixes(backend):
