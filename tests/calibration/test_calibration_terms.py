@@ -128,19 +128,19 @@ def test_simulator_runs_on_the_terms_cost_model_chosen_by_the_deployment():
 
 
 def test_terms_cost_model_choice_from_a_profile():
-    """``cost_model="terms"`` fits the named profile's batch rows (Sarathi: with the Splitwise fit
-    as prior), says when the group was measured, rejects a profile without batch rows, and
-    leaves the default path ("auto") untouched."""
+    """``cost_model="terms"`` fits the named profile's batch rows (Sarathi: with the reference
+    prior, Splitwise's work terms), says when the group was measured, rejects a profile without
+    batch rows, and leaves the default path ("auto") untouched."""
     from backends.base import Deployment
     from backends.sim.catalog import get_gpu, get_model
     from backends.sim.profiled import instance_cost_model
     from backends.sim.termcost import TermsCostModel
-    from backends.sim.terms import REFERENCE_PRIOR_WEIGHT, splitwise_terms
+    from backends.sim.terms import REFERENCE_PRIOR_WEIGHT, reference_prior
 
     m, g = get_model("yi-34b"), get_gpu("a100-80gb-pcie")
     cm = instance_cost_model(m, g, 2, profile="sarathi", cost_model="terms")
-    assert isinstance(cm, TermsCostModel) and "sarathi: 35 batch rows" in cm.source and "tp2 measured" in cm.source
-    want = fit_terms(load_rows("sarathi"), prior=splitwise_terms(), prior_weight=REFERENCE_PRIOR_WEIGHT)
+    assert isinstance(cm, TermsCostModel) and "sarathi: 32 batch rows" in cm.source and "tp2 measured" in cm.source
+    want = fit_terms(load_rows("sarathi"), prior=reference_prior(), prior_weight=REFERENCE_PRIOR_WEIGHT)
     assert cm.terms == want
     with pytest.raises(ValueError, match="no batch rows"):
         instance_cost_model(m, g, 2, profile="vidur", cost_model="terms")
@@ -151,17 +151,31 @@ def test_terms_cost_model_choice_from_a_profile():
 
 
 def test_sarathi_stratified_kfold_figure():
-    """Sarathi (35 rows) with the Splitwise terms as prior, out of sample by a 5-fold stratified by
-    batch kind, mean over 5 seeds: measured median 8.7 %, p90 18.9 % (the p90 target of 15 % is
-    missed: contradictory rows and the b = 4 -> 8 decode step, docs/calibration.md). Guards the
-    figure; a random split that left one fold with 6 of the 9 decode rows gave p90 26.6 %."""
-    from backends.sim.terms import splitwise_terms
+    """Sarathi (32 clean rows) with the reference prior, out of sample by a 5-fold stratified by
+    batch kind, mean over 5 seeds: measured median 7.7 %, p90 13.7 % (target 8 / 15). With the
+    whole Splitwise fit as prior (its engine's floor too) 8.4 / 13.8; with the 35 rows as
+    published (cold-start and instrumented timings in) and that prior 8.7 / 18.9
+    (docs/calibration.md). Guards the figure."""
+    from backends.sim.terms import reference_prior, splitwise_terms
     from tuner.calibration.fidelity import SARATHI_PRIOR_WEIGHT, kfold_lines
 
     rows = list(load_rows("sarathi"))
-    _, mean = kfold_lines("sarathi", rows, "", lambda key: terms_leave_out(rows, key, splitwise_terms(),
-                                                                          SARATHI_PRIOR_WEIGHT))
-    assert mean.median <= 9.5 and mean.p90 <= 20.0
+
+    def mean_of(prior):
+        return kfold_lines("sarathi", rows, "", lambda key: terms_leave_out(rows, key, prior, SARATHI_PRIOR_WEIGHT))[1]
+
+    ref, whole = mean_of(reference_prior()), mean_of(splitwise_terms())
+    assert ref.median <= 8.0 and ref.p90 <= 15.0
+    assert ref.median < whole.median
+
+
+def test_reference_prior_carries_the_gpu_work_not_the_engine_floor():
+    from backends.sim.terms import DEFAULT_PRIOR, FLOOR_TERMS, WORK_TERMS, reference_prior, splitwise_terms
+
+    ref, sw = reference_prior(), splitwise_terms()
+    assert all(getattr(ref, k) == getattr(sw, k) for k in WORK_TERMS)
+    assert all(getattr(ref, k) == getattr(DEFAULT_PRIOR, k) for k in FLOOR_TERMS)
+    assert sw.prefill_s > 4 * ref.prefill_s  # Splitwise's engine: ~22 ms per prefill step
 
 
 def test_prefill_attention_stays_in_its_physical_range_when_one_model_cannot_tell():

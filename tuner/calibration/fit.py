@@ -198,9 +198,10 @@ class ProfileFit:
         (all groups together: the terms are per operator class and carry across GPUs, models and
         TP degrees), the number of rows and their sources: ``(FittedTerms | None, n, sources)``.
         The bundled Splitwise table's rows give ``splitwise_terms()``; any other profile is fitted
-        with that fit as its prior (``REFERENCE_PRIOR_WEIGHT``)."""
+        with ``reference_prior()`` (Splitwise's work terms, default floor) as its prior
+        (``REFERENCE_PRIOR_WEIGHT``)."""
         if ("terms",) not in self._memo:
-            from backends.sim.terms import REFERENCE_PRIOR_WEIGHT, fit_terms, splitwise_terms
+            from backends.sim.terms import REFERENCE_PRIOR_WEIGHT, fit_terms, reference_prior, splitwise_terms
             from tuner.calibration.profile import to_profile_rows
 
             d = self.df[self.df.op.isin(BATCH_OPS)]
@@ -211,7 +212,7 @@ class ProfileFit:
             elif srcs == ("splitwise",) and len(rows) == len(d):
                 res = (splitwise_terms(), len(rows), srcs)
             else:
-                res = (fit_terms(rows, prior=splitwise_terms(), prior_weight=REFERENCE_PRIOR_WEIGHT), len(rows), srcs)
+                res = (fit_terms(rows, prior=reference_prior(), prior_weight=REFERENCE_PRIOR_WEIGHT), len(rows), srcs)
             self._memo[("terms",)] = res
         return self._memo[("terms",)]
 
