@@ -53,3 +53,26 @@ def test_calibrate_without_torch_names_the_extra(monkeypatch, tiny_config, tmp_p
 def test_fidelity_rejects_unknown_table(capsys):
     assert _run(["fidelity", "--table", "nope"]) == 2
     assert "--table 'nope'" in capsys.readouterr().err
+
+
+def test_fidelity_summary_names_a_per_kind_line_with_its_evaluation():
+    from tuner.calibration.fidelity import FidelityLine, missed_summary
+
+    lines = [FidelityLine("splitwise", "OOS leave-one-GPU-out", 300, 4.0, 13.0, "8/15"),
+             FidelityLine("splitwise", "  prefill rows", 150, 5.0, 19.5, "8/15"),
+             FidelityLine("splitwise", "OOS leave-one-TP-out", 300, 4.9, 12.0, "8/15"),
+             FidelityLine("splitwise", "  prefill rows", 150, 5.0, 18.8, "8/15"),
+             FidelityLine("splitwise", "fitted, in sample", 300, 3.8, 10.8)]
+    assert missed_summary(lines) == ("targets missed on 2 line(s): splitwise OOS leave-one-GPU-out, prefill rows; "
+                                     "splitwise OOS leave-one-TP-out, prefill rows")
+    assert missed_summary(lines[2:3]) == ""
+
+
+def test_fidelity_sarathi_prints_the_table_and_what_missed(capsys):
+    assert _run(["fidelity", "--table", "sarathi"]) == 0
+    out = capsys.readouterr().out
+    kfold = next(ln for ln in out.splitlines() if "terms: OOS stratified 5-fold x5 seeds (mean)" in ln)
+    assert kfold.split()[-1] == "met" and " 32 " in kfold
+    summary = out.strip().splitlines()[-1]
+    assert summary.startswith("targets missed on") and "terms: OOS stratified 5-fold (seed 0)" in summary
+    assert "terms: OOS stratified 5-fold x5" not in summary

@@ -47,13 +47,11 @@ def fidelity_cmd(
 ) -> None:
     """Median and p90 absolute % error of the cost model on every measured table, OUT OF SAMPLE
     (fit on part, predict the rest), with the targets met or missed."""
-    from tuner.calibration.fidelity import fidelity, format_lines
+    from tuner.calibration.fidelity import fidelity, format_lines, missed_summary
 
     if runs is not None and table == "all":
         table = "trainval"
     lines = fidelity(table, trainval_path=runs, log=typer.echo)
     typer.echo(format_lines(lines))
-    missed = [ln for ln in lines if ln.met is False]
-    if missed:
-        typer.echo(f"targets missed on {len(missed)} line(s): "
-                   + "; ".join(f"{ln.table} {ln.evaluation.strip()}" for ln in missed))
+    if summary := missed_summary(lines):
+        typer.echo(summary)

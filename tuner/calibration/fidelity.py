@@ -277,6 +277,21 @@ def format_lines(lines: Sequence[FidelityLine]) -> str:
     return "\n".join(out)
 
 
+def missed_summary(lines: Sequence[FidelityLine]) -> str:
+    """One line naming every evaluation that missed its target ("" when none did); an indented
+    per-kind line ("  prefill rows") is named with the evaluation above it."""
+    names, parent = [], ""
+    for ln in lines:
+        ev = ln.evaluation.strip()
+        if not ln.evaluation.startswith(" "):
+            parent = ev
+        elif parent:
+            ev = f"{parent}, {ev}"
+        if ln.met is False:
+            names.append(f"{ln.table} {ev}")
+    return f"targets missed on {len(names)} line(s): " + "; ".join(names) if names else ""
+
+
 def fidelity(table: str = "all", *, trainval_path=None, log: Callable[[str], None] = print) -> list[FidelityLine]:
     """Every requested table's lines (``table``: all or one of ``TABLES``)."""
     if table != "all" and table not in TABLES:
@@ -305,6 +320,6 @@ def format_trainval(per_run: Sequence[tuple]) -> str:
     return "\n".join(out)
 
 
-__all__ = ["TABLES", "FidelityLine", "batch_tables", "fidelity", "format_lines", "format_trainval", "held_out",
+__all__ = ["TABLES", "FidelityLine", "batch_tables", "fidelity", "format_lines", "format_trainval", "held_out", "missed_summary",
            "kfold_lines", "leave_out", "residual_leave_out", "residual_lines", "stats", "terms_leave_out", "terms_lines",
            "no_refit_lines", "trainval_table", "vidur_table"]
