@@ -31,7 +31,6 @@ class Arrivals(Scheduling):
     w: Workload
     policy: Policy
     n_stream: int                  # rows that arrive by themselves (the rest are injection slots)
-    t: float                       # s
     max_len: int                   # tokens
     admission: AdmissionControl
     _parked: list[tuple[int, Req]]

@@ -42,6 +42,8 @@ def plan_chunked(sim: Simulation, one_prefill: bool = False) -> tuple[Chunks, bo
     if budget <= 0:
         return chunks, True
     for req in sim.prefilling:
+        if req.hold != -1:  # its prefix KV still loads from a tier
+            continue
         c = req.num_tokens - req.computed
         if c > budget:
             c = budget
@@ -61,6 +63,8 @@ def plan_chunked(sim: Simulation, one_prefill: bool = False) -> tuple[Chunks, bo
         c = sim.admit(head, budget if budget < cap else cap, first=not chunks)
         if not c:
             break
+        if c < 0:  # admitted, held while its prefix KV loads from a tier
+            continue
         chunks.append((sim.prefilling[-1], c))
         budget -= c
         if one_prefill:

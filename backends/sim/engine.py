@@ -137,6 +137,9 @@ class Simulation(Arrivals):
         self.page_above = int(thr * total) if tiers is not None and tiers.caching else total  # blocks
         self.headroom = total - int(thr * total)  # free blocks a page-in leaves (0 at threshold 1)
         self.tier_hits = tiers is not None and tiers.caching  # hit runs continue into the tiers
+        # such loads run beside the batch (vLLM V1: token-budget steps only)
+        self.async_loads = self.tier_hits and engine.kv_tier_async and policy.batching in ("chunked", "decode_maximal")
+        self.idle_step_s = engine.iteration_overhead_s  # an engine step with nothing to compute, s
         if self.tier_hits:
             self.mem.demote = self._demote
         self.c_tier_hit = self.c_paged = 0  # prefix tokens loaded from a tier; preemptions paged out
@@ -162,6 +165,8 @@ class Simulation(Arrivals):
         self.priv_explicit = 0      # Σ Req.priv of running sequences (blocks)
         self.t = 0.0
         self.pending_s = 0.0        # KV tier transfer time to add to the next iteration, s
+        self.steps = 0              # iterations so far (asynchronous tier loads count them)
+        self.n_held = 0             # admitted requests whose prefix KV still loads (Req.hold)
         self.queued_tokens = 0      # Σ prefill tokens of waiting requests (admission's TTFT guess)
         self.retry: list[tuple[float, int, Req]] = []
         self._adm = 0
@@ -333,6 +338,7 @@ class Simulation(Arrivals):
         dt += self.pending_s
         self.pending_s = 0.0
         t = self.t = t0 + dt
+        self.steps += 1
         if r:
             self.mem.take(pool.advance(m))
         for req, c in chunks:
@@ -408,7 +414,7 @@ class Simulation(Arrivals):
             n = min(n, self._steps_until(self.max_t - t0 - self.pending_s, r, ctx, a, ts))
         if n > self.segment_cap:
             n = self.segment_cap
-        if self._fresh:  # a prefilled request samples its first token in the first iteration
+        if self._fresh or self.n_held:  # a first token due / a held request's load to see finish
             n = 1
         if self.prefilling or mem.cached:
             held0, used0 = self._kv_now()
@@ -432,6 +438,7 @@ class Simulation(Arrivals):
         dt = n * a + ts * csum + self.pending_s
         self.pending_s = 0.0
         t = self.t = t0 + dt
+        self.steps += n
         held = mem.total - mem.free - mem.evictable  # during the last iteration
         if heap[0][0] <= g + n:
             self._pool_finished(t)
@@ -457,8 +464,25 @@ class Simulation(Arrivals):
         self._fresh.clear()
 
     def _demote(self, i: int) -> None:
-        """The GPU evicts prefix entry ``i``: it moves down a tier (if one can hold it)."""
-        self.pending_s += self.tiers.store_entry(i)  # type: ignore[union-attr]
+        """The GPU evicts prefix entry ``i``: it moves down a tier (if one can hold it); with
+        asynchronous tier transfers (write-through stores on their own stream) no step waits."""
+        s = self.tiers.store_entry(i)  # type: ignore[union-attr]
+        if not self.async_loads:
+            self.pending_s += s
+
+    def _held_step(self) -> None:
+        """Nothing to compute but requests whose KV loads from a tier: the engine keeps stepping
+        (empty steps of ``idle_step_s``); time jumps to the first load's end (or the next
+        arrival) when that is later."""
+        t = self.t
+        te = t + self.idle_step_s
+        first = min(r.hold_t for r in self.prefilling if r.hold >= 0) if any(
+            r.hold >= 0 for r in self.prefilling) else te
+        if first > te:
+            te = min(first, max(self._next_event(), te))
+        self.tel.idle(t, te - t, *self._kv_now())
+        self.t = te
+        self.steps += 1
 
     def _page_out_cold(self) -> None:
         """GPU KV use is above the paging threshold: cold (unreferenced, oldest first) prefix
@@ -634,6 +658,8 @@ class Simulation(Arrivals):
                 self.swap_in()  # resumed sequences first (vLLM), before the decodes' blocks are counted
             if self.transferred:
                 self.admit_transferred()
+            if self.n_held:
+                self.release_holds()
             need = 0
             if grow and pool.n:
                 need = pool.cnt[bs - 1 - pool.g % bs]
@@ -652,6 +678,9 @@ class Simulation(Arrivals):
                 continue
             if pool.n:
                 self._segment()
+                continue
+            if self.n_held:  # only loads from a tier in flight: empty steps until they finish
+                self._held_step()
                 continue
             if self.prefilling:  # prefills blocked on memory and nothing decodes
                 if len(self.prefilling) == 1:

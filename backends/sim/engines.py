@@ -38,6 +38,15 @@ class EnginePreset:
     """Decode batches up to this size replay CUDA graphs (no per-kernel launch cost)."""
     eager_launch_overhead_s: float = 0.0
     """Extra per-iteration launch cost when a batch runs without CUDA graphs (prefill/large), s."""
+    kv_tier_async: bool = False
+    """How prefix KV held in a lower tier (CPU/SSD offload) comes back. False: the load's
+    transfer time is added to the next iteration (the whole batch waits) and an entry the GPU
+    evicts is copied down the same way. True (vLLM V1's offloading connector): the load runs on
+    its own stream beside the running batch; the request waits (``WAITING_FOR_REMOTE_KVS``)
+    until the load has finished by the end of a step, is seen ready when that step's output is
+    processed and, with async scheduling (the next step is already planned), computes in the step
+    after that: at least two steps after the one that issued the load. Stores are write-through
+    on their own stream, off the critical path."""
     client_lag_steps: float = 0.0
     """Steps between the engine sampling a token and the client receiving it (async scheduling
     and output streaming), in units of the request's own time per output token; added to the
@@ -51,7 +60,7 @@ ENGINES: dict[str, EnginePreset] = {
         EnginePreset(
             "vllm-v1", iteration_overhead_s=0.6e-3, per_seq_overhead_s=30e-6, batching="chunked",
             chunked_prefill=True, prefix_caching=True, max_num_batched_tokens=2048, max_num_seqs=256,
-            eager_launch_overhead_s=0.5e-3, client_lag_steps=1.6,
+            eager_launch_overhead_s=0.5e-3, client_lag_steps=1.6, kv_tier_async=True,
             description="vLLM >= 0.8 (V1): chunked prefill + prefix caching on, token budget per step"),
         EnginePreset(
             "vllm-v0", iteration_overhead_s=3.0e-3, per_seq_overhead_s=60e-6, batching="continuous",

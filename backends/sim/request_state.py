@@ -26,7 +26,7 @@ class Req:
     __slots__ = (
         "rid", "arrival", "prompt", "out", "max_out", "prio", "ttft_slo_s", "num_tokens", "computed",
         "gen", "first_token", "preemptions", "ids", "shared", "priv", "state", "b", "q", "r",
-        "fin_g", "ver", "retries", "adm", "tier", "adapter",
+        "fin_g", "ver", "retries", "adm", "tier", "adapter", "hold", "hold_t",
     )
 
     def __init__(self, rid: int, arrival: float, prompt: int, out: int, max_out: int, prio: int,
@@ -54,6 +54,9 @@ class Req:
         self.adm = 0                    # admission order (running-list position)
         self.tier = -1                  # lower KV tier holding its paged-out KV (tiers.py), -1: none
         self.adapter = -1               # LoRA adapter index, -1 = base model
+        self.hold = -1                  # KV loading from a tier (asynchronous loads): the step that issued it;
+        #                                 -2: loaded, computes from the next step; -1: not held
+        self.hold_t = 0.0               # s, when that load finishes
 
     @property
     def victim_key(self) -> tuple[int, float, int]:

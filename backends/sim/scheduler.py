@@ -13,7 +13,10 @@ of the waiting queue to prefill prompt + generated tokens again (recompute). Wit
 SSD; transfer time added to the next iteration) and paged back in, before new requests are
 admitted, once the GPU has room below the paging threshold. With prefix caching and offload
 tiers, an admission's prefix hit run continues through entries held in a tier: they are loaded
-(transfer time) instead of recomputed.
+(transfer time) instead of recomputed. With the engine's asynchronous tier loads
+(``EnginePreset.kv_tier_async``, vLLM V1) the batch does not wait for such a load: the admitted
+request is held (``Req.hold``, no tokens computed) until the load has finished by the end of a
+step, and computes from the step after the next one (``release_holds``).
 
 LoRA (``lora.py``): a request joins the running set only while its adapter holds one of the
 ``max_loras`` slots (``AdapterSlots.acquire``; a load's PCIe time goes to the next iteration)
@@ -59,6 +62,10 @@ class Scheduling:
     priv_explicit: int             # blocks
     queued_tokens: int
     pending_s: float
+    t: float                       # s
+    steps: int                     # iterations run so far
+    n_held: int                    # admitted requests waiting for an asynchronous tier load
+    async_loads: bool              # tier loads are asynchronous (EnginePreset.kv_tier_async)
     _adm: int
     c_preempt: int
     c_swapped: int
@@ -86,7 +93,8 @@ class Scheduling:
         """Move the waiting head ``req`` into the running set with a first chunk of at most
         ``limit`` tokens (``whole``: its whole prefill, which may exceed ``limit`` only when
         ``first``). Returns the chunk, or 0 (nothing changed) when seats, budget or KV memory
-        (keeping the watermark free) do not allow it."""
+        (keeping the watermark free) do not allow it, or -1 when it was admitted but is held:
+        its prefix loads asynchronously from a lower tier, nothing is computed yet."""
         mem = self.mem
         ids = req.ids
         cached = 0
@@ -96,8 +104,11 @@ class Scheduling:
             if self.tier_hits and h < len(ids):
                 h, load = mem.hits_through(ids, h, self.tiers.where)  # type: ignore[union-attr]
             cached = min(h * self.pbt, req.num_tokens - 1)
+        held = load is not None and len(load) > 0 and self.async_loads
         c = req.num_tokens - cached
-        if whole:
+        if held:
+            c = 0
+        elif whole:
             if c > limit and not first:
                 return 0
         elif c > limit:
@@ -116,9 +127,16 @@ class Scheduling:
             self.pending_s += self.lora.acquire(req.adapter)
         if ids:
             if load:
+                ls = 0.0
                 for i in load:
-                    self.pending_s += self.tiers.load_entry(i)  # type: ignore[union-attr]
+                    if held:
+                        ls += self.tiers.load_entry(i)  # type: ignore[union-attr]
+                    else:
+                        self.pending_s += self.tiers.load_entry(i)  # type: ignore[union-attr]
                 self.c_tier_hit += len(load) * self.pbt
+                if held:
+                    req.hold, req.hold_t = self.steps, self.t + ls
+                    self.n_held += 1
             mem.acquire(ids)
             if load:
                 mem.mark_ready(load)
@@ -134,7 +152,20 @@ class Scheduling:
         self._adm += 1
         req.adm = self._adm
         self.prefilling.append(req)
-        return c
+        return -1 if held else c
+
+    def release_holds(self) -> None:
+        """Before planning a step: a held request whose load finished by the end of the previous
+        step (and was issued before it) is seen ready now and computes from the next step (with
+        async scheduling this one is planned already); one seen ready before computes now."""
+        t, k = self.t, self.steps
+        for req in self.prefilling:
+            h = req.hold
+            if h == -2:
+                req.hold = -1
+                self.n_held -= 1
+            elif h >= 0 and k > h and t >= req.hold_t:
+                req.hold = -2
 
     def grow_chunk(self, req: Req, c: int) -> int:
         """Allocate KV for a running prefill's next chunk of ``c`` tokens; shrink it to what
@@ -226,6 +257,9 @@ class Scheduling:
             self.prefilling.remove(req)
             blocks = req.priv
             self.priv_explicit -= blocks
+            if req.hold != -1:  # preempted while its KV loads: the load's copy is dropped with it
+                req.hold = -1
+                self.n_held -= 1
         mem.give(blocks)
         req.priv = 0
         if req.ids:

@@ -16,6 +16,10 @@ Placement: CPU first, then SSD. To make room in a tier its least recently used e
 down (CPU → SSD: host-side, off the GPU's critical path) or are dropped (SSD); a sequence never
 moves once placed and displaces entries, never other sequences.
 
+Timing (who waits for a move) is the engine's: ``EnginePreset.kv_tier_async`` (vLLM V1) loads
+entries beside the running batch while the request that needs them waits (``scheduler``), and
+stores evicted entries without a stall; otherwise a move's seconds go to the next iteration.
+
 Units: blocks (the GPU pool's block size); bytes and bytes/s for the whole instance (the tp
 GPUs move their shards over their own PCIe links in parallel: CPU bandwidth = tp × PCIe). The
 GPU-side time of a move is blocks × ``block_bytes`` / the tier's bandwidth (a GPU↔SSD move is
