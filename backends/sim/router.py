@@ -60,6 +60,20 @@ def instance_drain(policy: Policy, cm: CostModel, w: Workload, *, output_tokens:
     return drain_rate(cm, policy, mp, mo if output_tokens is None else output_tokens, blocks * bs)
 
 
+_M64 = (1 << 64) - 1
+
+
+def affinity_hash(block_id: int) -> int:
+    """A request's replica key under prefix_affinity, from its first prefix block id: splitmix64's
+    finaliser, whose every output bit depends on every input bit. (A multiplicative hash taken
+    modulo the replica count keeps the key's low bits: with ids that are multiples of 1000, every
+    request went to the same one of 2 or 4 replicas.)"""
+    x = (block_id + 0x9E3779B97F4A7C15) & _M64
+    x = ((x ^ (x >> 30)) * 0xBF58476D1CE4E5B9) & _M64
+    x = ((x ^ (x >> 27)) * 0x94D049BB133111EB) & _M64
+    return x ^ (x >> 31)
+
+
 class FluidRouter:
     """Routes requests over instances (indices into ``drains``) and keeps the fluid load.
 
@@ -118,8 +132,7 @@ class FluidRouter:
             k = min(up, key=lambda j: (self.backlog_s(j, t), (j - rr) % n))
             self._rr = k + 1
         elif self._first is not None and self._first[i] >= 0:
-            h = (int(self._first[i]) * 2654435761) & 0xFFFFFFFF
-            k = up[h % len(up)]
+            k = up[affinity_hash(int(self._first[i])) % len(up)]
         else:
             k = up[self._rr % len(up)]
             self._rr += 1

@@ -35,6 +35,23 @@ def test_gpus_must_add_up():
     check_gpus(Policy(replicas=2, tp=2), DEP4)  # fits
 
 
+@pytest.mark.parametrize("replicas", [2, 4])
+def test_prefix_affinity_spreads_groups_and_keeps_each_on_one_replica(replicas):
+    """40 prefix groups whose block ids are multiples of 1000 (a multiplicative hash modulo the
+    replica count sent every one of them to replica 0): each group stays on one replica, and
+    the groups spread over all of them."""
+    rng = np.random.default_rng(4)
+    n = 400
+    g = rng.integers(0, 40, n)
+    w = build_workload("groups", np.cumsum(rng.exponential(0.05, n)), np.full(n, 600), np.full(n, 20),
+                       prefix_blocks=[[int(gi) * 1000 + k for k in range(4)] for gi in g], prefix_block_tokens=128)
+    res = simulate_cluster(Policy(replicas=replicas, routing="prefix_affinity"), w, DEP4)
+    rep = res.records["replica"].to_numpy()
+    assert all(len(set(rep[g == gi])) == 1 for gi in np.unique(g))
+    per_replica = np.bincount([rep[g == gi][0] for gi in np.unique(g)], minlength=replicas)
+    assert per_replica.min() >= 40 / replicas / 3
+
+
 def test_needs_cluster():
     assert needs_cluster(Policy(), DEP4)  # replicas=0 -> 4 instances of tp=1
     assert not needs_cluster(Policy(tp=4), DEP4)
