@@ -555,6 +555,9 @@ class Simulation(Arrivals):
                 self.tiers.check(seq)
             except AssertionError as e:
                 raise SimInvariantError(str(e)) from None
+        if sum(1 for r in self.prefilling if r.hold != -1) != self.n_held or (self.n_held and not self.async_loads):
+            raise SimInvariantError(f"{self.n_held} requests counted as held, "
+                                    f"{sum(1 for r in self.prefilling if r.hold != -1)} running ones are")
         if self.n_running() > self.policy.max_num_seqs:
             raise SimInvariantError(f"{self.n_running()} running > max_num_seqs {self.policy.max_num_seqs}")
         if self.t < self._last_t:
