@@ -207,10 +207,14 @@ class Scheduling:
             self.c_swapped += kv
             req.priv = kv
             self.priv_explicit += kv
-            if req.gen and req.computed == req.num_tokens - 1:
+            if req.computed == req.num_tokens or (req.gen and req.computed == req.num_tokens - 1):
+                # decoding (its next token), or prefilled elsewhere and paged out before its first
+                # decode step: nothing left to prefill, it samples from its first decode iteration
                 self.priv_explicit -= kv
                 req.priv = 0
                 self.pool.add(req)
+                if req.computed == req.num_tokens:
+                    self._fresh.append((req, req.ver))
             else:
                 req.state = PREFILL
                 self.prefilling.append(req)

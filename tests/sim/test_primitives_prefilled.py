@@ -54,3 +54,18 @@ def test_prefilled_wrong_shape_is_an_error():
     w = poisson_workload(3, 1.0, 100, 10)
     with pytest.raises(ValueError, match="prefilled"):
         Simulation(Policy(), w, H100_8B, prefilled=np.ones(2, bool))
+
+
+def test_prefilled_request_paged_out_before_its_first_decode_comes_back_to_decode():
+    """A prefilled request preempted (paged out to the CPU tier) before its first decode step
+    came back as a 'prefill' with nothing left to compute: never sampled, its KV held for good,
+    and the instance livelocked (found by a random-policy run of a disaggregated study; 8 of these
+    60 requests never finished). It must rejoin the decoding pool and sample its first token."""
+    from backends.base import Deployment
+
+    w = poisson_workload(60, 4.0, (3000, 6000), (300, 800), seed=3)
+    sim = Simulation(Policy(gpu_memory_utilization=0.5, cpu_offload_gb=32), w, Deployment("llama-3.1-8b", "a100-40gb"),
+                     check=True, prefilled=np.ones(w.n, bool), max_sim_time_s=3000).run()
+    assert sim.c_paged > 0 and sim.stopped == 0
+    assert np.isfinite(sim.finish).all() and (sim.out_done == w.output_len).all()
+    assert np.isfinite(sim.first_tok).all() and (sim.first_tok <= sim.finish).all()
