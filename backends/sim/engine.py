@@ -52,6 +52,12 @@ class SimInvariantError(AssertionError):
     """The simulation broke one of its own invariants (a bug, never a result)."""
 
 
+STALL_ITERATIONS = 1_000_000
+"""Iterations in a row that sample no token before the run is declared livelocked (a bug: e.g.
+prefill chunks computed and thrown away by preemption over and over). The longest legitimate
+stretch is one prompt's chunked prefill: 128k tokens at a 16-token budget is 8,192 steps."""
+
+
 class Simulation(Arrivals):
     """One run of one policy on one workload on one instance (tp GPUs). Use ``run()`` once.
 
@@ -166,6 +172,8 @@ class Simulation(Arrivals):
         self.t = 0.0
         self.pending_s = 0.0        # KV tier transfer time to add to the next iteration, s
         self.steps = 0              # iterations so far (asynchronous tier loads count them)
+        self._stall = 0             # iterations in a row that sampled no token
+        self.stall_limit = STALL_ITERATIONS
         self.n_held = 0             # admitted requests whose prefix KV still loads (Req.hold)
         self.queued_tokens = 0      # Σ prefill tokens of waiting requests (admission's TTFT guess)
         self.retry: list[tuple[float, int, Req]] = []
@@ -344,9 +352,19 @@ class Simulation(Arrivals):
         for req, c in chunks:
             req.computed += c
         held, used = self._kv_now()  # held during the iteration, before anything is released
+        sampled = r
         for req, _c in chunks:
             if req.computed == req.num_tokens:
                 self._sampled(req, t)
+                sampled += 1
+        if sampled:
+            self._stall = 0
+        else:
+            self._stall += 1
+            if self._stall > self.stall_limit:
+                raise SimInvariantError(f"no token sampled in {self.stall_limit:,} iterations in a row (t={t:.1f} s, "
+                                        f"{len(self.prefilling)} prefilling, {len(self.waiting)} waiting, "
+                                        f"{len(self.swapped)} paged out): a livelock")
         if r and pool.heap[0][0] <= pool.g:
             self._pool_finished(t)
         if r and self._fresh:
@@ -439,6 +457,7 @@ class Simulation(Arrivals):
         self.pending_s = 0.0
         t = self.t = t0 + dt
         self.steps += n
+        self._stall = 0
         held = mem.total - mem.free - mem.evictable  # during the last iteration
         if heap[0][0] <= g + n:
             self._pool_finished(t)

@@ -69,3 +69,19 @@ def test_prefilled_request_paged_out_before_its_first_decode_comes_back_to_decod
     assert sim.c_paged > 0 and sim.stopped == 0
     assert np.isfinite(sim.finish).all() and (sim.out_done == w.output_len).all()
     assert np.isfinite(sim.first_tok).all() and (sim.first_tok <= sim.finish).all()
+
+
+def test_a_run_that_samples_nothing_for_too_long_is_a_livelock_not_a_result():
+    """The guard that turned the livelock above into an error instead of a trial that never
+    ends: a stretch of iterations sampling no token longer than ``stall_limit`` raises. A
+    4000-token prompt at a 256-token budget is 16 such iterations: fine at 16, an error at 10."""
+    from backends.sim.engine import SimInvariantError
+
+    w = poisson_workload(1, 1.0, 4000, 5)
+    ok = Simulation(Policy(max_num_batched_tokens=256), w, H100_8B, check=True)
+    ok.stall_limit = 16
+    assert np.isfinite(ok.run().finish[0])
+    bad = Simulation(Policy(max_num_batched_tokens=256), w, H100_8B, check=True)
+    bad.stall_limit = 10
+    with pytest.raises(SimInvariantError, match="no token sampled in 10 iterations"):
+        bad.run()
