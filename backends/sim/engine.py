@@ -721,8 +721,16 @@ class Simulation(Arrivals):
                 req = self.transferred.popleft()
                 self.failed[req.rid] = True
                 continue
-            if self.swapped:
-                raise SimInvariantError("paged-out requests cannot come back into an empty instance")
+            if self.swapped:  # (the last running request left after this step's swap-in: try again)
+                n_out = len(self.swapped)
+                self.swap_in()
+                if len(self.swapped) < n_out:
+                    continue
+                r = self.swapped[0]
+                raise SimInvariantError(
+                    f"paged-out requests cannot come back into an empty instance (request {r.rid}: "
+                    f"{self._blocks_for(r.computed)} + 1 blocks, {mem.avail} available of {mem.total}"
+                    + (f", its LoRA adapter can run: {self.lora.can_run(r.adapter)})" if self.lora is not None else ")"))
             te = self._next_event()
             if te == math.inf:
                 break

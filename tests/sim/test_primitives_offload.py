@@ -199,3 +199,21 @@ def test_vllm_v1_loads_tier_hits_beside_the_batch(monkeypatch, decoder):
         assert s.records.finish_s[dec] - a.records.finish_s[dec] >= load_s
     else:  # nothing else runs: empty engine steps until the load is in, then its last tokens
         assert ttft < load_s + 0.05
+
+
+def test_a_paged_out_request_comes_back_when_the_last_running_one_leaves_in_the_same_step():
+    """Found by a random-policy run of studies/full-checklist.yaml (disaggregated, 46 LoRA slots
+    leaving a prefill instance 57 KV blocks, CPU tier): the last running request failed after
+    the step's swap-in had been refused for want of room, and the engine declared the paged-out
+    ones stranded in an empty instance (SimInvariantError) instead of swapping them in."""
+    from backends.sim import SimBackend
+
+    w = load_study("studies/full-checklist.yaml").load_workload()
+    pol = Policy(batching="decode_maximal", max_num_batched_tokens=2435, gpu_memory_utilization=0.5,
+                 cpu_offload_gb=16.0, offload_threshold=0.85, queue="priority", disaggregated=True,
+                 prefill_instances=2, disagg_min_prompt=1024, disagg_min_queue=4, routing="prefix_affinity",
+                 max_loras=46, prefix_caching=True)
+    res = SimBackend(check=True).run(pol, w, Deployment("llama-3.1-8b", "a100-40gb", n_gpus=4), seed=89)
+    rec = res.records
+    assert res.telemetry.counters["paged_out_preemptions"] > 0
+    assert (np.isfinite(rec.finish_s) | rec.failed).all() and rec.failed.sum() < 0.1 * len(rec)
