@@ -495,8 +495,7 @@ class Simulation(Arrivals):
         arrival) when that is later."""
         t = self.t
         te = t + self.idle_step_s
-        first = min(r.hold_t for r in self.prefilling if r.hold >= 0) if any(
-            r.hold >= 0 for r in self.prefilling) else te
+        first = min((r.hold_t for r in self.prefilling if r.hold >= 0), default=te)
         if first > te:
             te = min(first, max(self._next_event(), te))
         self.tel.idle(t, te - t, *self._kv_now())
@@ -574,9 +573,10 @@ class Simulation(Arrivals):
                 self.tiers.check(seq)
             except AssertionError as e:
                 raise SimInvariantError(str(e)) from None
-        if sum(1 for r in self.prefilling if r.hold != -1) != self.n_held or (self.n_held and not self.async_loads):
-            raise SimInvariantError(f"{self.n_held} requests counted as held, "
-                                    f"{sum(1 for r in self.prefilling if r.hold != -1)} running ones are")
+        held = sum(1 for r in self.prefilling if r.hold != -1)
+        if held != self.n_held or (held and not self.async_loads):
+            raise SimInvariantError(f"{self.n_held} requests counted as held, {held} running ones are "
+                                    f"(asynchronous tier loads: {self.async_loads})")
         if self.n_running() > self.policy.max_num_seqs:
             raise SimInvariantError(f"{self.n_running()} running > max_num_seqs {self.policy.max_num_seqs}")
         if self.t < self._last_t:

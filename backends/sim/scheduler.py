@@ -104,7 +104,7 @@ class Scheduling:
             if self.tier_hits and h < len(ids):
                 h, load = mem.hits_through(ids, h, self.tiers.where)  # type: ignore[union-attr]
             cached = min(h * self.pbt, req.num_tokens - 1)
-        held = load is not None and len(load) > 0 and self.async_loads
+        held = bool(load) and self.async_loads
         c = req.num_tokens - cached
         if held:
             c = 0
@@ -127,12 +127,13 @@ class Scheduling:
             self.pending_s += self.lora.acquire(req.adapter)
         if ids:
             if load:
-                ls = 0.0
+                ls = 0.0  # (the held request's load time; otherwise each move goes to the next step)
                 for i in load:
+                    s = self.tiers.load_entry(i)  # type: ignore[union-attr]
                     if held:
-                        ls += self.tiers.load_entry(i)  # type: ignore[union-attr]
+                        ls += s
                     else:
-                        self.pending_s += self.tiers.load_entry(i)  # type: ignore[union-attr]
+                        self.pending_s += s
                 self.c_tier_hit += len(load) * self.pbt
                 if held:
                     req.hold, req.hold_t = self.steps, self.t + ls
