@@ -17,6 +17,7 @@ from backends.base import Deployment
 from backends.sim import SimBackend
 from tuner.space import for_workload, sample
 from tuner.study_spec import load_study
+from workloads.adapters import assign_adapters
 from workloads.workload import build_workload
 
 MODELS = ("llama-3.1-8b", "qwen2.5-7b", "mistral-nemo-12b", "llama-2-7b")
@@ -25,12 +26,10 @@ ENGINES = ("vllm-v1", "sglang", "vllm-v0", "tensorrt-llm")
 
 
 def _tenants_and_adapters(w, tenants: int = 4, adapters: int = 8):
-    rng = np.random.default_rng(0)
-    p = 1.0 / np.arange(1, adapters + 1)
-    return dataclasses.replace(w, tenant=(np.arange(w.n) % tenants).astype(np.int32),
-                               tenants=tuple(f"t{i}" for i in range(tenants)),
-                               adapter=rng.choice(adapters, w.n, p=p / p.sum()).astype(np.int32),
-                               adapters=tuple(f"lora{i}" for i in range(adapters)))
+    """Requests round-robin over ``tenants`` and on ``adapters`` LoRA adapters (Zipf popularity)."""
+    w = dataclasses.replace(w, tenant=(np.arange(w.n) % tenants).astype(np.int32),
+                            tenants=tuple(f"t{i}" for i in range(tenants)))
+    return assign_adapters(w, adapters)
 
 
 def _workloads(study_workload):

@@ -20,6 +20,8 @@ from workloads.workload import build_workload
 
 A100_40_8B = Deployment("llama-3.1-8b", "a100-40gb")   # 0.5 × 40 GiB: ~31k KV tokens
 MEM = 0.5
+KV_BYTES_8B = 32 * 8 * 128 * 2 * 2
+"""Llama-3.1-8B KV bytes per token: 32 layers × 8 KV heads × 128 dims × (K, V) × 2 bytes."""
 
 
 def long_workload():
@@ -97,7 +99,7 @@ def test_ssd_hits_come_back_slower_than_cpu_hits():
     moved = (ss["offload_cpu_blocks_moved"] + ss["offload_ssd_blocks_moved"]) / cs["offload_cpu_blocks_moved"]
     assert ss["offload_transfer_s"] > 3 * moved * cs["offload_transfer_s"]        # ... slower bytes
     # a hit's 4096-token prefix loads in 4096 × 128 KiB / bandwidth: SSD hits wait that much longer
-    prefix_bytes = 4096 * 32 * 8 * 128 * 2 * 2
+    prefix_bytes = 4096 * KV_BYTES_8B
     gap_s = prefix_bytes / SSD_BYTES_S - prefix_bytes / get_gpu("a100-40gb").pcie_bytes_s
     assert ssd.ttft_p50_ms - cpu.ttft_p50_ms > 0.8 * gap_s * 1e3
     assert SSD_BYTES_S < get_gpu("a100-40gb").pcie_bytes_s
@@ -189,7 +191,7 @@ def test_vllm_v1_loads_tier_hits_beside_the_batch(monkeypatch, decoder):
     hit = int(np.flatnonzero(rec.arrival_s.to_numpy() == 4.0)[0])
     tokens = a.telemetry.counters["offload_hit_tokens"]
     assert tokens > 0 and s.telemetry.counters["offload_hit_tokens"] == tokens
-    load_s = tokens * 32 * 8 * 128 * 2 * 2 / get_gpu("a100-40gb").pcie_bytes_s
+    load_s = tokens * KV_BYTES_8B / get_gpu("a100-40gb").pcie_bytes_s
     ttft = a.records.first_token_s[hit] - a.records.arrival_s[hit]
     assert ttft >= load_s
     if decoder:  # the decoding request never waits for the load: it finishes a load earlier
