@@ -79,8 +79,8 @@ class Arrivals(Scheduling):
         if max_out > room:
             max_out = room
         ids: tuple[int, ...] = ()
-        if self.pbt:
-            off = self.w.prefix_offsets
+        off = self.w.prefix_offsets
+        if self.pbt and off is not None:
             full = min(int(off[i + 1] - off[i]), prompt // self.pbt)  # type: ignore[index]
             if full:
                 ids = tuple(dict.fromkeys(self.w.prefix_ids[off[i]: off[i] + full].tolist()))  # type: ignore[index]

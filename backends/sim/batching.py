@@ -18,7 +18,8 @@ until the next event.
   chunked         vLLM V1 / Sarathi: a token budget per step; decodes first, then prefill chunks
                   of running-then-waiting requests fill the rest (``long_prefill_token_threshold``
                   caps one chunk). No prefill/decode phases: computed tokens catch up with known
-                  tokens within a budget.
+                  tokens within a budget. A step that preempted to make room for the decodes
+                  admits no waiting request (vLLM V1), so a victim does not rejoin at once.
   decode_maximal  Sarathi decode-maximal batching: like chunked, but at most one prefill chunk
                   per iteration, sized to what the decodes leave of the budget.
 """
@@ -55,6 +56,8 @@ def plan_chunked(sim: Simulation, one_prefill: bool = False) -> tuple[Chunks, bo
             budget -= c
             if budget <= 0 or one_prefill:
                 return chunks, True
+    if sim.no_admit:  # vLLM V1 schedules no waiting request in a step that preempted
+        return chunks, True
     waiting = sim.waiting
     while budget > 0 and waiting and sim.seats_free():
         head = sim.head()

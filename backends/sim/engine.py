@@ -127,8 +127,10 @@ class Simulation(Arrivals):
             self.lora = AdapterSlots(policy.max_loras, self.lora_cost.bytes_adapter / gpu.pcie_bytes_s)
         self._parked = []           # waiting entries set aside for want of a LoRA slot (see _lora_head)
         self._park_ver = 0          # lora.version at which they were all seen unable to run
-        caching = policy.prefix_caching and workload.prefix_offsets is not None
-        self.pbt = workload.prefix_block_tokens if caching else 0
+        # prefix-cache entry size, tokens: the workload's prefix blocks; without any, KV blocks
+        # (only a preempted request's own blocks are cached then: Scheduling._cache_victim)
+        self.pbt = (workload.prefix_block_tokens if workload.prefix_offsets is not None else bs) \
+            if policy.prefix_caching else 0
         self.mem = BlockManager(total, bs, self.pbt)
         self.reserve = policy.preemption == "request" or policy.batching == "static"
         # lower KV tiers (tiers.py): swap_space for preemption_mode=swap, or the CPU/SSD offload tiers
@@ -137,6 +139,7 @@ class Simulation(Arrivals):
             swap=policy.preemption_mode == "swap" and not self.reserve, tp=tp,
             block_bytes_gpu=bs * cm.kv_bytes_per_token, pcie_bytes_s=gpu.pcie_bytes_s, entry_blocks=self.mem.entry_blocks)
         self.page_victims = tiers is not None and not self.reserve  # victims' KV moves down, not dropped
+        self.keep_victim_kv = self.pbt > 0 and not self.reserve  # else a recompute victim's KV is dropped
         # paging threshold: above it cold prefix entries move down; paged-out sequences come back
         # only while GPU KV use stays below it (hysteresis: no page-in/page-out ping-pong)
         thr = policy.offload_threshold if policy.cpu_offload_gb > 0 else 1.0
@@ -205,6 +208,8 @@ class Simulation(Arrivals):
         self.tel = TelemetryRecorder(total, bs)
         self.trace = TraceWriter() if trace else None
         self.c_preempt = self.c_swapped = self.c_pq = self.c_ph = self.c_defer = 0
+        self.c_prefill = 0     # prefill tokens computed (prompts, and again after a recompute preemption)
+        self.no_admit = False  # this step preempted to make room for the decodes: admit no waiting request
 
     # ================================================================== LoRA
     def _lora_head(self) -> Req | None:
@@ -316,6 +321,7 @@ class Simulation(Arrivals):
             pairs += c * (req.computed + (c + 1) * 0.5)
         if pf + r > self.budget and self.chunked:
             raise SimInvariantError(f"token budget exceeded: {pf + r} > {self.budget}")
+        self.c_prefill += pf
         spec, m = self.spec, 1
         if spec is not None and r:
             ctx = pool.ctx()
@@ -432,8 +438,8 @@ class Simulation(Arrivals):
             n = min(n, self._steps_until(self.max_t - t0 - self.pending_s, r, ctx, a, ts))
         if n > self.segment_cap:
             n = self.segment_cap
-        if self._fresh or self.n_held:  # a first token due / a held request's load to see finish
-            n = 1
+        if self._fresh or self.n_held or self.no_admit:
+            n = 1  # a first token due / a held request's load to see finish / admission resumes next step
         if self.prefilling or mem.cached:
             held0, used0 = self._kv_now()
         else:  # (inline fast path of _kv_now)
@@ -683,18 +689,23 @@ class Simulation(Arrivals):
             if self.n_held:
                 self.release_holds()
             need = 0
+            no_admit = False
             if grow and pool.n:
                 need = pool.cnt[bs - 1 - pool.g % bs]
                 if need > mem.free + mem.evictable:
+                    p0 = self.c_preempt
                     need = self._make_room_for_decodes()
+                    no_admit = self.c_preempt != p0
             if prefilling or waiting or swapped:
                 if need:
                     mem.take(need)  # the decodes' next blocks, held while prefills are planned
+                self.no_admit = no_admit
                 chunks, decodes = planner(self)
                 if need:
                     mem.give(need)
             else:
                 chunks = None
+                self.no_admit = False
             if chunks:
                 self._iteration(chunks, decodes)
                 continue

@@ -124,9 +124,11 @@ class BlockManager:
 
     def release(self, ids: tuple[int, ...]) -> None:
         """Drop one reference per id; unreferenced ready entries become evictable (most recent
-        last), unreferenced never-computed entries are freed at once."""
+        last), unreferenced never-computed entries are freed at once. ``ids`` is a request's prefix
+        chain: it is released last entry first, so that its tail is evicted before its head (vLLM
+        frees a request's blocks in reverse order; SGLang's radix cache evicts leaves first)."""
         ref, lru, eb, ready = self._ref, self._lru, self.entry_blocks, self._ready
-        for i in ids:
+        for i in reversed(ids):
             c = ref[i] - 1
             if c:
                 ref[i] = c

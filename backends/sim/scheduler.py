@@ -7,8 +7,12 @@ grown ``DecodePool``). The first base layer of ``engine.Simulation`` (``Scheduli
 
 Preemption (token-level): when a decoding sequence cannot get its next block, victims leave the
 running set in order of (priority value, arrival) descending (vLLM: the last of the running
-list). Without a lower KV tier (``tiers.py``) the victim's KV is dropped and it goes to the FRONT
-of the waiting queue to prefill prompt + generated tokens again (recompute). With one (the
+list). Without a lower KV tier (``tiers.py``) the victim goes to the FRONT of the waiting queue to
+prefill prompt + generated tokens again (recompute); with prefix caching its computed full blocks
+stay in the prefix cache as its own evictable entries (``_cache_victim``: vLLM hashes and keeps
+every full block), so the recompute hits what eviction has not taken since, and without prefix
+caching they are dropped. A step that preempted admits no waiting request (vLLM V1: the victim
+rejoins from the next step at the earliest; ``no_admit``). With one (the
 ``preemption_mode=swap`` swap space, or the CPU/SSD offload tiers) its KV is paged out (CPU, else
 SSD; transfer time added to the next iteration) and paged back in, before new requests are
 admitted, once the GPU has room below the paging threshold. With prefix caching and offload
@@ -35,6 +39,11 @@ from backends.sim.memory import BlockManager
 from backends.sim.request_state import DECODE, PREFILL, SWAPPED, WAITING, DecodePool, Req
 from backends.sim.tiers import KVTiers
 
+VICTIM_IDS = 1 << 64
+"""Prefix-cache ids of a preempted request's own blocks (``Scheduling._cache_victim``) start here:
+past every int64 workload id. Request ``rid``'s entry j is ``VICTIM_IDS + rid * VICTIM_ID_SPAN + j``."""
+VICTIM_ID_SPAN = 1 << 32
+
 
 class Scheduling:
     """Admission into the running set and preemption out of it: the first layer of
@@ -58,6 +67,7 @@ class Scheduling:
     watermark: int                 # blocks
     headroom: int                  # blocks
     page_victims: bool
+    keep_victim_kv: bool           # recompute victims leave their computed blocks in the prefix cache
     tier_hits: bool
     priv_explicit: int             # blocks
     queued_tokens: int
@@ -67,6 +77,7 @@ class Scheduling:
     n_held: int                    # admitted requests waiting for an asynchronous tier load
     async_loads: bool              # tier loads are asynchronous (EnginePreset.kv_tier_async)
     _adm: int
+    no_admit: bool                 # a step that preempted admits no waiting request (vLLM V1)
     c_preempt: int
     c_swapped: int
     c_pq: int
@@ -141,6 +152,7 @@ class Scheduling:
             mem.acquire(ids)
             if load:
                 mem.mark_ready(load)
+        if self.pbt and not req.preemptions:  # hit rate of new requests (vLLM counts preempted ones apart)
             self.c_pq += req.prompt
             self.c_ph += cached
         mem.take(priv)
@@ -267,8 +279,6 @@ class Scheduling:
                 self.n_held -= 1
         mem.give(blocks)
         req.priv = 0
-        if req.ids:
-            mem.release(req.ids)
         if self.lora is not None:
             self.lora.release(req.adapter)
         req.preemptions += 1
@@ -277,6 +287,10 @@ class Scheduling:
         # Page out only while other sequences keep running: with none left, a paged-out request would
         # come straight back and be preempted again (a livelock); it recomputes instead.
         tier = self.tiers.store_seq(kv) if self.page_victims and kv and self.pool.n else -1  # type: ignore[union-attr]
+        if tier < 0 and self.keep_victim_kv:
+            self._cache_victim(req, blocks)
+        if req.ids:
+            mem.release(req.ids)
         if tier >= 0:
             req.tier = tier
             self.c_paged += 1
@@ -290,6 +304,25 @@ class Scheduling:
             req.state = WAITING
             self.waiting.push_front(req)
             self.queued_tokens += req.num_tokens
+
+    def _cache_victim(self, req: Req, blocks: int) -> None:
+        """Recompute preemption with prefix caching: the victim's computed full blocks beyond its
+        prefix entries (prompt and generated tokens) become prefix-cache entries of its own, ready
+        and unreferenced (evictable), so that its recompute hits whatever LRU eviction has not taken
+        by then. vLLM's automatic prefix caching hashes every full block a request computes and keeps
+        it on free; SGLang's radix cache keeps a retracted request's prefix. ``blocks``: the private
+        blocks it just gave back (the entries take at most those)."""
+        mem = self.mem
+        n = min((req.computed - req.shared) // self.pbt, blocks // mem.entry_blocks)
+        if n <= 0:
+            return
+        k = len(req.ids)
+        base = VICTIM_IDS + req.rid * VICTIM_ID_SPAN + k
+        own = tuple(range(base, base + n))
+        mem.acquire(own)  # (out of the blocks just given back: evicts nothing)
+        mem.mark_ready(own)
+        req.ids = req.ids + own
+        req.shared += n * self.pbt
 
     def _fail(self, req: Req) -> None:
         """Drop a running request that can never fit (alone, it outgrows the KV pool)."""

@@ -113,6 +113,7 @@ def build_result(sim, policy, notes: tuple[str, ...]):
     tiers = sim.tiers
     counters = {"preemptions": float(sim.c_preempt), "swapped_blocks": float(sim.c_swapped),
                 "prefix_query_tokens": float(sim.c_pq), "prefix_hit_tokens": float(sim.c_ph),
+                "prefill_tokens": float(sim.c_prefill),
                 "cache_evictions": float(sim.mem.evictions), "kv_capacity_blocks": float(sim.mem.total),
                 "deferrals": float(sim.c_defer)}
     if tiers is not None:
