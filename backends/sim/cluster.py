@@ -133,8 +133,9 @@ def in_force(policy: Policy, inst: Policy, **reset: object) -> Policy:
     return inst.replace(tp=policy.tp, **{**{k: getattr(policy, k) for k in CLUSTER_KNOBS}, **reset})
 
 
-def run_life(life: Life, pol: Policy, w: Workload, dep: Deployment, seed: int) -> None:
-    """Simulate ``life`` over its pieces (exactly, one ``Simulation``) and fill their results."""
+def run_life(life: Life, pol: Policy, w: Workload, dep: Deployment, seed: int, cost_model=None) -> None:
+    """Simulate ``life`` over its pieces (exactly, one ``Simulation``) and fill their results
+    (``cost_model``: price its steps with this one, ``Simulation.use_cost_model``)."""
     from backends.sim.engine import Simulation
     from backends.sim.telemetry import build_result
 
@@ -148,6 +149,8 @@ def run_life(life: Life, pol: Policy, w: Workload, dep: Deployment, seed: int) -
     pre = np.array([p.prefilled for p in pcs], bool)
     sim = Simulation(pol, sub, dep, seed=seed, max_sim_time_s=None if math.isinf(life.end_s) else life.end_s,
                      prefilled=pre if pre.any() else None)
+    if cost_model is not None:
+        sim.use_cost_model(cost_model)
     sim.run()
     gen = _gen_in_flight(sim) if sim.stopped else {}
     fin = np.isfinite(sim.finish)

@@ -603,6 +603,16 @@ class Simulation(Arrivals):
                 raise SimInvariantError(str(e)) from None
 
     # ================================================================== run
+    def use_cost_model(self, cm) -> None:
+        """Price this run's steps with ``cm`` (a fitted cost model under evaluation, for the same
+        model and GPU: ``tuner.calibration.simrun``) instead of the one the deployment selects.
+        Before ``run``."""
+        if self._ran:
+            raise RuntimeError("use_cost_model: the simulation has run")
+        self.cm = cm
+        self.admission = AdmissionControl(self.policy, cm, self.mem.total)
+        self._coef.clear()
+
     def run(self) -> Simulation:
         """Serve the whole workload (or until ``max_sim_time_s``)."""
         if self._ran:

@@ -68,8 +68,10 @@ def spot_lives(n_spot: int, rate_h: float, horizon: float, t0: float, cold: floa
     return out
 
 
-def simulate_replicated(policy: Policy, w: Workload, dep: Deployment, *, seed: int = 0) -> RunResult:
-    """Replicas behind the router (see the module doc)."""
+def simulate_replicated(policy: Policy, w: Workload, dep: Deployment, *, seed: int = 0,
+                        cost_model=None) -> RunResult:
+    """Replicas behind the router (see the module doc); ``cost_model``: every replica prices its
+    steps with it (a fitted cost model under evaluation, ``tuner.calibration.simrun``)."""
     tp = policy.tp
     pol, inst_notes = instance_policy(policy, tp, w)
     cm = CostModel.for_deployment(dep, tp)
@@ -143,7 +145,7 @@ def simulate_replicated(policy: Policy, w: Workload, dep: Deployment, *, seed: i
             stats["migrated_queued_requests"] += _migrate_queued(router, lives, placed, pieces, up, t)
     for life in lives:  # keep only pieces still placed there (migration moved some)
         life.pieces = [pieces[i] for i in placed[life.idx] if pieces[i].t >= 0]
-    _run_all(policy, pol, w, dep, seed, lives, cm, stats, router)
+    _run_all(policy, pol, w, dep, seed, lives, cm, stats, router, cost_model)
     if policy.migration:
         notes.append(f"migration: queued requests re-routed by the router's estimate; "
                      f"{int(stats.get('migrated_running_requests', 0))} running requests live-migrated "
@@ -174,7 +176,7 @@ def _migrate_queued(router: FluidRouter, lives: list[Life], placed: list[list[in
 
 
 def _run_all(policy: Policy, pol: Policy, w: Workload, dep: Deployment, seed: int, lives: list[Life],
-             cm: CostModel, stats: dict[str, float], router: FluidRouter) -> None:
+             cm: CostModel, stats: dict[str, float], router: FluidRouter, cost_model=None) -> None:
     """Simulate every life; interrupted ones first, in time order, re-routing their cut pieces;
     with ``migration`` the others together, live-migrating running requests (``migration.py``)."""
     order = sorted(range(len(lives)), key=lambda k: (lives[k].end_s, k))
@@ -187,7 +189,7 @@ def _run_all(policy: Policy, pol: Policy, w: Workload, dep: Deployment, seed: in
             rest = [lives[j] for j in order if math.isinf(lives[j].end_s)]
             run_live_migration(rest, pol, w, dep, seed, router.drains[0], router.exp_out, cm, link, stats)
             return
-        run_life(life, pol, w, dep, seed * 1000003 + k)
+        run_life(life, pol, w, dep, seed * 1000003 + k, cost_model)
         if math.isfinite(life.end_s):
             _reroute_cut(policy, life, lives, cm, link, stats)
 

@@ -73,3 +73,34 @@ def test_run_metrics_from_records():
                         "rejected": [False, False], "failed": [False, False]})
     ttft, e2e, tpot = run_metrics(rec, 11)
     assert (ttft, e2e, tpot) == pytest.approx((200.0, 1200.0, 100.0))
+
+
+def _row(**kw) -> dict:
+    row = {"exp_id": 90, "model_hf": "codellama/CodeLlama-34b-Instruct-hf", "tp": 2, "dp": 1.0, "precision": "FP16",
+           "gpu_type": "A100", "gpu_sku": "NVIDIA-A100-SXM4-80GB", "max_model_len": 4096, "max_num_seqs": 128,
+           "max_num_batched_tokens": 2048, "gpu_memory_utilization": 0.9, "cpu_offload": False,
+           "kv_offload_args": None, "workload": "general", "ttft_mean_ms": 50.0, "e2e_mean_ms": 4000.0,
+           "tpot_mean_study_ms": 16.0}
+    row.update(kw)
+    return row
+
+
+def test_runs_of_other_models_gpus_and_data_parallel_load(tmp_path):
+    """A row of the study's other runs (CodeLlama-34B on A100 SXM4, two data-parallel replicas)
+    loads into the catalog's names and simulates as replicas behind a least-loaded router."""
+    import pandas as pd
+
+    from tuner.calibration.engine_fit import EngineCalibration, simulate_run
+    from tuner.calibration.trainval import deployment_for
+
+    p = tmp_path / "runs.csv"
+    pd.DataFrame([_row(), _row(exp_id=91, dp=2.0)]).to_csv(p, index=False)
+    one, two = load_runs(p)
+    assert (one.model, one.gpu, one.dp, two.dp) == ("codellama-34b", "a100-80gb", 1, 2)
+    pol = policy_for(two)
+    assert (pol.replicas, pol.routing, deployment_for(two).n_gpus) == (2, "least_loaded", 4)
+    assert policy_for(one).replicas == 0 and deployment_for(one).n_gpus == 2
+    cal = EngineCalibration(lag_steps=1.0)
+    a, b = simulate_run(one, cal, duration_scale=0.05), simulate_run(two, cal, duration_scale=0.05)
+    # "general" at 8-20 req/s: two replicas halve each one's batch, so steps and queues shrink
+    assert b.tpot_ms < 0.9 * a.tpot_ms and b.ttft_ms < a.ttft_ms

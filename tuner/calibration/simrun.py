@@ -25,18 +25,27 @@ def simulate_with(cost_model, policy: Policy, workload: Workload, deployment: De
     samples them. ``lag_s``: a fixed client-visible latency per request, s (API server: HTTP,
     tokenisation, detokenisation; large on a busy CPU host). Both are fitted from real runs
     (``engine_fit``, ``live``); 0 = the simulator's own times. (This path adds only the lag
-    given here, not the engine preset's ``client_lag_steps`` that ``simulate`` adds.)"""
+    given here, not the engine preset's ``client_lag_steps`` that ``simulate`` adds.)
+    A policy of several replicas (vLLM data parallelism) runs through
+    ``backends.sim.scaling.simulate_replicated``, every replica priced by ``cost_model``."""
     from backends.sim import effective_policy
-    from backends.sim.admission import AdmissionControl
     from backends.sim.client_lag import with_client_lag
+    from backends.sim.cluster import needs_cluster
     from backends.sim.engine import Simulation
+    from backends.sim.scaling import simulate_replicated
     from backends.sim.telemetry import build_result
 
+    if needs_cluster(policy, deployment):  # replicas (vLLM data parallelism): backends/sim/scaling.py
+        if (policy.disaggregated or policy.autoscale or policy.spot_fraction or policy.migration
+                or max_sim_time_s is not None):
+            raise ValueError("simulate_with: replicas only (no disaggregation, autoscaling, spot, migration, "
+                             "time limit)")
+        res = simulate_replicated(policy, workload, deployment, seed=seed, cost_model=cost_model)
+        return with_client_lag(res, lag_steps, lag_s)
     eff, notes = effective_policy(policy, workload)
     sim = Simulation(eff, workload, deployment, seed=seed, max_sim_time_s=max_sim_time_s)
     if cost_model is not None:
-        sim.cm = cost_model
-        sim.admission = AdmissionControl(eff, cost_model, sim.mem.total)
+        sim.use_cost_model(cost_model)
     sim.run()
     return with_client_lag(build_result(sim, eff, notes), lag_steps, lag_s)
 

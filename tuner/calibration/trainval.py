@@ -81,6 +81,9 @@ class TrainvalRun:
     ``WORKLOADS[workload]``."""
     cpu_offload_gb: float = 0.0
     """vLLM's ``--kv-offloading-size`` (CPU KV tier, GiB for the whole instance; 0 = none)."""
+    dp: int = 1
+    """vLLM's ``--data-parallel-size``: engine replicas of ``tp`` GPUs each behind the API
+    server's load balancer (simulated as replicas with least-loaded routing)."""
 
     @property
     def workload_def(self) -> WorkloadDef:
@@ -128,7 +131,7 @@ def load_runs(path: str | Path = TRAINVAL_CSV) -> list[TrainvalRun]:
             cpu_offload=str(r.get("cpu_offload")) == "True", workload=wl,
             ttft_ms=float(r["ttft_mean_ms"]), e2e_ms=float(r["e2e_mean_ms"]),
             tpot_study_ms=float(r["tpot_mean_study_ms"]), gpu=_gpu_of(r), wdef=wdef,
-            cpu_offload_gb=_offload_gib(r)))
+            cpu_offload_gb=_offload_gib(r), dp=max(int(num("dp", 1)), 1)))
     return out
 
 
@@ -216,19 +219,23 @@ def policy_for(run: TrainvalRun):
     """The run's vLLM settings as a servetune ``Policy`` (vLLM V1 defaults: chunked prefill,
     prefix caching, block 16). A run with ``--kv-offloading-size`` gets a CPU KV tier of that size
     with paging threshold 1: vLLM's offloading connector keeps the GPU prefix cache's own LRU
-    eviction and serves evicted blocks from the CPU copy."""
+    eviction and serves evicted blocks from the CPU copy. A run with ``dp`` > 1 gets ``dp``
+    replicas with least-loaded routing (vLLM's API server sends each request to the engine with
+    the fewest waiting and running requests). For an MoE model vLLM also shards the experts over
+    all dp × tp GPUs and steps the replicas together; that coupling is not modelled."""
     from tuner.policy import Policy
 
     off = {"cpu_offload_gb": run.cpu_offload_gb, "offload_threshold": 1.0} if run.cpu_offload_gb else {}
+    dp = {"replicas": run.dp, "routing": "least_loaded"} if run.dp > 1 else {}
     return Policy(batching="chunked", max_num_seqs=run.max_num_seqs, max_num_batched_tokens=run.max_num_batched_tokens,
                   tp=run.tp, block_size=16, gpu_memory_utilization=run.gpu_memory_utilization, prefix_caching=True,
-                  **off)
+                  **off, **dp)
 
 
 def deployment_for(run: TrainvalRun):
     from backends.base import Deployment
 
-    return Deployment(model=run.model, gpu=run.gpu, n_gpus=run.tp, engine="vllm-v1",
+    return Deployment(model=run.model, gpu=run.gpu, n_gpus=run.tp * run.dp, engine="vllm-v1",
                       max_model_len=run.max_model_len, weight_dtype=run.weight_dtype)
 
 
