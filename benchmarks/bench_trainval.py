@@ -59,6 +59,8 @@ def main(argv: Sequence[str] | None = None) -> int:
     ap.add_argument("--max-nfev", type=int, default=15, help="simulations per parameter fit")
     ap.add_argument("--fit-params", default=",".join(FIT_PARAMS),
                     help=f"comma-separated parameters to fit (default {','.join(FIT_PARAMS)}; e.g. add kv_mem)")
+    ap.add_argument("--by-stage", action="store_true",
+                    help="fit to each load stage's means where the runs give them (default: each run's overall means)")
     ap.add_argument("--write", action="store_true", help="store the OOS errors in tuner/calibration/data/fidelity.yaml")
     args = ap.parse_args(argv)
     t0 = time.perf_counter()
@@ -73,7 +75,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     if args.quick:
         return 0
     kw = {"duration_scale": args.duration_scale, "max_nfev": args.max_nfev,
-          "params": tuple(p for p in args.fit_params.split(",") if p)}
+          "params": tuple(p for p in args.fit_params.split(",") if p), "by_stage": args.by_stage}
     full = fit_engine(runs, **kw)
     print(f"\nfit of {', '.join(kw['params'])} on all {len(runs)} runs: {full.to_dict()}")
     _table("fitted on all runs (IN SAMPLE)", runs, [simulate_run(r, full).errors() for r in runs])
@@ -85,6 +87,7 @@ def main(argv: Sequence[str] | None = None) -> int:
               + (f" kv_mem {c.kv_mem:.3f}" if c.kv_mem else ""))
     oos = _table("OUT OF SAMPLE: leave one MODEL out (each run predicted by the fit without its model)", runs,
                  [p.errors() for p in preds])
+    _stage_table(runs, preds)
     med = np.median(oos, axis=0)
     for name, m, t in zip(("TTFT", "E2E", "TPOT"), med, TARGETS, strict=True):
         print(f"  {name}: median {m:.1f} % vs target {t:.0f} %: {'met' if m <= t else 'MISSED'}")
@@ -100,6 +103,27 @@ def main(argv: Sequence[str] | None = None) -> int:
         print(f"wrote {cal_file}")
     print(f"({time.perf_counter() - t0:.0f} s)")
     return 0
+
+
+def _stage_table(runs, preds) -> None:
+    """Out-of-sample errors of each load stage's means (runs of several stages): how latency grows
+    with load, which the overall means average away."""
+    rows = [(r, p) for r, p in zip(runs, preds, strict=True) if len(r.stage_ms) > 1 and len(p.stage_ms) == len(r.stage_ms)]
+    if not rows:
+        return
+    print("\nOUT OF SAMPLE by load stage (TTFT / E2E / TPOT signed errors %, stage 0 | stage 1 ...)")
+    errs = []
+    for r, p in rows:
+        cells = []
+        for (mt, me), (pt, pe) in zip(r.stage_ms, p.stage_ms, strict=True):
+            e = (100 * (pt / mt - 1), 100 * (pe / me - 1), 100 * ((pe - pt) / (me - mt) - 1))
+            errs.append(e)
+            cells.append(f"{e[0]:+6.1f} {e[1]:+6.1f} {e[2]:+6.1f}")
+        print(f"{r.run_id:>4s} {r.label:40s} " + " | ".join(cells))
+    a = np.abs(np.asarray(errs))
+    print(f"{'':45s} median |err| % (all stages): {np.median(a[:, 0]):.1f} / {np.median(a[:, 1]):.1f} / "
+          f"{np.median(a[:, 2]):.1f}; p90 {np.percentile(a[:, 0], 90):.1f} / {np.percentile(a[:, 1], 90):.1f} / "
+          f"{np.percentile(a[:, 2], 90):.1f}")
 
 
 def write_fidelity(oos: np.ndarray, runs) -> None:

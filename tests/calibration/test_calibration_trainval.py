@@ -104,3 +104,27 @@ def test_runs_of_other_models_gpus_and_data_parallel_load(tmp_path):
     a, b = simulate_run(one, cal, duration_scale=0.05), simulate_run(two, cal, duration_scale=0.05)
     # "general" at 8-20 req/s: two replicas halve each one's batch, so steps and queues shrink
     assert b.tpot_ms < 0.9 * a.tpot_ms and b.ttft_ms < a.ttft_ms
+
+
+def test_stage_metrics_split_requests_by_arrival_stage():
+    import pandas as pd
+
+    from tuner.calibration.trainval import WorkloadDef, stage_metrics
+
+    wdef = WorkloadDef(((1.0, 10.0), (2.0, 10.0)), 1, 1, 10, 10, 5)
+    rec = pd.DataFrame({"arrival_s": [1.0, 9.0, 11.0, 19.0], "first_token_s": [1.1, 9.1, 11.3, 19.3],
+                        "finish_s": [2.0, 10.0, 12.0, 21.0], "rejected": [False] * 4, "failed": [False] * 4})
+    (t0, e0), (t1, e1) = stage_metrics(rec, wdef)
+    assert (t0, e0, t1, e1) == pytest.approx((100.0, 1000.0, 300.0, 1500.0))
+    # stages shortened by duration_scale: the bounds shrink with them (stage 1 = [5, 10) s)
+    (t0, _), (t1, e1) = stage_metrics(rec, wdef, duration_scale=0.5)
+    assert (t0, t1, e1) == pytest.approx((100.0, 100.0, 1000.0))
+
+
+@pytest.mark.skipif(not TRAINVAL_CSV.is_file(), reason="shared trainval runs not present")
+def test_runs_carry_their_measured_stage_means():
+    runs = load_runs()
+    two = [r for r in runs if len(r.workload_def.stages) == 2]
+    assert len(two) == 8 and all(len(r.stage_ms) == 2 for r in two)
+    r = next(r for r in runs if r.run_id == "17")
+    assert [x for st in r.stage_ms for x in st] == pytest.approx([57.8, 4460.33, 64.7982, 5607.49], rel=1e-3)

@@ -24,6 +24,7 @@ from tuner.calibration.trainval import (
     policy_for,
     regenerate,
     run_metrics,
+    stage_metrics,
 )
 
 FIT_PARAMS = ("mem", "kv_mem", "gemm", "overhead_scale", "prefill_overhead_s", "lag_steps")
@@ -74,6 +75,8 @@ class RunError:
     ttft_ms: float
     e2e_ms: float
     tpot_ms: float
+    stage_ms: tuple[tuple[float, float], ...] = ()
+    """Predicted (mean TTFT, mean E2E) per load stage, ms."""
 
     def errors(self) -> tuple[float, float, float]:
         """Signed errors (pred/meas − 1) × 100 of TTFT, E2E, TPOT, %."""
@@ -103,14 +106,33 @@ def simulate_run(run: TrainvalRun, cal: EngineCalibration, *, seed: int = 0, dur
     res = simulate_with(factory(run, cal), policy_for(run), w, deployment_for(run), seed=seed,
                         lag_steps=cal.lag_steps, lag_s=cal.lag_s)
     t, e, p = run_metrics(res.records, run.workload_def.max_output)
-    return RunError(run, t, e, p)
+    return RunError(run, t, e, p, stage_metrics(res.records, run.workload_def, duration_scale))
+
+
+def _log_residuals(r: TrainvalRun, p: RunError, ttft_weight: float, by_stage: bool) -> list[float]:
+    """Log errors of one run's means: TTFT (× ``ttft_weight``), E2E, TPOT; ``by_stage``: of each
+    load stage's means instead (a run of several stages then says how latency grows with load),
+    each stage weighted 1/sqrt(stages) so that every run weighs the same."""
+    out1 = r.workload_def.max_output - 1
+    if by_stage and len(r.stage_ms) > 1 and len(p.stage_ms) == len(r.stage_ms) \
+            and all(math.isfinite(x) for st in p.stage_ms for x in st):
+        w = 1.0 / math.sqrt(len(r.stage_ms))
+        res = []
+        for (mt, me), (pt, pe) in zip(r.stage_ms, p.stage_ms, strict=True):
+            res += [w * ttft_weight * math.log(pt / mt), w * math.log(pe / me),
+                    w * math.log(((pe - pt) / out1) / ((me - mt) / out1))]
+        return res
+    return [ttft_weight * math.log(p.ttft_ms / r.ttft_ms), math.log(p.e2e_ms / r.e2e_ms),
+            math.log(p.tpot_ms / r.tpot_ms)]
 
 
 def fit_engine(runs: Sequence[TrainvalRun], *, params: Sequence[str] = FIT_PARAMS,
                start: EngineCalibration | None = None, duration_scale: float = 0.25, ttft_weight: float = 0.5,
-               factory: CostFactory = default_factory, max_nfev: int = 30) -> EngineCalibration:
+               factory: CostFactory = default_factory, max_nfev: int = 30,
+               by_stage: bool = False) -> EngineCalibration:
     """The calibration minimising the log errors of the runs' means (scipy least squares in log
-    space within physical bounds, a weak prior toward ``start``)."""
+    space within physical bounds, a weak prior toward ``start``); ``by_stage``: of each load
+    stage's means where the runs give them (``_log_residuals``)."""
     from scipy.optimize import least_squares
 
     if not runs:
@@ -143,8 +165,7 @@ def fit_engine(runs: Sequence[TrainvalRun], *, params: Sequence[str] = FIT_PARAM
         out = []
         for r in runs:
             p = simulate_run(r, c, duration_scale=duration_scale, factory=factory)
-            out += [ttft_weight * math.log(p.ttft_ms / r.ttft_ms), math.log(p.e2e_ms / r.e2e_ms),
-                    math.log(p.tpot_ms / r.tpot_ms)]
+            out += _log_residuals(r, p, ttft_weight, by_stage)
         return np.asarray(out + list(0.05 * (x - x0)))
 
     sol = least_squares(resid, x0, bounds=(lo, hi), diff_step=2e-2, max_nfev=max_nfev)

@@ -81,6 +81,9 @@ class TrainvalRun:
     ``WORKLOADS[workload]``."""
     cpu_offload_gb: float = 0.0
     """vLLM's ``--kv-offloading-size`` (CPU KV tier, GiB for the whole instance; 0 = none)."""
+    stage_ms: tuple[tuple[float, float], ...] = ()
+    """Measured (mean TTFT, mean E2E) per load stage, ms (the row's ``stage<k>_*`` columns; empty
+    when the row lacks them)."""
     dp: int = 1
     """vLLM's ``--data-parallel-size``: engine replicas of ``tp`` GPUs each behind the API
     server's load balancer (simulated as replicas with least-loaded routing)."""
@@ -131,8 +134,20 @@ def load_runs(path: str | Path = TRAINVAL_CSV) -> list[TrainvalRun]:
             cpu_offload=str(r.get("cpu_offload")) == "True", workload=wl,
             ttft_ms=float(r["ttft_mean_ms"]), e2e_ms=float(r["e2e_mean_ms"]),
             tpot_study_ms=float(r["tpot_mean_study_ms"]), gpu=_gpu_of(r), wdef=wdef,
-            cpu_offload_gb=_offload_gib(r), dp=max(int(num("dp", 1)), 1)))
+            cpu_offload_gb=_offload_gib(r), dp=max(int(num("dp", 1)), 1),
+            stage_ms=_stage_ms(r, len((wdef or WORKLOADS[wl]).stages))))
     return out
+
+
+def _stage_ms(r: dict, n: int) -> tuple[tuple[float, float], ...]:
+    """(mean TTFT, mean E2E) of each of the row's ``n`` stages, ms; () unless all are given."""
+    out = []
+    for k in range(n):
+        t, e = r.get(f"stage{k}_ttft_mean_ms"), r.get(f"stage{k}_e2e_mean_ms")
+        if t is None or e is None or t != t or e != e:
+            return ()
+        out.append((float(t), float(e)))
+    return tuple(out)
 
 
 def _offload_gib(r: dict) -> float:
@@ -239,6 +254,21 @@ def deployment_for(run: TrainvalRun):
                       max_model_len=run.max_model_len, weight_dtype=run.weight_dtype)
 
 
+def stage_metrics(records, wdef: WorkloadDef, duration_scale: float = 1.0) -> tuple[tuple[float, float], ...]:
+    """(mean TTFT, mean E2E) in ms of the finished requests that arrived in each load stage."""
+    r = records[~(records.rejected | records.failed) & records.finish_s.notna()]
+    arr = r.arrival_s.to_numpy()
+    ttft = (r.first_token_s - r.arrival_s).to_numpy() * 1e3
+    e2e = (r.finish_s - r.arrival_s).to_numpy() * 1e3
+    out, t0 = [], 0.0
+    for _, dur in wdef.stages:
+        t1 = t0 + dur * duration_scale
+        m = (arr >= t0) & (arr < t1)
+        out.append((float(ttft[m].mean()) if m.any() else math.nan, float(e2e[m].mean()) if m.any() else math.nan))
+        t0 = t1
+    return tuple(out)
+
+
 def run_metrics(records, max_output: int) -> tuple[float, float, float]:
     """(mean TTFT, mean E2E, TPOT) in ms of finished requests (TPOT as in the module doc)."""
     r = records[~(records.rejected | records.failed) & records.finish_s.notna()]
@@ -248,4 +278,4 @@ def run_metrics(records, max_output: int) -> tuple[float, float, float]:
 
 
 __all__ = ["TRAINVAL_CSV", "WORKLOADS", "TrainvalRun", "WorkloadDef", "deployment_for", "load_runs", "policy_for",
-           "regenerate", "run_metrics"]
+           "regenerate", "run_metrics", "stage_metrics"]
