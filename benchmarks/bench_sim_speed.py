@@ -87,21 +87,11 @@ def _with_tenants(w, k: int):
                                tenants=tuple(f"t{i}" for i in range(k)))
 
 
-def _with_adapters(w, k: int):
-    """The workload with requests spread over k LoRA adapters (Zipf-like: adapter i ∝ 1/(i+1))."""
-    import dataclasses
-
-    import numpy as np
-
-    p = 1.0 / np.arange(1, k + 1)
-    a = np.random.default_rng(0).choice(k, w.n, p=p / p.sum()).astype(np.int32)
-    return dataclasses.replace(w, adapter=a, adapters=tuple(f"lora{i}" for i in range(k)))
-
-
 def run_case(case: str, repeat: int) -> dict:
     from backends.base import Deployment
     from backends.sim import simulate
     from tuner.policy import Policy
+    from workloads.adapters import assign_adapters
 
     kind, _, arg = case.partition(":")
     w = _azure_conv() if kind == "azure-conv" else _poisson(int(arg))
@@ -110,7 +100,7 @@ def run_case(case: str, repeat: int) -> dict:
         if arg == "vtc" or arg.startswith("all"):
             w = _with_tenants(w, 8)
         if arg == "lora" or arg.startswith("all"):
-            w = _with_adapters(w, 32)
+            w = assign_adapters(w, 32)  # Zipf popularity, adapter i ∝ 1/(i+1)
     else:
         policy = Policy(batching=arg) if kind == "azure-conv" and arg else Policy()
     dep = Deployment("llama-3.1-8b", "h100")
