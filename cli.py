@@ -82,12 +82,18 @@ def main(argv: list[str] | None = None) -> None:
         typer.echo("interrupted", err=True)
         sys.exit(130)
     except Exception as e:  # noqa: BLE001 - the one place errors become exit codes
-        import click
-
-        if isinstance(e, click.exceptions.Exit):
+        # click's exceptions, or typer's vendored copy of click (typer >= 0.22 raises its own
+        # ``typer._click`` classes): matched by class name so that either is a usage error
+        kinds = {c.__name__ for c in type(e).__mro__}
+        if "Exit" in kinds and hasattr(e, "exit_code"):
             sys.exit(e.exit_code)
-        if isinstance(e, click.ClickException):
-            e.show()
+        if "NoArgsIsHelpError" in kinds:  # a command group alone: its help, as click prints it
+            e.show()  # type: ignore[attr-defined]
+            sys.exit(2)
+        if "ClickException" in kinds:  # a usage error (unknown flag, missing option): one line
+            ctx = getattr(e, "ctx", None)
+            hint = f" (see '{ctx.command_path} -h')" if ctx is not None else ""
+            typer.echo(f"error: {e.format_message().splitlines()[0]}{hint}", err=True)  # type: ignore[attr-defined]
             sys.exit(2)
         if os.environ.get("SERVETUNE_DEBUG"):
             raise
