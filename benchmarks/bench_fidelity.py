@@ -60,7 +60,7 @@ def _stats(errs: Sequence[float]) -> tuple[float, float]:
 
 
 def leave_out(rows: Sequence[ProfileRow], key: Callable[[ProfileRow], object],
-              hbm: str = "datasheet") -> tuple[list[float], int]:
+              hbm: str = "simulator") -> tuple[list[float], int]:
     """Pooled held-out errors when each value of ``key`` is left out in turn (folds whose
     training rows would be empty are skipped); ``hbm``: the memory terms' bandwidth."""
     errs = fidelity_leave_out(rows, key, ENGINES.get(rows[0].table, ENGINE), hbm=hbm)
@@ -68,7 +68,7 @@ def leave_out(rows: Sequence[ProfileRow], key: Callable[[ProfileRow], object],
     return [e for e in errs if np.isfinite(e)], folds
 
 
-def splits(table: str, hbm: str = "datasheet") -> dict[str, Callable[[list[ProfileRow]], tuple[list[float], int]]]:
+def splits(table: str, hbm: str = "simulator") -> dict[str, Callable[[list[ProfileRow]], tuple[list[float], int]]]:
     by_gpu = lambda rs: leave_out(rs, lambda r: r.gpu, hbm)  # noqa: E731
     by_tp = lambda rs: leave_out(rs, lambda r: r.tp, hbm)  # noqa: E731
     by_model = lambda rs: leave_out(rs, lambda r: r.model, hbm)  # noqa: E731
@@ -85,7 +85,7 @@ def splits(table: str, hbm: str = "datasheet") -> dict[str, Callable[[list[Profi
     return {"leave-one-GPU-out": by_gpu, "leave-one-GPU-count-out": by_tp}
 
 
-def _transfer_sarathi(rows: list[ProfileRow], hbm: str = "datasheet") -> tuple[list[float], int]:
+def _transfer_sarathi(rows: list[ProfileRow], hbm: str = "simulator") -> tuple[list[float], int]:
     train = [r for r in load_rows("splitwise") if r.gpu == "a100-80gb"]
     return ape(rows, fit_efficiency(train, engine=ENGINE, hbm=hbm), ENGINE, hbm=hbm), 1
 
@@ -115,8 +115,8 @@ def main(argv: Sequence[str] | None = None) -> int:
     ap = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     ap.add_argument("--table", choices=(*TABLES, "vllm_v1"), action="append", help="table(s) to run (default: all)")
     ap.add_argument("--no-speed", action="store_true", help="skip the µs/call timing of the cost model")
-    ap.add_argument("--hbm", choices=HBM_BANDWIDTHS, default="datasheet",
-                    help="HBM bandwidth of the roofline's memory terms (default: datasheet, as the simulator)")
+    ap.add_argument("--hbm", choices=HBM_BANDWIDTHS, default="simulator",
+                    help="HBM bandwidth of the roofline's memory terms (default: the simulator's, GPUSpec.hbm_sim_bytes_s)")
     args = ap.parse_args(argv)
     t0 = time.perf_counter()
     head = f"{'table':16s} {'rows':>5s}  {'evaluation':56s} {'median %':>9s} {'p90 %':>7s}"

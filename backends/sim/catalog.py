@@ -21,7 +21,10 @@ import yaml
 DATA_DIR = Path(__file__).parent / "data"
 DTYPE_BYTES: dict[str, float] = {"bf16": 2.0, "fp16": 2.0, "fp8": 1.0}
 GIB = float(1 << 30)
-HBM_BANDWIDTHS = ("datasheet", "achievable")
+HBM_BANDWIDTHS = ("simulator", "datasheet", "achievable")
+REF_HBM_FRACTION = 3.18e12 / 3.35e12
+"""Achievable / datasheet HBM bandwidth of the H100 SXM (BabelStream read, ``gpus.yaml``): the GPU
+of the real vLLM runs the simulator's memory efficiencies were fitted on (``hbm_sim_bytes_s``)."""
 """Which HBM bandwidth a roofline's memory term divides by (``GPUSpec.hbm_bandwidth``)."""
 
 
@@ -145,8 +148,8 @@ class GPUSpec:
     spot_price_hour: float = 0.0
     hbm_achievable_bytes_s: float = 0.0
     """HBM bandwidth a published streaming READ benchmark reached on this GPU (BabelStream
-    ``Dot``), bytes/s; 0 = none recorded. Opt-in (``hbm_bandwidth("achievable")``): the
-    simulator's cost model uses the datasheet ``hbm_bytes_s``."""
+    ``Dot``), bytes/s; 0 = none recorded. The simulator's memory terms use it relative to the
+    H100's (``hbm_sim_bytes_s``)."""
     sm_count: int = 0
     """Streaming multiprocessors (the published figure); 0 = not recorded. GEMM tile-wave
     quantisation in the learned residual (``tuner.calibration.residual``) needs it."""
@@ -160,9 +163,24 @@ class GPUSpec:
         if not 0.0 <= self.hbm_achievable_bytes_s <= self.hbm_bytes_s:
             raise ValueError(f"gpu {self.name}: hbm_achievable_bytes_s must be in [0, hbm_bytes_s]")
 
-    def hbm_bandwidth(self, kind: str = "datasheet") -> float:
-        """HBM bandwidth, bytes/s: ``datasheet`` (peak) or ``achievable`` (the measured
-        ``hbm_achievable_bytes_s``; the datasheet figure where none is recorded)."""
+    @property
+    def hbm_sim_bytes_s(self) -> float:
+        """The HBM bandwidth the simulator's memory terms divide by, bytes/s (its efficiencies
+        ``mem`` / ``kv_mem`` multiply it): the datasheet peak scaled by how this GPU's published
+        achievable fraction of peak compares with the H100's (``REF_HBM_FRACTION``), on which the
+        efficiencies were fitted: an A100-80GB reads at 0.86 of its peak where an H100 reads at
+        0.95, so the same efficiency gives it 0.90x the bandwidth. A GPU with no published figure
+        is taken to reach the H100's fraction (its datasheet peak)."""
+        if self.hbm_achievable_bytes_s:
+            return self.hbm_achievable_bytes_s / REF_HBM_FRACTION
+        return self.hbm_bytes_s
+
+    def hbm_bandwidth(self, kind: str = "simulator") -> float:
+        """HBM bandwidth, bytes/s: ``simulator`` (``hbm_sim_bytes_s``), ``datasheet`` (peak) or
+        ``achievable`` (the measured ``hbm_achievable_bytes_s``; the datasheet figure where none
+        is recorded)."""
+        if kind == "simulator":
+            return self.hbm_sim_bytes_s
         if kind == "datasheet":
             return self.hbm_bytes_s
         if kind == "achievable":

@@ -143,7 +143,7 @@ class CostModel:
         attn_dt = weight_dtype if quantized_params(model, weight_dtype) == linear_weight_params(model) else "bf16"
         self._inv_pc16 = 1.0 / (gpu.peak_flops("bf16") * eff.gemm)        # LM head (16-bit)
         self._inv_pa = 1.0 / (gpu.peak_flops("bf16") * eff.attn)          # s per attention FLOP
-        self._inv_bw = 1.0 / (gpu.hbm_bytes_s * eff.mem)                  # s per HBM byte
+        self._inv_bw = 1.0 / (gpu.hbm_sim_bytes_s * eff.mem)              # s per HBM byte
         q, kv, h = m.heads * m.head_dim, m.kv_heads * m.head_dim, m.hidden
         # Dense linear operators over all layers, per GPU: (FLOPs/token, weight bytes, act bytes/token).
         ops = {"qkv": (h * (q + 2 * kv), h + q + 2 * kv), "o": (q * h, q + h)}

@@ -53,7 +53,7 @@ class LoraCost:
         self.bytes_adapter = adapter_bytes_per_gpu(m, rank, cm.tp)
         self.flops_tok = 2.0 * adapter_params_per_gpu(m, rank, cm.tp)
         self._inv_pc = 1.0 / (cm.gpu.peak_flops("bf16") * cm.eff.gemm)
-        self._inv_bw = 1.0 / (cm.gpu.hbm_bytes_s * cm.eff.mem)
+        self._inv_bw = 1.0 / (cm.gpu.hbm_sim_bytes_s * cm.eff.mem)
         groups = 4 if m.ffn else 2  # qkv, o, gate_up, down
         self._launch = 2 * m.layers * groups * cm.eff.op_latency_s
 

@@ -91,7 +91,7 @@ class ProfiledCostModel(CostModel):
         t0, ts = super().decode_attention_time(seqs, tokens)
         if self.kv_mem:
             tc = self._attn_f_pair * tokens / seqs * self._inv_pa
-            tm = self._kv_tok / (self.gpu.hbm_bytes_s * self.kv_mem)
+            tm = self._kv_tok / (self.gpu.hbm_sim_bytes_s * self.kv_mem)
             ts = tc if tc > tm else tm
         return t0, ts
 

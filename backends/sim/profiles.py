@@ -222,17 +222,18 @@ def load_rows(table: str) -> tuple[ProfileRow, ...]:
 # ---------------------------------------------------------------- prediction
 @lru_cache(maxsize=256)  # a memo of immutable cost models, bounded for long fits
 def _cm(model: str, gpu: str, tp: int, weight_dtype: str, engine: EnginePreset | None, eff: Efficiency,
-        hbm: str = "datasheet") -> CostModel:
+        hbm: str = "simulator") -> CostModel:
     g = get_gpu(gpu)
-    if hbm != "datasheet":  # the memory terms divide by another bandwidth (eff.mem multiplies it)
-        g = replace(g, hbm_bytes_s=g.hbm_bandwidth(hbm))
+    if hbm != "simulator":  # the memory terms divide by that bandwidth alone (eff.mem multiplies it)
+        g = replace(g, hbm_bytes_s=g.hbm_bandwidth(hbm), hbm_achievable_bytes_s=0.0)
     return CostModel(get_model(model), g, tp, weight_dtype, "bf16", engine, eff)
 
 
 def predict(row: ProfileRow, eff: Efficiency | None = None, engine: EnginePreset | None = None, *,
-            hbm: str = "datasheet") -> float:
+            hbm: str = "simulator") -> float:
     """The cost model's time for ``row``, s. ``hbm``: the bandwidth of the memory terms,
-    ``datasheet`` (the simulator's) or ``achievable`` (``GPUSpec.hbm_bandwidth``)."""
+    ``simulator`` (the simulator's, ``GPUSpec.hbm_sim_bytes_s``), ``datasheet`` or ``achievable``
+    (``GPUSpec.hbm_bandwidth``)."""
     cm = _cm(row.model, row.gpu, row.tp, row.weight_dtype, engine, eff or Efficiency(), hbm)
     if row.op == "allreduce":
         return cm.allreduce_time(row.nbytes)
@@ -242,7 +243,7 @@ def predict(row: ProfileRow, eff: Efficiency | None = None, engine: EnginePreset
 
 
 def ape(rows: Sequence[ProfileRow], eff: Efficiency | None = None, engine: EnginePreset | None = None, *,
-        hbm: str = "datasheet") -> list[float]:
+        hbm: str = "simulator") -> list[float]:
     """Absolute percentage errors of the predictions, % (``hbm``: see ``predict``)."""
     return [abs(predict(r, eff, engine, hbm=hbm) / r.measured_s - 1.0) * 100.0 for r in rows]
 
@@ -261,7 +262,7 @@ _ADDITIVE_START = {"layer_overhead_s": 2e-5, "seq_overhead_s": 2e-5, "prefill_ov
 def fit_efficiency(profile_rows: Sequence[ProfileRow], model: object = None, gpu: object = None, tp: object = None,
                    *, engine: EnginePreset | None = None, params: Sequence[str] | None = None,
                    start: Efficiency | None = None, prior_weight: float = 0.05, loss: str = "linear",
-                   hbm: str = "datasheet") -> Efficiency:
+                   hbm: str = "simulator") -> Efficiency:
     """Efficiency factors minimising the log error of the predictions for ``profile_rows``
     (scipy least squares, parameters in log space within physical bounds, a weak prior pulling
     each toward ``start`` so unidentified parameters stay put). Rows carry their own

@@ -14,8 +14,8 @@ the fold that held it out. Tables and splits:
 * ``vidur`` (per-layer GEMM times): the fitted per-operator curves (``fit.LinearCurve``)
   extrapolating to token counts above those fitted (fit n <= 512, test n > 512) and
   interpolating (every other token count); the fitted roofline leave one TP degree / model /
-  GPU out, with its memory terms at the datasheet HBM bandwidth (the simulator's) and again at
-  the GPU's achievable one (``ach. HBM``: ``GPUSpec.hbm_bandwidth``); the same splits for the
+  GPU out, with its memory terms at the simulator's HBM bandwidth (``GPUSpec.hbm_sim_bytes_s``) and
+  again at the datasheet peak (``datasheet HBM``); the same splits for the
   fitted roofline times a learned residual (``residual``: a tree ensemble on GPU-normalised GEMM
   features, fitted on the training fold's roofline residuals; not the simulator's path);
   all-reduce leave one GPU count out;
@@ -86,17 +86,17 @@ def held_out(rows: Sequence, key: Callable[[object], object], fit: Callable[[lis
     return errs
 
 
-def leave_out(rows: Sequence, key: Callable[[object], object], engine=None, *, hbm: str = "datasheet") -> list[float]:
+def leave_out(rows: Sequence, key: Callable[[object], object], engine=None, *, hbm: str = "simulator") -> list[float]:
     """Held-out APEs of the fitted roofline when each ``key`` value is left out, aligned with
     ``rows`` (NaN where a fold had no training rows). ``hbm``: the bandwidth the fitted memory
-    efficiency multiplies (``datasheet`` or ``achievable``, ``backends.sim.profiles.predict``)."""
+    efficiency multiplies (``simulator``, ``datasheet`` or ``achievable``, ``backends.sim.profiles.predict``)."""
     from backends.sim.profiles import ape, fit_efficiency
 
     return held_out(rows, key, lambda train: fit_efficiency(train, engine=engine, hbm=hbm),
                     lambda eff, test: ape(test, eff, engine, hbm=hbm))
 
 
-def residual_leave_out(rows: Sequence, key: Callable[[object], object], *, hbm: str = "datasheet") -> list[float]:
+def residual_leave_out(rows: Sequence, key: Callable[[object], object], *, hbm: str = "simulator") -> list[float]:
     """Held-out APEs of the fitted roofline times the learned residual (``residual``: both
     fitted on the training fold only) when each ``key`` value is left out, aligned with ``rows``."""
     from tuner.calibration.residual import fit_residual
@@ -201,7 +201,7 @@ def vidur_table() -> list[FidelityLine]:
     out = [_line("vidur", "curves: OOS odd token counts", inter, "8/15"),
            _line("vidur", "curves: OOS extrapolate n>512 from n<=512", extra, "8/15")]
     rows = list(load_rows("vidur_mlp"))[::3]
-    for hbm, tag in (("datasheet", ""), ("achievable", " (ach. HBM)")):
+    for hbm, tag in (("simulator", ""), ("datasheet", " (datasheet HBM)")):
         for name, key in (("TP", lambda r: r.tp), ("model", lambda r: r.model), ("GPU", lambda r: r.gpu)):
             out.append(_line("vidur", f"roofline{tag}: OOS leave-one-{name}-out", leave_out(rows, key, hbm=hbm), "8/15"))
         out += residual_lines(rows, hbm, tag)
@@ -210,7 +210,7 @@ def vidur_table() -> list[FidelityLine]:
     return out
 
 
-def residual_lines(rows: Sequence, hbm: str = "datasheet", tag: str = "") -> list[FidelityLine]:
+def residual_lines(rows: Sequence, hbm: str = "simulator", tag: str = "") -> list[FidelityLine]:
     """The roofline times the learned residual (``residual_leave_out``) on Vidur GEMM rows:
     leave one TP degree / model / GPU out; ``tag`` is appended to the evaluation's name."""
     splits = (("TP", lambda r: r.tp), ("model", lambda r: r.model), ("GPU", lambda r: r.gpu))

@@ -54,7 +54,7 @@ def gemm_shape(row: ProfileRow) -> tuple[int, int]:
     return shapes[row.op]
 
 
-def features(row: ProfileRow, hbm: str = "datasheet") -> list[float]:
+def features(row: ProfileRow, hbm: str = "simulator") -> list[float]:
     """The ``FEATURES`` of one operator row (``hbm``: the bandwidth of the ridge point)."""
     n, k = gemm_shape(row)
     t = max(row.tokens, 1)
@@ -93,7 +93,7 @@ class ResidualModel:
         return [abs(p / r.measured_s - 1.0) * 100.0 for p, r in zip(self.predict(rows), rows, strict=True)]
 
 
-def fit_residual(rows: Sequence[ProfileRow], hbm: str = "datasheet", eff: Efficiency | None = None) -> ResidualModel:
+def fit_residual(rows: Sequence[ProfileRow], hbm: str = "simulator", eff: Efficiency | None = None) -> ResidualModel:
     """Fit the roofline efficiencies on ``rows`` (unless ``eff`` is given), then the residual
     regressor on the same rows' log residuals."""
     from sklearn.ensemble import HistGradientBoostingRegressor
