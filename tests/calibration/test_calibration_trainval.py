@@ -128,3 +128,23 @@ def test_runs_carry_their_measured_stage_means():
     assert len(two) == 8 and all(len(r.stage_ms) == 2 for r in two)
     r = next(r for r in runs if r.run_id == "17")
     assert [x for st in r.stage_ms for x in st] == pytest.approx([57.8, 4460.33, 64.7982, 5607.49], rel=1e-3)
+
+
+def test_fit_residuals_by_stage_weigh_each_run_the_same():
+    import dataclasses
+    import math
+
+    from tuner.calibration.engine_fit import RunError, _log_residuals
+    from tuner.calibration.trainval import TrainvalRun, WorkloadDef
+
+    wdef = WorkloadDef(((1.0, 10.0), (2.0, 10.0)), 1, 1, 10, 10, 11)
+    run = TrainvalRun("x", "llama-2-7b", 1, "bf16", 2048, 0.9, 128, 4096, False, "custom", 100.0, 1100.0, 100.0,
+                      wdef=wdef, stage_ms=((100.0, 1100.0), (100.0, 2100.0)))
+    pred = RunError(run, 110.0, 1210.0, 110.0, stage_ms=((110.0, 1210.0), (100.0, 2100.0)))
+    overall = _log_residuals(run, pred, 0.5, by_stage=False)
+    assert overall == pytest.approx([0.5 * math.log(1.1), math.log(1.1), math.log(1.1)])
+    staged = _log_residuals(run, pred, 0.5, by_stage=True)
+    w = 1 / math.sqrt(2)
+    assert staged == pytest.approx([w * 0.5 * math.log(1.1), w * math.log(1.1), w * math.log(1.1), 0.0, 0.0, 0.0])
+    # a run without stage means (or one stage) falls back to its overall means
+    assert _log_residuals(dataclasses.replace(run, stage_ms=()), pred, 0.5, by_stage=True) == overall

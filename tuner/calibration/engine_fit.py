@@ -113,14 +113,12 @@ def _log_residuals(r: TrainvalRun, p: RunError, ttft_weight: float, by_stage: bo
     """Log errors of one run's means: TTFT (× ``ttft_weight``), E2E, TPOT; ``by_stage``: of each
     load stage's means instead (a run of several stages then says how latency grows with load),
     each stage weighted 1/sqrt(stages) so that every run weighs the same."""
-    out1 = r.workload_def.max_output - 1
     if by_stage and len(r.stage_ms) > 1 and len(p.stage_ms) == len(r.stage_ms) \
             and all(math.isfinite(x) for st in p.stage_ms for x in st):
         w = 1.0 / math.sqrt(len(r.stage_ms))
         res = []
-        for (mt, me), (pt, pe) in zip(r.stage_ms, p.stage_ms, strict=True):
-            res += [w * ttft_weight * math.log(pt / mt), w * math.log(pe / me),
-                    w * math.log(((pe - pt) / out1) / ((me - mt) / out1))]
+        for (mt, me), (pt, pe) in zip(r.stage_ms, p.stage_ms, strict=True):  # TPOT ratio = (E2E - TTFT) ratio
+            res += [w * ttft_weight * math.log(pt / mt), w * math.log(pe / me), w * math.log((pe - pt) / (me - mt))]
         return res
     return [ttft_weight * math.log(p.ttft_ms / r.ttft_ms), math.log(p.e2e_ms / r.e2e_ms),
             math.log(p.tpot_ms / r.tpot_ms)]
