@@ -29,3 +29,9 @@ def run(workload, deployment: Deployment = H100_8B, seed: int = 0, check: bool =
     """(RunResult, Scorecard) of ``workload`` under Policy(**knobs), invariants fully checked."""
     res = simulate(Policy(**knobs), workload, deployment, seed=seed, check=check)
     return res, score(res, workload)
+
+
+def long_workload():
+    """100 long requests at 1 req/s (prompts 3-6k, outputs 300-800 tokens): on a small KV pool
+    (Llama-3.1-8B, A100-40GB at 0.5 memory) the decodes preempt each other."""
+    return poisson_workload(100, 1.0, (3000, 6000), (300, 800), seed=3)

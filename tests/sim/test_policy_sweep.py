@@ -11,7 +11,7 @@ import dataclasses
 import numpy as np
 import optuna
 import pytest
-from simkit import poisson_workload
+from simkit import long_workload
 
 from backends.base import Deployment
 from backends.sim import SimBackend
@@ -39,7 +39,7 @@ def _workloads(study_workload):
     shared = build_workload("shared40", np.cumsum(rng.exponential(0.25, n)), 4096 + rng.integers(200, 400, n),
                             rng.integers(20, 80, n), prefix_blocks=[[int(gi) * 1000 + k for k in range(8)] for gi in g],
                             prefix_block_tokens=512)
-    long = poisson_workload(100, 1.0, (3000, 6000), (300, 800), seed=3)
+    long = long_workload()
     return {"shared": _tenants_and_adapters(shared), "long": _tenants_and_adapters(long), "study": study_workload}
 
 

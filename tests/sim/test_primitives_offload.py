@@ -6,7 +6,7 @@ from __future__ import annotations
 import numpy as np
 import optuna
 import pytest
-from simkit import poisson_workload, run
+from simkit import long_workload, poisson_workload, run
 
 from backends.base import Deployment
 from backends.sim import effective_policy
@@ -23,10 +23,6 @@ MEM = 0.5
 KV_BYTES_8B = 32 * 8 * 128 * 2 * 2
 """Llama-3.1-8B KV bytes per token: 32 layers × 8 KV heads × 128 dims × (K, V) × 2 bytes."""
 
-
-def long_workload():
-    """Long prompts and outputs at 1 req/s: the KV cache overflows, decodes preempt each other."""
-    return poisson_workload(100, 1.0, (3000, 6000), (300, 800), seed=3)
 
 
 def shared_prefix_workload(groups: int = 40, n: int = 400, rate: float = 4.0):

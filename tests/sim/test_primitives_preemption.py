@@ -5,7 +5,7 @@ the request is freed), so its recompute hits whatever LRU eviction has not taken
 from __future__ import annotations
 
 import numpy as np
-from simkit import poisson_workload, run
+from simkit import long_workload, poisson_workload, run
 
 from backends.base import Deployment
 from backends.sim.engine import Simulation
@@ -15,10 +15,6 @@ from tuner.policy import Policy
 A100_40_8B = Deployment("llama-3.1-8b", "a100-40gb")   # 0.5 × 40 GiB: ~31k KV tokens
 MEM = 0.5
 
-
-def long_workload():
-    """Long prompts and outputs at 1 req/s: the KV cache overflows, decodes preempt each other."""
-    return poisson_workload(100, 1.0, (3000, 6000), (300, 800), seed=3)
 
 
 def _same(a, b) -> bool:
