@@ -699,23 +699,21 @@ class Simulation(Arrivals):
             if self.n_held:
                 self.release_holds()
             need = 0
-            no_admit = False
+            self.no_admit = False
             if grow and pool.n:
                 need = pool.cnt[bs - 1 - pool.g % bs]
                 if need > mem.free + mem.evictable:
                     p0 = self.c_preempt
                     need = self._make_room_for_decodes()
-                    no_admit = self.c_preempt != p0
+                    self.no_admit = self.c_preempt != p0
             if prefilling or waiting or swapped:
                 if need:
                     mem.take(need)  # the decodes' next blocks, held while prefills are planned
-                self.no_admit = no_admit
                 chunks, decodes = planner(self)
                 if need:
                     mem.give(need)
             else:
                 chunks = None
-                self.no_admit = False
             if chunks:
                 self._iteration(chunks, decodes)
                 continue
