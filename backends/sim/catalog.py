@@ -22,10 +22,10 @@ DATA_DIR = Path(__file__).parent / "data"
 DTYPE_BYTES: dict[str, float] = {"bf16": 2.0, "fp16": 2.0, "fp8": 1.0}
 GIB = float(1 << 30)
 HBM_BANDWIDTHS = ("simulator", "datasheet", "achievable")
-REF_HBM_FRACTION = 3.18e12 / 3.35e12
-"""Achievable / datasheet HBM bandwidth of the H100 SXM (BabelStream read, ``gpus.yaml``): the GPU
-of the real vLLM runs the simulator's memory efficiencies were fitted on (``hbm_sim_bytes_s``)."""
 """Which HBM bandwidth a roofline's memory term divides by (``GPUSpec.hbm_bandwidth``)."""
+REF_HBM_GPU = "h100-sxm"
+"""The GPU of the real vLLM runs the simulator's memory efficiencies were fitted on: its published
+achievable fraction of peak is the reference of ``GPUSpec.hbm_sim_bytes_s``."""
 
 
 def dtype_bytes(dtype: str) -> float:
@@ -167,12 +167,12 @@ class GPUSpec:
     def hbm_sim_bytes_s(self) -> float:
         """The HBM bandwidth the simulator's memory terms divide by, bytes/s (its efficiencies
         ``mem`` / ``kv_mem`` multiply it): the datasheet peak scaled by how this GPU's published
-        achievable fraction of peak compares with the H100's (``REF_HBM_FRACTION``), on which the
-        efficiencies were fitted: an A100-80GB reads at 0.86 of its peak where an H100 reads at
+        achievable fraction of peak compares with the H100's (``reference_hbm_fraction``), on which
+        the efficiencies were fitted: an A100-80GB reads at 0.86 of its peak where an H100 reads at
         0.95, so the same efficiency gives it 0.90x the bandwidth. A GPU with no published figure
         is taken to reach the H100's fraction (its datasheet peak)."""
         if self.hbm_achievable_bytes_s:
-            return self.hbm_achievable_bytes_s / REF_HBM_FRACTION
+            return self.hbm_achievable_bytes_s / reference_hbm_fraction()
         return self.hbm_bytes_s
 
     def hbm_bandwidth(self, kind: str = "simulator") -> float:
@@ -284,6 +284,13 @@ def get_model(name_or_path: str | Path) -> ModelSpec:
             return model_from_hf_config(p)
         return _model_from_entry(*_yaml_entry(p, "models"))
     return _model_from_entry(*_lookup("models", str(name_or_path)))
+
+
+@cache
+def reference_hbm_fraction() -> float:
+    """Achievable / datasheet HBM bandwidth of ``REF_HBM_GPU`` (catalog figures, BabelStream read)."""
+    g = get_gpu(REF_HBM_GPU)
+    return g.hbm_achievable_bytes_s / g.hbm_bytes_s
 
 
 def get_gpu(name_or_path: str | Path) -> GPUSpec:

@@ -165,7 +165,7 @@ def test_yaml_model(tmp_path):
 
 
 def test_achievable_hbm_bandwidth_is_below_the_datasheet_and_sets_the_simulators(tmp_path):
-    from backends.sim.catalog import REF_HBM_FRACTION
+    from backends.sim.catalog import reference_hbm_fraction
 
     a100, h100 = get_gpu("a100-80gb"), get_gpu("h100-sxm")
     for g in (a100, h100):  # a published streaming-read figure, below the datasheet peak
@@ -176,7 +176,7 @@ def test_achievable_hbm_bandwidth_is_below_the_datasheet_and_sets_the_simulators
     assert h100.hbm_bandwidth("achievable") / h100.hbm_bytes_s > a100.hbm_bandwidth("achievable") / a100.hbm_bytes_s
     # the simulator's bandwidth: the H100 (where its efficiencies were fitted) at its datasheet peak,
     # the A100 at its peak x (its fraction / the H100's)
-    assert REF_HBM_FRACTION == pytest.approx(h100.hbm_achievable_bytes_s / h100.hbm_bytes_s)
+    assert reference_hbm_fraction() == pytest.approx(h100.hbm_achievable_bytes_s / h100.hbm_bytes_s)
     assert h100.hbm_sim_bytes_s == pytest.approx(h100.hbm_bytes_s)
     assert a100.hbm_sim_bytes_s == pytest.approx(a100.hbm_bytes_s * (1.75 / 2.039) / (3.18 / 3.35))
     assert 0.89 < a100.hbm_sim_bytes_s / a100.hbm_bytes_s < 0.91
