@@ -254,12 +254,16 @@ def deployment_for(run: TrainvalRun):
                       max_model_len=run.max_model_len, weight_dtype=run.weight_dtype)
 
 
-def stage_metrics(records, wdef: WorkloadDef, duration_scale: float = 1.0) -> tuple[tuple[float, float], ...]:
-    """(mean TTFT, mean E2E) in ms of the finished requests that arrived in each load stage."""
+def _served_ms(records) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """(arrival s, TTFT ms, E2E ms) of the finished requests (neither rejected nor failed)."""
     r = records[~(records.rejected | records.failed) & records.finish_s.notna()]
     arr = r.arrival_s.to_numpy()
-    ttft = (r.first_token_s - r.arrival_s).to_numpy() * 1e3
-    e2e = (r.finish_s - r.arrival_s).to_numpy() * 1e3
+    return arr, (r.first_token_s.to_numpy() - arr) * 1e3, (r.finish_s.to_numpy() - arr) * 1e3
+
+
+def stage_metrics(records, wdef: WorkloadDef, duration_scale: float = 1.0) -> tuple[tuple[float, float], ...]:
+    """(mean TTFT, mean E2E) in ms of the finished requests that arrived in each load stage."""
+    arr, ttft, e2e = _served_ms(records)
     out, t0 = [], 0.0
     for _, dur in wdef.stages:
         t1 = t0 + dur * duration_scale
@@ -271,9 +275,8 @@ def stage_metrics(records, wdef: WorkloadDef, duration_scale: float = 1.0) -> tu
 
 def run_metrics(records, max_output: int) -> tuple[float, float, float]:
     """(mean TTFT, mean E2E, TPOT) in ms of finished requests (TPOT as in the module doc)."""
-    r = records[~(records.rejected | records.failed) & records.finish_s.notna()]
-    ttft = float((r.first_token_s - r.arrival_s).mean() * 1e3)
-    e2e = float((r.finish_s - r.arrival_s).mean() * 1e3)
+    _, ttft_ms, e2e_ms = _served_ms(records)
+    ttft, e2e = float(ttft_ms.mean()), float(e2e_ms.mean())
     return ttft, e2e, (e2e - ttft) / (max_output - 1)
 
 
