@@ -117,9 +117,10 @@ class Arrivals(Scheduling):
         else:
             self.rejected[req.rid] = True
 
-    def _arrivals(self) -> None:
-        """Admission decisions for every arrival and deferral retry due by now, in time order."""
-        t, n, retry = self.t, self.n_stream, self.retry
+    def _arrivals(self, t: float) -> None:
+        """Admission decisions for every arrival and deferral retry due by ``t`` (s: now, or
+        the start of the step in flight when the engine plans a step ahead), in time order."""
+        n, retry = self.n_stream, self.retry
         while True:
             i = self._next
             ta = self._ta

@@ -1,12 +1,13 @@
 """Client-visible latency that the engine loop does not model, added to a run's records.
 
-vLLM V1 schedules step N+1 while step N runs (async scheduling) and returns step N's tokens
-while N+1 runs, so a new request waits about one more step to be scheduled and its tokens reach
-the client about a step after the engine samples them. Measured on 13 real vLLM v0.15.1 runs
-on H100 (docs/calibration.md, "Real vLLM runs"): the client's TTFT is ~3 step times where one
-prefill step of a cached prompt is ~1; the fitted lag is 1.59 steps (1.1-1.8 across the
-leave-one-model-out folds). ``EnginePreset.client_lag_steps`` carries it per engine; ``simulate``
-and the cluster simulator add it to every request's first-token and finish times.
+vLLM V1's async scheduling (step N+1 is planned when step N starts, so an arrival waits for the
+step in flight and one more) is modelled in the engine loop (``EnginePreset.schedule_ahead``).
+What is left between the engine sampling a token and the client seeing it (output processing,
+detokenisation and streaming in the API server process, HTTP) is added here. Measured on 13 real
+vLLM v0.15.1 runs on H100 (docs/calibration.md, "Real vLLM runs"): 0.64 steps fitted (1.59
+before the scheduling step was modelled). ``EnginePreset.client_lag_steps`` carries it per
+engine; ``simulate`` and the cluster simulator add it to every request's first-token and finish
+times.
 """
 
 from __future__ import annotations

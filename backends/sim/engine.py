@@ -149,6 +149,8 @@ class Simulation(Arrivals):
         # such loads run beside the batch (vLLM V1: token-budget steps only)
         self.async_loads = self.tier_hits and engine.kv_tier_async and policy.batching in ("chunked", "decode_maximal")
         self.idle_step_s = engine.iteration_overhead_s  # an engine step with nothing to compute, s
+        self.ahead = engine.schedule_ahead  # the next step is planned when this one starts
+        self.t_vis = 0.0  # arrivals up to this time are visible to the scheduler now, s
         if self.tier_hits:
             self.mem.demote = self._demote
         self.c_tier_hit = self.c_paged = 0  # prefix tokens loaded from a tier; preemptions paged out
@@ -348,7 +350,7 @@ class Simulation(Arrivals):
         if self.lora is not None:  # (with speculation: one token per decoding sequence)
             lt, lf, lb = self._lora_extra(chunks, 1 if r else 0)
             dt, flops, nbytes = dt + lt, flops + lf, nbytes + lb
-        t0 = self.t
+        t0 = self.t_vis = self.t
         dt += self.pending_s
         self.pending_s = 0.0
         t = self.t = t0 + dt
@@ -432,6 +434,8 @@ class Simulation(Arrivals):
                         k += 1
                     while k > 1 and (k - 1) * a + ts * ((k - 1) * ctx + r * (k - 1) * (k - 2) * 0.5) >= dt:
                         k -= 1
+                    if self.ahead:  # seen when the step after the one it arrives in is planned
+                        k += 1
                 if k < n:
                     n = k
         if self.max_t < math.inf:
@@ -462,6 +466,7 @@ class Simulation(Arrivals):
         dt = n * a + ts * csum + self.pending_s
         self.pending_s = 0.0
         t = self.t = t0 + dt
+        self.t_vis = t - a - ts * (ctx + r * (n - 1))  # the last step's start
         self.steps += n
         self._stall = 0
         held = mem.total - mem.free - mem.evictable  # during the last iteration
@@ -506,6 +511,7 @@ class Simulation(Arrivals):
             te = min(first, max(self._next_event(), te))
         self.tel.idle(t, te - t, *self._kv_now())
         self.t = te
+        self.t_vis = t
         self.steps += 1
 
     def _page_out_cold(self) -> None:
@@ -684,8 +690,9 @@ class Simulation(Arrivals):
         lora = self.lora
         while True:
             t = self.t
-            if self._ta <= t or (retry and retry[0][0] <= t):
-                self._arrivals()
+            tv = self.t_vis if self.ahead else t
+            if self._ta <= tv or (retry and retry[0][0] <= tv):
+                self._arrivals(tv)
             if t >= self.max_t:
                 break
             if paging and mem.total - mem.free > page_above and mem.evictable:
@@ -753,9 +760,12 @@ class Simulation(Arrivals):
             te = self._next_event()
             if te == math.inf:
                 break
+            if te <= t:  # arrived while the last step ran; an idle engine plans at once
+                self.t_vis = t
+                continue
             te = min(te, self.max_t)
             self.tel.idle(self.t, te - self.t, *self._kv_now())
-            self.t = te
+            self.t = self.t_vis = te
 
     def _finish_run(self) -> None:
         """Mark what never finished (time limit) and check that nothing was lost."""

@@ -32,6 +32,10 @@ class EnginePreset:
     max_num_batched_tokens: int = 2048
     """Default token budget per iteration, tokens."""
     max_num_seqs: int = 256
+    large_gpu_batch: tuple[int, int] | None = None
+    """(max_num_batched_tokens, max_num_seqs) the engine's server defaults to on a GPU with at
+    least ``LARGE_GPU_GIB`` of memory that is not an A100 (vLLM's ``EngineArgs.get_batch_defaults``
+    for ``vllm serve``: 8192 / 1024 on H100, H200, B200); None: the two fields above on every GPU."""
     block_size: int = 16
     """KV block size, tokens."""
     cuda_graph_max_batch: int = 512
@@ -47,12 +51,33 @@ class EnginePreset:
     processed and, with async scheduling (the next step is already planned), computes in the step
     after that: at least two steps after the one that issued the load. Stores are write-through
     on their own stream, off the critical path."""
+    schedule_ahead: bool = False
+    """The engine plans step k+1 while step k runs (vLLM V1's async scheduling, on by default
+    since v0.11 for the ``mp`` / ``uni`` executors; SGLang's overlap scheduler): step k+1's batch
+    is fixed when step k starts, so a request that arrives while the engine is busy joins at the
+    earliest the step after the next one, i.e. it waits for the step in flight and then for one
+    more (a long prefill step delays it by its whole length). An idle engine schedules an arrival
+    at once. False: the batch is planned at the step boundary from everything arrived by then."""
     client_lag_steps: float = 0.0
     """Steps between the engine sampling a token and the client receiving it (async scheduling
     and output streaming), in units of the request's own time per output token; added to the
     records' first-token and finish times (``client_lag``). 0: not measured for this engine."""
     description: str = ""
 
+    def batch_defaults(self, gpu: object = None) -> tuple[int, int]:
+        """(max_num_batched_tokens, max_num_seqs) the engine runs with on ``gpu`` (a GPUSpec or
+        catalog name; None: the GPU-independent fields) when the user sets neither."""
+        if self.large_gpu_batch is not None and gpu is not None:
+            from backends.sim.catalog import get_gpu
+
+            g = get_gpu(gpu) if isinstance(gpu, str) else gpu
+            if g.memory_bytes >= LARGE_GPU_GIB * 2**30 and "a100" not in g.name.lower():  # type: ignore[attr-defined]
+                return self.large_gpu_batch
+        return self.max_num_batched_tokens, self.max_num_seqs
+
+
+LARGE_GPU_GIB = 70
+"""GPU memory (GiB) from which vLLM's server defaults to the larger batch limits (``large_gpu_batch``)."""
 
 ENGINES: dict[str, EnginePreset] = {
     p.name: p
@@ -60,7 +85,7 @@ ENGINES: dict[str, EnginePreset] = {
         EnginePreset(
             "vllm-v1", iteration_overhead_s=0.6e-3, per_seq_overhead_s=30e-6, batching="chunked",
             chunked_prefill=True, prefix_caching=True, max_num_batched_tokens=2048, max_num_seqs=256,
-            eager_launch_overhead_s=0.5e-3, client_lag_steps=1.6, kv_tier_async=True,
+            eager_launch_overhead_s=0.5e-3, client_lag_steps=0.65, kv_tier_async=True, schedule_ahead=True, large_gpu_batch=(8192, 1024),
             description="vLLM >= 0.8 (V1): chunked prefill + prefix caching on, token budget per step"),
         EnginePreset(
             "vllm-v0", iteration_overhead_s=3.0e-3, per_seq_overhead_s=60e-6, batching="continuous",
@@ -70,7 +95,7 @@ ENGINES: dict[str, EnginePreset] = {
         EnginePreset(
             "sglang", iteration_overhead_s=0.5e-3, per_seq_overhead_s=20e-6, batching="chunked",
             chunked_prefill=True, prefix_caching=True, max_num_batched_tokens=8192, max_num_seqs=1024,
-            block_size=1, eager_launch_overhead_s=0.5e-3,
+            block_size=1, eager_launch_overhead_s=0.5e-3, schedule_ahead=True,
             description="SGLang: RadixAttention prefix cache, chunked prefill, overlapped scheduler"),
         EnginePreset(
             "tensorrt-llm", iteration_overhead_s=0.3e-3, per_seq_overhead_s=10e-6, batching="chunked",

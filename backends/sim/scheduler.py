@@ -114,7 +114,7 @@ class Scheduling:
             h = mem.hits(ids)
             if self.tier_hits and h < len(ids):
                 h, load = mem.hits_through(ids, h, self.tiers.where)  # type: ignore[union-attr]
-            cached = min(h * self.pbt, req.num_tokens - 1)
+            cached = min(h * self.pbt, (req.num_tokens - 1) // self.bs * self.bs)  # whole blocks; >= 1 token computed
         held = bool(load) and self.async_loads
         c = req.num_tokens - cached
         if held:

@@ -55,7 +55,7 @@ def test_stored_vllm_h100_calibration_loads():
     from tuner.calibration.engine_fit import engine_calibration
 
     c = engine_calibration("vllm", "h100")
-    assert c is not None and 0.3 < c.efficiency.mem <= 1.0 and 1.0 < c.lag_steps < 3.0
+    assert c is not None and 0.3 < c.efficiency.mem <= 1.0 and 0.3 < c.lag_steps < 1.5  # + the scheduling step ahead
     assert engine_calibration("sglang", "h100") is None
 
 

@@ -18,7 +18,7 @@ from tuner.policy import Policy
 def test_vllm_v1_records_carry_the_client_lag_once():
     w = poisson_workload(200, 8.0, (100, 1500), (10, 200), seed=2)
     lag = get_engine("vllm-v1").client_lag_steps
-    assert 1.0 <= lag <= 2.0  # fitted on 13 real vLLM v0.15.1 runs: 1.59 (folds 1.1-1.8)
+    assert 0.3 <= lag <= 1.2  # fitted on 13 real vLLM v0.15.1 runs: 0.64 (with the scheduling step ahead)
     raw = simulate_with(None, Policy(), w, H100_8B).records  # the engine's own times
     got = simulate(Policy(), w, H100_8B).records
     step = (raw.finish_s - raw.first_token_s) / (raw.output_len - 1)

@@ -304,6 +304,12 @@ def fidelity(table: str = "all", *, trainval_path=None, log: Callable[[str], Non
         elif t == "vidur":
             lines += vidur_table()
         else:
+            from tuner.calibration.trainval import TRAINVAL_CSV
+
+            if table == "all" and trainval_path is None and not TRAINVAL_CSV.is_file():
+                log(f"trainval: skipped ({TRAINVAL_CSV} not found; the real vLLM runs are not bundled: "
+                    "give --runs FILE or set SERVETUNE_TRAINVAL_CSV)")
+                continue
             ls, per_run = trainval_table(trainval_path, log=log)
             lines += ls
             log(format_trainval(per_run))

@@ -17,14 +17,13 @@ def simulate_with(cost_model, policy: Policy, workload: Workload, deployment: De
                   max_sim_time_s: float | None = None, lag_steps: float = 0.0, lag_s: float = 0.0) -> RunResult:
     """``backends.sim.simulate`` with ``cost_model`` in place of the default roofline.
 
-    ``lag_steps``: steps of pipeline latency the simulator does not model, added to each
+    ``lag_steps``: steps of client-visible latency the engine loop does not model, added to each
     request's first-token and finish times as ``lag_steps`` × the request's own time per output
-    token (≈ the step time around it). vLLM V1 schedules step N+1 while step N runs (async
-    scheduling) and returns step N's tokens while N+1 runs, so a new request waits about one
-    more step to be scheduled and its tokens reach the client a step later than the engine
-    samples them. ``lag_s``: a fixed client-visible latency per request, s (API server: HTTP,
-    tokenisation, detokenisation; large on a busy CPU host). Both are fitted from real runs
-    (``engine_fit``, ``live``); 0 = the simulator's own times. (This path adds only the lag
+    token (≈ the step time around it): output processing, detokenisation and streaming in vLLM's
+    API server process. (The step an arrival waits because vLLM V1 plans step N+1 when step N
+    starts is in the loop: ``EnginePreset.schedule_ahead``.) ``lag_s``: a fixed client-visible
+    latency per request, s (HTTP, tokenisation; large on a busy CPU host). Both are fitted from
+    real runs (``engine_fit``, ``live``); 0 = the simulator's own times. (This path adds only the lag
     given here, not the engine preset's ``client_lag_steps`` that ``simulate`` adds.)
     A policy of several replicas (vLLM data parallelism) runs through
     ``backends.sim.scaling.simulate_replicated``, every replica priced by ``cost_model``."""

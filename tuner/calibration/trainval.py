@@ -23,13 +23,25 @@ with output = the tokens the engine generated (max output, ``ignore_eos``). The 
 from __future__ import annotations
 
 import math
+import os
 import re
 from dataclasses import dataclass
 from pathlib import Path
 
 import numpy as np
 
-TRAINVAL_CSV = Path("/work/shared/data/profiles/vllm_v0151_trainval_runs.csv")
+
+def _trainval_csv() -> Path:
+    """Where the trainval runs are read from: ``$SERVETUNE_TRAINVAL_CSV``, else
+    ``shared/data/profiles/`` beside the checkout (the table is not bundled: its licence is not
+    stated upstream, ``backends/sim/data/profiles/DATA.md``)."""
+    env = os.environ.get("SERVETUNE_TRAINVAL_CSV")
+    if env:
+        return Path(env)
+    return Path(__file__).resolve().parents[3] / "shared" / "data" / "profiles" / "vllm_v0151_trainval_runs.csv"
+
+
+TRAINVAL_CSV = _trainval_csv()
 PROMPT_SCALE = 1.045
 """Measured prompt tokens / nominal (client re-tokenisation), from the table's measured means."""
 
@@ -110,7 +122,7 @@ def load_runs(path: str | Path = TRAINVAL_CSV) -> list[TrainvalRun]:
 
     p = Path(path)
     if not p.is_file():
-        raise OSError(f"trainval runs: {p} not found (it lives in shared/data/profiles, not bundled)")
+        raise OSError(f"trainval runs: {p} not found (not bundled: give --runs FILE or set SERVETUNE_TRAINVAL_CSV)")
     out = []
     for i, r in enumerate(pd.read_csv(p).to_dict("records")):
         wl = str(r["workload"])
@@ -231,7 +243,7 @@ def regenerate(workload: str | WorkloadDef, seed: int = 0, *, share: str = "syst
 
 
 def policy_for(run: TrainvalRun):
-    """The run's vLLM settings as a servetune ``Policy`` (vLLM V1 defaults: chunked prefill,
+    """The run's vLLM settings as a servetune ``Policy`` (vLLM V1 defaults: chunked prefill, no free-block watermark,
     prefix caching, block 16). A run with ``--kv-offloading-size`` gets a CPU KV tier of that size
     with paging threshold 1: vLLM's offloading connector keeps the GPU prefix cache's own LRU
     eviction and serves evicted blocks from the CPU copy. A run with ``dp`` > 1 gets ``dp``
@@ -244,7 +256,7 @@ def policy_for(run: TrainvalRun):
     dp = {"replicas": run.dp, "routing": "least_loaded"} if run.dp > 1 else {}
     return Policy(batching="chunked", max_num_seqs=run.max_num_seqs, max_num_batched_tokens=run.max_num_batched_tokens,
                   tp=run.tp, block_size=16, gpu_memory_utilization=run.gpu_memory_utilization, prefix_caching=True,
-                  **off, **dp)
+                  kv_watermark=0.0, **off, **dp)
 
 
 def deployment_for(run: TrainvalRun):
