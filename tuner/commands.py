@@ -136,35 +136,26 @@ def export_cmd(
     trial: int | None = typer.Option(None, "--trial", help="Export this trial (e.g. a chosen Pareto point)."),
     out: Path = typer.Option(Path("servetune-export"), "--out", "-o", help="Output folder."),
 ) -> None:
-    """Write the best trial (or --trial N) as policy.yaml plus vllm.sh and sglang.sh launch scripts."""
+    """Write the best trial (or --trial N) as policy.yaml plus vllm.sh and sglang.sh launch scripts.
+
+    Each script launches the best trial its engine runs as simulated (every changed knob maps to
+    a flag) and states that trial's own values and gain. When that is not the exported trial
+    (it needs knobs the engine cannot express, e.g. queue=edf or kv_watermark on vLLM),
+    policy.yaml says so ("servetune-only" when no engine can run it) and policy-vllm.yaml /
+    policy-sglang.yaml hold the policy the script runs. With --trial N the scripts launch trial N
+    and, if an engine cannot run it as simulated, say so and claim no simulated value for it.
+    A disaggregated policy's script starts one server per call: vllm.sh prefill | decode."""
     from tuner.export import export
-    from tuner.study import TuneOptions, open_study
+    from tuner.study import existing_study
     from tuner.study_spec import load_study
 
     spec = load_study(study_file)
-    study = _existing_study(spec, storage, open_study, TuneOptions)
-    choice, paths = export(spec, study, out, trial)
-    typer.echo(f"exported {choice.why}")
-    for p in paths:
+    study = existing_study(spec, storage)
+    done = export(spec, study, out, trial)
+    for line in done.summary:
+        typer.echo(line)
+    for p in done.paths:
         typer.echo(f"wrote {p}")
-
-
-def _existing_study(spec, storage, open_study, TuneOptions):
-    """The stored study, loaded without creating it (export/report never write a new study)."""
-    import optuna
-
-    from tuner.storage import open_storage
-
-    try:
-        optuna.load_study(study_name=spec.name, storage=open_storage(storage))
-    except KeyError:
-        raise ValueError(f"study {spec.name!r} has no trials in this storage (run `servetune tune` first, "
-                         "or pass the --storage it used)") from None
-    study = open_study(spec, TuneOptions(storage=storage))
-    if not study.get_trials(deepcopy=False):
-        raise ValueError(f"study {spec.name!r} has no trials in this storage (run `servetune tune` first, "
-                         "or pass the --storage it used)")
-    return study
 
 
 def report_cmd(
@@ -177,11 +168,11 @@ def report_cmd(
     """Write a self-contained HTML report (Pareto front or best-so-far, history, knob importances,
     latency CDFs of best vs default, scorecards) and log it to the study's MLflow parent run."""
     from tuner.report import write_report
-    from tuner.study import TuneOptions, open_study
+    from tuner.study import existing_study
     from tuner.study_spec import load_study
 
     spec = load_study(study_file)
-    study = _existing_study(spec, storage, open_study, TuneOptions)
+    study = existing_study(spec, storage)
     path = write_report(spec, study, out, backend=backend, mlflow_uri=mlflow_uri)
     typer.echo(f"wrote {path}")
 

@@ -251,8 +251,9 @@ class Policy:
         return text
 
     @classmethod
-    def from_yaml(cls, path: str | Path) -> Policy:
-        """Read a policy YAML (a mapping of knobs, optionally under a top-level ``policy:``)."""
+    def from_yaml(cls, path: str | Path, base: Policy | None = None) -> Policy:
+        """Read a policy YAML (a mapping of knobs, optionally under a top-level ``policy:``);
+        knobs the file leaves out keep ``base``'s values (default: ``Policy()``'s)."""
         p = Path(path)
         try:
             data = yaml.safe_load(p.read_text())
@@ -264,6 +265,8 @@ class Policy:
             data = data["policy"]
         if data is None:
             data = {}
+        if base is not None and isinstance(data, Mapping):
+            data = {**base.to_dict(), **data}
         try:
             return cls.from_dict(data)
         except (TypeError, ValueError) as e:

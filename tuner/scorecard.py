@@ -5,8 +5,10 @@ Definitions (``shared/DESIGN.md``):
   with >= 2 output tokens; E2E = finish − arrival. Latencies in milliseconds.
   Goodput = output tokens of requests meeting BOTH their TTFT and TPOT SLO / all output tokens
   offered (rejected and failed requests count as missed).
-  Fairness: per-tenant service = w_in × prompt + w_out × output tokens (VTC), measured in
-  windows where tenants are backlogged.
+  Fairness: per-tenant service = 1 × prompt + 2 × output tokens (``SERVICE_WEIGHTS``, as in VTC),
+  measured in windows where tenants are backlogged. The weights are the yardstick's, fixed: a
+  trial's own ``vtc_input_weight`` / ``vtc_output_weight`` steer its VTC scheduler, never how its
+  fairness is measured (else a study could improve fairness by redefining it).
 """
 
 from __future__ import annotations
@@ -21,6 +23,8 @@ from backends.base import RunResult
 from workloads.workload import Workload
 
 FAIRNESS_WINDOWS = 50
+SERVICE_WEIGHTS = (1.0, 2.0)
+"""(prompt, output) token weights of the fairness metrics' per-tenant service (DESIGN.md)."""
 
 
 @dataclass(frozen=True, slots=True)
@@ -124,7 +128,8 @@ def slo_met(records: pd.DataFrame) -> np.ndarray:
 
 
 def tenant_service(
-    records: pd.DataFrame, w_in: float = 1.0, w_out: float = 2.0, windows: int = FAIRNESS_WINDOWS
+    records: pd.DataFrame, w_in: float = SERVICE_WEIGHTS[0], w_out: float = SERVICE_WEIGHTS[1],
+    windows: int = FAIRNESS_WINDOWS
 ) -> tuple[pd.DataFrame, float, float]:
     """Per-tenant weighted service and the backlogged-window fairness figures.
 
@@ -212,7 +217,6 @@ def score(result: RunResult, workload: Workload | None = None) -> Scorecard:
     records' served tokens stand in for rejected/failed requests' offered tokens (0)."""
     rec = result.records
     tel = result.telemetry
-    pol = result.policy
     n = len(rec)
     rejected = rec["rejected"].to_numpy(bool)
     failed = rec["failed"].to_numpy(bool)
@@ -254,8 +258,8 @@ def score(result: RunResult, workload: Workload | None = None) -> Scorecard:
     q = c.get("prefix_query_tokens", 0.0)
     d = c.get("spec_draft_tokens", 0.0)
     it = c.get("iterations", 0.0)
-    _, max_diff, jain = tenant_service(rec, pol.vtc_input_weight, pol.vtc_output_weight)
-    svc = _service_totals(rec, pol.vtc_input_weight, pol.vtc_output_weight)
+    _, max_diff, jain = tenant_service(rec)  # the fixed yardstick, not the trial's VTC weights
+    svc = _service_totals(rec, *SERVICE_WEIGHTS)
     svc_pos = svc[svc > 0]
     ratio = float(svc_pos.max() / svc_pos.min()) if len(svc_pos) >= 2 else 1.0
     price = (1 - tel.spot_fraction) * tel.gpu_hour_usd + tel.spot_fraction * tel.spot_gpu_hour_usd

@@ -7,13 +7,16 @@ A range spec in a study file (``search:``) is one of
 Conditional knobs are sampled only when they apply (``CONDITIONS``): e.g. ``spec_k`` only
 when ``speculation != off``; ``WORKLOAD_CONDITIONS`` drop knobs the study's workload cannot use
 (``max_loras`` without LoRA adapters). A knob that does not apply keeps its fixed/default value and does
-not appear in the trial's params, which TPE handles as a conditional parameter.
+not appear in the trial's params, which TPE handles as a conditional parameter. Knobs that
+describe the workload or the environment (``ENVIRONMENT_KNOBS``: spec_acceptance, network_gbps, ...)
+cannot be searched: the optimiser would pick the world that scores best instead of a policy.
 
 Instance counts are sampled within the deployment's GPUs (``fit_gpus``): once ``tp`` (and, for
-disaggregation, the prefill instance count) is chosen, the upper bound of ``prefill_instances``,
-``decode_instances``, ``replicas`` and ``autoscale_max_replicas`` is what still fits ``n_gpus``,
-so a study does not spend trials on combinations the backend must refuse (Optuna allows an int
-range to change between trials; TPE samples it as usual, NSGA-II independently).
+disaggregation, the pools' TP degrees and the prefill instance count) is chosen, the upper bound
+of ``prefill_instances``, ``decode_instances``, ``replicas`` and ``autoscale_max_replicas`` is
+what still fits ``n_gpus``, so a study does not spend trials on combinations the backend must
+refuse (Optuna allows an int range to change between trials; TPE samples it as usual, NSGA-II
+independently).
 """
 
 from __future__ import annotations
@@ -27,13 +30,27 @@ from tuner.policy import Policy, knob_choices, knob_types, pool_tps
 from workloads.adapters import uses_adapters
 from workloads.workload import Workload
 
-NOT_SEARCHABLE = ("tenant_weights", "schema_version")
-"""Knobs a study cannot search (structured values / format version); they can be fixed."""
+ENVIRONMENT_KNOBS: dict[str, str] = {
+    "spec_acceptance": "the drafter's acceptance rate on this workload",
+    "spec_acceptance_by_tenant": "each tenant's drafter acceptance rate",
+    "kv_link": "whether prefill and decode instances share a node",
+    "network_gbps": "the bandwidth between nodes",
+    "cold_start_s": "how long a new replica takes to serve",
+    "spot_interruptions_per_hour": "how often the spot market takes a replica back",
+}
+"""Knobs that describe the workload or the environment, not a scheduling choice (knob -> what it
+describes): a study that searched them would pick the world that scores best. Set them in ``fixed:``."""
+
+NOT_SEARCHABLE: dict[str, str] = {
+    **{k: f"describes the workload/environment ({what}), not a policy" for k, what in ENVIRONMENT_KNOBS.items()},
+    "tenant_weights": "is a structured value (tenant: weight), not searchable",
+    "schema_version": "is the policy file's format version, not a knob",
+}
+"""Knobs a study cannot search (knob -> why); all but schema_version can be fixed."""
 
 CONDITIONS: dict[str, tuple[str, Callable[[Mapping[str, Any]], bool]]] = {
     "spec_k": ("speculation != off", lambda v: v["speculation"] != "off"),
     "spec_dynamic": ("speculation != off", lambda v: v["speculation"] != "off"),
-    "spec_acceptance": ("speculation != off", lambda v: v["speculation"] != "off"),
     "spec_draft_model": ("speculation == draft", lambda v: v["speculation"] == "draft"),
     "preemption_mode": ("preemption == token and batching != static",
                         lambda v: v["preemption"] == "token" and v["batching"] != "static"),
@@ -41,6 +58,8 @@ CONDITIONS: dict[str, tuple[str, Callable[[Mapping[str, Any]], bool]]] = {
     "decode_instances": ("disaggregated", lambda v: bool(v["disaggregated"])),
     "disagg_min_prompt": ("disaggregated", lambda v: bool(v["disaggregated"])),
     "disagg_min_queue": ("disaggregated", lambda v: bool(v["disaggregated"])),
+    "prefill_tp": ("disaggregated", lambda v: bool(v["disaggregated"])),
+    "decode_tp": ("disaggregated", lambda v: bool(v["disaggregated"])),
     "ssd_offload_gb": ("cpu_offload_gb > 0", lambda v: v["cpu_offload_gb"] > 0),
     "offload_threshold": ("cpu_offload_gb > 0", lambda v: v["cpu_offload_gb"] > 0),
     "admission_action": ("admission control on", lambda v: _admission_on(v)),
@@ -68,8 +87,13 @@ def _admission_on(v: Mapping[str, Any]) -> bool:
     return v["max_queue_depth"] > 0 or v["min_kv_headroom"] > 0 or bool(v["ttft_admission"])
 
 
-KNOB_ORDER = tuple(f.name for f in fields(Policy))
-"""Declaration order of the Policy: every condition's parents come before the knob."""
+_POOL_TPS = ("prefill_tp", "decode_tp")
+_DECLARED = [f.name for f in fields(Policy) if f.name not in _POOL_TPS]
+_AFTER_DISAGG = _DECLARED.index("disaggregated") + 1
+KNOB_ORDER = (*_DECLARED[:_AFTER_DISAGG], *_POOL_TPS, *_DECLARED[_AFTER_DISAGG:])
+"""Sampling order: the Policy's declaration order (every condition's parents come before the
+knob), except that the pools' TP degrees follow ``disaggregated`` at once, so the instance counts
+after them are bounded by the GPUs those TPs leave (``fit_gpus``)."""
 
 
 @dataclass(frozen=True, slots=True)
@@ -110,7 +134,8 @@ def parse_range(knob: str, raw: Any, where: str) -> KnobRange:
     if knob not in types:
         raise ValueError(f"{where}: unknown knob {knob!r} (see `servetune tune --help` or tuner/policy.py)")
     if knob in NOT_SEARCHABLE:
-        raise ValueError(f"{where}: knob {knob!r} cannot be searched (put it under fixed:)")
+        fix = "" if knob == "schema_version" else ": set it in fixed:"
+        raise ValueError(f"{where}: {knob} {NOT_SEARCHABLE[knob]}{fix}")
     hint = types[knob]
     lit = knob_choices(knob)
     if raw == "bool" or raw == {"bool": True}:
@@ -201,10 +226,10 @@ GPU_COUNT_KNOBS = ("prefill_instances", "decode_instances", "replicas", "autosca
 
 def fit_gpus(r: KnobRange, values: Mapping[str, Any], by_knob: Mapping[str, KnobRange], n_gpus: int) -> KnobRange:
     """``r`` with its upper bound lowered to the instances that still fit ``n_gpus`` GPUs given
-    the knobs chosen so far (``values``, Policy order: tp, then the prefill instances before the
-    decode ones, which keep room for at least their own lower bound). Unchanged when ``r`` is not
-    an int GPU-count knob or when even its lower bound does not fit (the backend refuses that
-    trial with the reason, as before)."""
+    the knobs chosen so far (``values``, ``KNOB_ORDER``: tp and the pools' TPs, then the prefill
+    instances before the decode ones, which keep room for at least their own lower bound).
+    Unchanged when ``r`` is not an int GPU-count knob or when even its lower bound does not fit
+    (the backend refuses that trial with the reason, as before)."""
     if r.kind != "int" or r.knob not in GPU_COUNT_KNOBS:
         return r
     tp = values["tp"]

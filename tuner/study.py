@@ -94,6 +94,23 @@ def open_study(spec: StudySpec, opts: TuneOptions, worker_index: int = 0) -> Any
                          "rename the study)") from None
 
 
+def existing_study(spec: StudySpec, storage: str | None) -> Any:
+    """The stored study, loaded without creating it (export, report and ``simulate --trial``
+    never write a new study); a one-line ValueError when the storage holds no trial of it."""
+    import optuna
+
+    empty = ValueError(f"study {spec.name!r} has no trials in this storage (run `servetune tune` first, "
+                       "or pass the --storage it used)")
+    try:
+        optuna.load_study(study_name=spec.name, storage=open_storage(storage))
+    except KeyError:
+        raise empty from None
+    study = open_study(spec, TuneOptions(storage=storage))
+    if not study.get_trials(deepcopy=False):
+        raise empty
+    return study
+
+
 def counts(study: Any) -> tuple[int, int]:
     """(finished trials toward the total, running trials)."""
     from optuna.trial import TrialState

@@ -67,19 +67,16 @@ class WorkloadSpec:
     base_dir: str = "."
 
     def load(self, slos: tuple[SLOClass, ...] = (), max_model_len: int = 0) -> Workload:
-        """Materialise: load, first_n, scale_to_rate, cap to the context, the study's SLOs, then
-        the transforms."""
-        from workloads import assign_slo, cap_context, first_n, load_workload, scale_to_rate, set_slo_classes
+        """Materialise: load, first_n then rate (``first_at_rate``), cap to the context, the
+        study's SLOs, then the transforms."""
+        from workloads import assign_slo, cap_context, first_at_rate, load_workload, set_slo_classes
         from workloads.spec import apply_transform, spec_to_workload
 
         if self.inline is not None:
             w = spec_to_workload(dict(self.inline), name="inline", base=Path(self.base_dir), seed=self.seed)
         else:
             w = load_workload(self.source, seed=self.seed)
-        if self.first_n is not None:
-            w = first_n(w, self.first_n)
-        if self.rate is not None:
-            w = scale_to_rate(w, self.rate)
+        w = first_at_rate(w, self.first_n, self.rate)
         if max_model_len:
             w = cap_context(w, max_model_len)
         if slos:
@@ -126,23 +123,25 @@ class StudySpec:
 
     def base_policy(self) -> Policy:
         """The engine's default policy with the fixed knobs applied."""
-        return engine_default_policy(self.deployment.engine).replace(**self.fixed)
+        return engine_default_policy(self.deployment.engine, self.deployment.gpu).replace(**self.fixed)
 
     def load_workload(self) -> Workload:
         return self.workload.load(self.slos, self.deployment.max_model_len)
 
 
-def engine_default_policy(engine: str) -> Policy:
-    """``Policy()`` adjusted to the engine preset's own defaults (token budget, seats, block
-    size, chunking, prefix caching); vLLM V1 is ``Policy()`` itself."""
+def engine_default_policy(engine: str, gpu: str | None = None) -> Policy:
+    """``Policy()`` adjusted to the engine preset's own defaults on ``gpu`` (token budget and
+    seats: ``EnginePreset.batch_defaults``, e.g. vLLM V1 on an H100 8192 / 1024, on an A100 2048 /
+    256; block size, chunking, prefix caching); vLLM V1 on a small GPU is ``Policy()`` itself."""
     try:
         from backends.sim.engines import get_engine
     except ImportError:  # the simulator package is not installed
         return Policy()
     e = get_engine(engine)
     bs = e.block_size if e.block_size >= 8 and e.block_size & (e.block_size - 1) == 0 else 16
-    return Policy(batching="chunked" if e.chunked_prefill else "continuous", max_num_seqs=e.max_num_seqs,
-                  max_num_batched_tokens=e.max_num_batched_tokens, block_size=bs, prefix_caching=e.prefix_caching)
+    tokens, seqs = e.batch_defaults(gpu)
+    return Policy(batching="chunked" if e.chunked_prefill else "continuous", max_num_seqs=seqs,
+                  max_num_batched_tokens=tokens, block_size=bs, prefix_caching=e.prefix_caching)
 
 
 def load_study(path: str | Path) -> StudySpec:

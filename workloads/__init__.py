@@ -1,19 +1,20 @@
 """Workloads: the requests a backend serves, from real traces or synthetic specs.
 
 Public API: ``load_workload`` (bundled name or file), the transforms (``scale_to_rate``,
-``scale_rate``, ``first_n``, ``window``, ``cap_context``, ``set_max_output``, ``assign_slo``,
+``scale_rate``, ``first_n``, ``first_at_rate``, ``window``, ``cap_context``, ``set_max_output``, ``assign_slo``,
 ``set_priority``, ``assign_adapters``), the synthetic generators (``generate_mix``, ``poisson``, ``Tenant``,
 ``Arrival``, ``Lengths``), ``read_requests`` / ``write_workload`` and ``workload_stats``.
 """
 
 from workloads.adapters import assign_adapters
 from workloads.files import read_requests, write_workload
-from workloads.registry import BUNDLED, bundled_names, load_lengths, load_workload
+from workloads.registry import BUNDLED, bundled_names, load_cut, load_lengths, load_workload
 from workloads.stats import workload_stats
 from workloads.synthetic import Arrival, Lengths, Tenant, generate_mix, poisson
 from workloads.transforms import (
     assign_slo,
     cap_context,
+    first_at_rate,
     first_n,
     scale_rate,
     scale_to_rate,
@@ -38,8 +39,10 @@ __all__ = [
     "build_workload",
     "bundled_names",
     "cap_context",
+    "first_at_rate",
     "first_n",
     "generate_mix",
+    "load_cut",
     "load_lengths",
     "load_workload",
     "poisson",

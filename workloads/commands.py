@@ -18,19 +18,9 @@ workloads_app = typer.Typer(
     no_args_is_help=True,
 )
 
+FIRST_HELP = "Keep only the first N requests (before --rate, as a study's first_n)."
+RATE_HELP = "Then rescale time so the mean rate of the kept requests is R req/s (as a study's rate)."
 SOURCE_HELP = "A bundled name (azure-conv, mooncake-conv, servegen-reason, sharegpt, ...) or a workload file (.yaml spec, .parquet, .csv, .jsonl)."
-
-
-def _load(source: str, rate: float | None, first: int | None, seed: int | None):
-    from workloads import transforms
-    from workloads.registry import load_workload
-
-    w = load_workload(source, seed=seed)
-    if rate is not None:
-        w = transforms.scale_to_rate(w, rate)
-    if first is not None:
-        w = transforms.first_n(w, first)
-    return w
 
 
 @workloads_app.command("list")
@@ -47,8 +37,8 @@ def list_cmd() -> None:
 def inspect_cmd(
     source: str = typer.Argument(..., help=SOURCE_HELP),
     plot: Path | None = typer.Option(None, "--plot", help="Save a PNG of the arrival rate over time and length histograms."),
-    rate: float | None = typer.Option(None, "--rate", help="Rescale time so the mean rate is R req/s (before --first)."),
-    first: int | None = typer.Option(None, "--first", help="Keep only the first N requests (after --rate)."),
+    rate: float | None = typer.Option(None, "--rate", help=RATE_HELP),
+    first: int | None = typer.Option(None, "--first", help=FIRST_HELP),
     seed: int | None = typer.Option(None, "--seed", help="Seed for generated workloads (ServeGen, synthetic specs); default: the spec's own, else 0."),
 ) -> None:
     """Print a workload's statistics; optionally save a plot.
@@ -57,7 +47,7 @@ def inspect_cmd(
     tenants with counts, SLO classes and prefix-block reuse (infinite cache).
     """
     from workloads import stats
-    from workloads.registry import BUNDLED
+    from workloads.registry import BUNDLED, load_cut
 
     if source in BUNDLED and BUNDLED[source].kind == "lengths":
         if rate is not None or first is not None:
@@ -69,7 +59,7 @@ def inspect_cmd(
         if plot is not None:
             typer.echo(f"plot: {stats.plot_lengths(source, tab.prompt_len, tab.output_len, plot)}")
         return
-    w = _load(source, rate, first, seed)
+    w = load_cut(source, seed=seed, first=first, rate=rate)
     typer.echo(stats.format_stats(stats.workload_stats(w)))
     if plot is not None:
         typer.echo(f"plot: {stats.plot_workload(w, plot)}")
@@ -79,16 +69,17 @@ def inspect_cmd(
 def export_cmd(
     source: str = typer.Argument(..., help=SOURCE_HELP),
     out: Path = typer.Option(..., "--out", "-o", help="Output file: .parquet (zstd), .csv or .jsonl."),
-    rate: float | None = typer.Option(None, "--rate", help="Rescale time so the mean rate is R req/s (before --first)."),
-    first: int | None = typer.Option(None, "--first", help="Keep only the first N requests (after --rate)."),
+    rate: float | None = typer.Option(None, "--rate", help=RATE_HELP),
+    first: int | None = typer.Option(None, "--first", help=FIRST_HELP),
     seed: int | None = typer.Option(None, "--seed", help="Seed for generated workloads; default: the spec's own, else 0."),
 ) -> None:
     """Materialise a workload (a spec, a bundled trace or a file) as explicit requests."""
     from workloads.files import write_workload
+    from workloads.registry import load_cut
 
     if out.suffix.lower() not in (".parquet", ".csv", ".jsonl"):
         raise ValueError(f"--out {out}: use a .parquet, .csv or .jsonl file name")
-    w = _load(source, rate, first, seed)
+    w = load_cut(source, seed=seed, first=first, rate=rate)
     path = write_workload(w, out)
     typer.echo(f"wrote {w.n:,} requests to {path}")
 

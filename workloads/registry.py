@@ -85,6 +85,15 @@ def load_workload(name_or_path: str | Path, *, seed: int | None = None, **option
                      f"({', '.join(FILE_SUFFIXES)})")
 
 
+def load_cut(name_or_path: str | Path, *, seed: int | None = None, first: int | None = None,
+             rate: float | None = None) -> Workload:
+    """``load_workload`` cut to its first ``first`` requests, then rescaled to ``rate`` req/s
+    (``transforms.first_at_rate``: a study's order), for the ``--first``/``--rate`` flags."""
+    from workloads.transforms import first_at_rate
+
+    return first_at_rate(load_workload(name_or_path, seed=seed), first, rate)
+
+
 def load_lengths(name_or_path: str | Path):
     """A LengthTable from a bundled name (any kind) or from the lengths of any workload file."""
     from workloads.traces import LengthTable, load_length_table

@@ -62,6 +62,16 @@ def first_n(w: Workload, n: int) -> Workload:
     return _range(w, 0, min(int(n), w.n), f"first_n({int(n)})")
 
 
+def first_at_rate(w: Workload, first: int | None = None, rate: float | None = None) -> Workload:
+    """Keep the first ``first`` requests, then rescale time so their mean rate is ``rate`` req/s
+    (None leaves a step out). The one rule for a study's ``first_n``/``rate`` and the
+    ``--first``/``--rate`` flags of ``simulate`` and ``workloads``: the rate is that of the kept
+    requests, whatever the rate of the whole trace."""
+    if first is not None:
+        w = first_n(w, first)
+    return w if rate is None else scale_to_rate(w, rate)
+
+
 def window(w: Workload, t0: float, t1: float, *, rebase: bool = True) -> Workload:
     """Requests arriving in ``[t0, t1)`` seconds; with ``rebase`` times are shifted so t0 becomes 0."""
     t0, t1 = float(t0), float(t1)

@@ -40,8 +40,9 @@ def flags_cmd(
     kv_bytes: int | None = typer.Option(None, "--kv-cache-bytes", help="KV memory, bytes (CPU default 512 MiB)."),
     check: bool = typer.Option(False, "--check", help="Parse the flags with the installed vLLM's own parser."),
 ) -> None:
-    """Print the engine command line for a policy, the knobs the engine cannot express, and
-    what a real deployment needs beyond the flags."""
+    """Print the engine command line for a policy (a disaggregated one: the prefill and the decode
+    servers' commands), the knobs the engine cannot express, and what a real deployment needs
+    beyond the flags."""
     from backends.base import Deployment
     from backends.live.flags import engine_args
     from backends.live.vllm_python import EngineError, check_vllm_args
@@ -50,7 +51,11 @@ def flags_cmd(
     policy = Policy.from_yaml(policy_file)
     deployment = Deployment(model, gpu, n_gpus=n_gpus, max_model_len=max_model_len)
     m = engine_args(engine, policy, deployment, port=port, kv_cache_bytes=kv_bytes)
-    typer.echo(shlex.join(m.command(engine)))
+    if not m.roles:
+        typer.echo(shlex.join(m.command(engine)))
+    for r in m.roles:  # disaggregated: one command per pool
+        typer.echo(f"# {r.name}: start {r.count} server(s) of tp={r.tp} with")
+        typer.echo(shlex.join(m.command(engine, role=r.name)))
     for knob, value, why in m.unsupported:
         typer.echo(f"# not expressible: {knob}={value!r}: {why}")
     for note in m.notes:
@@ -59,7 +64,8 @@ def flags_cmd(
         if engine != "vllm":
             raise ValueError("--check needs --engine vllm (SGLang is not installed here)")
         try:
-            check_vllm_args(m.args)
+            for args in [r.args for r in m.roles] or [m.args]:
+                check_vllm_args(list(args))
         except EngineError as e:
             raise ValueError(str(e)) from None
         typer.echo("# checked: the installed vLLM's parser accepts these flags")

@@ -5,7 +5,9 @@
 the knobs the engine cannot express (each with the value asked for and why), and the
 *effective* Policy (those knobs reset to their defaults), which is the policy a live trial
 really ran. Nothing is silently dropped: every knob that differs from its default is either
-mapped to a flag or listed in ``unsupported``.
+mapped to a flag or listed in ``unsupported``. A disaggregated policy maps to one command per
+pool (``FlagMapping.roles``: prefill and decode servers, each pool with its own TP degree and no
+data parallelism), so the servers' GPUs add up to the pools' instances x their TP.
 
 Flag names are those of vLLM 0.32 (``vllm/engine/arg_utils.py``; checked against the
 installed parser by ``backends.live.vllm_python.check_vllm_args``) and SGLang 0.5.23
@@ -54,24 +56,46 @@ _OUTSIDE_ENGINE = {
 
 
 @dataclass(frozen=True, slots=True)
+class Role:
+    """The servers of one pool of a disaggregated deployment: ``count`` servers, each started
+    with ``args`` (the whole argv after the module: the shared flags, its TP, its role flags)."""
+
+    name: str
+    """Pool name: prefill or decode."""
+    count: int
+    tp: int
+    args: tuple[str, ...]
+
+
+@dataclass(frozen=True, slots=True)
 class FlagMapping:
     """The engine flags for one policy.
 
     ``args``: argv after the module (``--flag value`` pairs, no shell quoting needed);
     ``unsupported``: ``(knob, value asked for, reason)`` for each knob the engine cannot honour;
     ``effective``: the Policy with those knobs reset (what the engine really runs);
-    ``notes``: what a real deployment needs beyond these flags (one line each).
+    ``notes``: what a real deployment needs beyond these flags (one line each);
+    ``roles``: for a disaggregated policy, the prefill and decode servers (each with its own TP
+    degree and role flags); ``args`` are then only the flags they share, not a server's command.
     """
 
     args: list[str]
     unsupported: tuple[tuple[str, Any, str], ...]
     effective: Policy
     notes: tuple[str, ...] = ()
+    roles: tuple[Role, ...] = ()
 
-    def command(self, engine: str = "vllm", python: str = "python") -> list[str]:
-        """The whole argv: ``python -m <engine entry point> <args>``."""
+    def command(self, engine: str = "vllm", python: str = "python", role: str | None = None) -> list[str]:
+        """The whole argv: ``python -m <engine entry point> <args>``; with ``roles``, the command of
+        one server of pool ``role`` (ValueError without one: the pools' servers differ)."""
         module = {"vllm": "vllm.entrypoints.openai.api_server", "sglang": "sglang.launch_server"}[engine]
-        return [python, "-m", module, *self.args]
+        if not self.roles and role is None:
+            return [python, "-m", module, *self.args]
+        match = [r for r in self.roles if r.name == role]
+        if not match:
+            raise ValueError(f"role {role!r}: this mapping's servers are "
+                             + (", ".join(r.name for r in self.roles) if self.roles else "all alike (give no role)"))
+        return [python, "-m", module, *match[0].args]
 
 
 def lora_setup(workload: Any) -> dict[str, int]:
@@ -110,6 +134,8 @@ class _Builder:
         self.resets: dict[str, Any] = {}
         self.notes: list[str] = []
         self.seen: set[str] = set()
+        self.pools: list[tuple[str, int, int, list[str]]] = []
+        """Disaggregated servers: (role, count, tp, the role's own flags after the shared ones)."""
 
     def flag(self, name: str, value: Any = None) -> None:
         self.args.append(name)
@@ -155,7 +181,8 @@ class _Builder:
         for knob in sorted(left):  # a knob added to Policy but not to this mapping: never drop it
             self.refuse_if_changed(knob, f"servetune does not map this knob to {engine} yet")
         effective = self.policy.replace(**self.resets) if self.resets else self.policy
-        return FlagMapping(list(self.args), tuple(self.unsupported), effective, tuple(self.notes))
+        roles = tuple(Role(name, count, tp, (*self.args, *own)) for name, count, tp, own in self.pools)
+        return FlagMapping(list(self.args), tuple(self.unsupported), effective, tuple(self.notes), roles)
 
 
 def _text(value: Any) -> str:
@@ -213,8 +240,10 @@ def vllm_args(
     b.flag("--max-num-batched-tokens", mbt)
     if p.long_prefill_token_threshold > 0:
         b.flag("--long-prefill-token-threshold", p.long_prefill_token_threshold)
-    b.flag("--tensor-parallel-size", p.tp)
-    if not cpu:
+    pd = p.disaggregated and not cpu  # prefill/decode servers: TP per pool, no data parallelism (_pd_pools)
+    if not pd:
+        b.flag("--tensor-parallel-size", p.tp)
+    if not cpu and not pd:
         _replicas(b, p, deployment, "--data-parallel-size")
 
     # memory manager
@@ -256,21 +285,18 @@ def vllm_args(
     _vllm_speculation(b, p)
 
     # disaggregation
-    b.handled("disaggregated", "prefill_instances", "decode_instances", "disagg_min_prompt", "disagg_min_queue")
+    b.handled("disaggregated", "prefill_instances", "decode_instances", "disagg_min_prompt", "disagg_min_queue",
+              "prefill_tp", "decode_tp")  # the last six are inert without disaggregation
     if p.disaggregated and cpu:
         b.refuse("disaggregated", "prefill/decode disaggregation needs GPU KV transfer (NIXL); not on CPU")
     elif p.disaggregated:
         b.flag("--kv-transfer-config", {"kv_connector": "NixlConnector", "kv_role": "kv_both"})
-        b.notes.append(
-            f"disaggregation: start {p.prefill_instances} prefill and {p.decode_instances} decode servers "
-            "with these flags (each on its own GPUs, NIXL side-channel port per server) and a P/D proxy "
-            "in front (vLLM's disagg proxy example or llm-d); the proxy sends each prompt to a prefill "
-            "server with max_tokens=1, then to a decode server with the returned kv_transfer_params")
+        _pd_pools(b, p, deployment, tp_flag="--tensor-parallel-size", role_flag=None, setup=(
+            "each on its own GPUs with its own port and NIXL side-channel port, and a P/D proxy in front "
+            "(vLLM's disagg proxy example or llm-d); the proxy sends each prompt to a prefill server with "
+            "max_tokens=1, then to a decode server with the returned kv_transfer_params"))
         for knob in ("disagg_min_prompt", "disagg_min_queue"):
             b.refuse_if_changed(knob, "conditional disaggregation is a proxy decision, not an engine flag")
-    else:
-        for knob in ("prefill_instances", "decode_instances", "disagg_min_prompt", "disagg_min_queue"):
-            b.seen.add(knob)  # inert without disaggregation
 
     if lora_adapters:
         _lora(b, p, lora_adapters, lora_rank, slots="--max-loras",
@@ -293,6 +319,24 @@ def _replicas(b: _Builder, p: Policy, d: Deployment, flag: str) -> None:
     if dp > 1:
         b.flag(flag, dp)
     b.handled("replicas")
+
+
+def _pd_pools(b: _Builder, p: Policy, d: Deployment, *, tp_flag: str, role_flag: str | None, setup: str) -> None:
+    """The prefill and decode servers of a disaggregated policy (``FlagMapping.roles``): each
+    pool's servers get its own TP degree (``prefill_tp`` / ``decode_tp``, 0 = tp) and, with
+    ``role_flag``, their role; no data parallelism: the instance counts ARE the servers, so the
+    GPUs add up to prefill_instances x prefill_tp + decode_instances x decode_tp. ``replicas`` is
+    inert here, as in the simulator (the pools replace the replicas). ``setup``: what else the
+    deployment needs (proxy, transfer backend), ending the note."""
+    b.handled("replicas")
+    ptp, dtp = p.pool_tps
+    for role, count, tp in (("prefill", p.prefill_instances, ptp), ("decode", p.decode_instances, dtp)):
+        b.pools.append((role, count, tp, [tp_flag, str(tp), *([role_flag, role] if role_flag else [])]))
+    need = p.prefill_instances * ptp + p.decode_instances * dtp
+    over = "" if need <= d.n_gpus else f", MORE than the deployment's {d.n_gpus}"
+    b.notes.append(f"disaggregation: start {p.prefill_instances} prefill server(s) of tp={ptp} and "
+                   f"{p.decode_instances} decode server(s) of tp={dtp} ({need} GPUs in all{over}) with their "
+                   f"role's command, {setup}")
 
 
 def _vllm_speculation(b: _Builder, p: Policy) -> None:
@@ -338,8 +382,9 @@ def sglang_args(
     b.flag("--max-prefill-tokens", p.max_num_batched_tokens)
     b.refuse_if_changed("long_prefill_token_threshold", "SGLang caps every prefill chunk by "
                         "--chunked-prefill-size; there is no separate per-request cap")
-    b.flag("--tp-size", p.tp)
-    _replicas(b, p, deployment, "--dp-size")
+    if not p.disaggregated:  # prefill/decode servers: TP per pool, no data parallelism (_pd_pools)
+        b.flag("--tp-size", p.tp)
+        _replicas(b, p, deployment, "--dp-size")
 
     b.handled("block_size", "gpu_memory_utilization", "prefix_caching", "cpu_offload_gb")
     b.flag("--page-size", p.block_size)
@@ -402,13 +447,13 @@ def sglang_args(
     if p.speculation != "off" and p.spec_dynamic:
         b.refuse("spec_dynamic", "SGLang uses fixed speculative steps")
 
-    b.handled("disaggregated", "prefill_instances", "decode_instances", "disagg_min_prompt", "disagg_min_queue")
+    b.handled("disaggregated", "prefill_instances", "decode_instances", "disagg_min_prompt", "disagg_min_queue",
+              "prefill_tp", "decode_tp")  # the last six are inert without disaggregation
     if p.disaggregated:
-        b.notes.append(
-            f"disaggregation: start {p.prefill_instances} servers with --disaggregation-mode prefill and "
-            f"{p.decode_instances} with --disaggregation-mode decode (these args carry neither; add one), "
-            "--disaggregation-transfer-backend mooncake|nixl, and the router "
-            "(python -m sglang_router.launch_router --pd-disaggregation --prefill URL --decode URL)")
+        _pd_pools(b, p, deployment, tp_flag="--tp-size", role_flag="--disaggregation-mode", setup=(
+            "each on its own GPUs and port, with --disaggregation-transfer-backend mooncake|nixl, and the "
+            "router in front (python -m sglang_router.launch_router --pd-disaggregation --prefill URL "
+            "--decode URL)"))
         for knob in ("disagg_min_prompt", "disagg_min_queue"):
             b.refuse_if_changed(knob, "conditional disaggregation is a router decision, not an engine flag")
 

@@ -64,5 +64,6 @@ class SGLangBackend(VLLMBackend):
         return m.command("sglang", self.find_python())
 
     def run(self, policy: Policy, workload: Workload, deployment: Deployment, *, seed: int = 0) -> RunResult:
+        self.check_policy(policy, deployment)  # a cluster knob it does not deploy: ValueError, nothing started
         self.find_python()  # EngineError("SGLang is not installed ...") before anything else
         return super().run(policy, workload, deployment, seed=seed)

@@ -14,6 +14,11 @@ happens, the kernel stops it when servetune's launching thread exits (PR_SET_PDE
 
 On CPU (``Deployment(gpu="cpu")``) ``deployment.model`` is a local model folder or
 ``tiny-llama`` (written on first use, see ``backends.live.tiny_model``).
+
+A live backend serves ONE server (with data-parallel replicas inside it on a GPU machine): a
+policy with a cluster knob it does not deploy (``NOT_DEPLOYED``: disaggregated pools, autoscaling,
+spot capacity, migration; replicas on CPU) is refused with a one-line ValueError before anything
+starts, so no trial is scored as a deployment that did not run.
 """
 
 from __future__ import annotations
@@ -36,8 +41,29 @@ from backends.live.vllm_python import EngineError, find_vllm_python
 from tuner.policy import Policy
 from workloads.workload import Workload
 
-__all__ = ["EngineError", "VLLMBackend"]
+__all__ = ["NOT_DEPLOYED", "EngineError", "VLLMBackend", "check_deployable"]
 
+NOT_DEPLOYED: dict[str, str] = {
+    "disaggregated": "it starts no prefill/decode servers and no P/D proxy",
+    "autoscale": "it starts no servers during a run",
+    "spot_fraction": "it runs no spot capacity and no interruptions",
+    "migration": "it moves no requests between servers",
+}
+"""Cluster knobs the live backends do not deploy (knob -> what is missing)."""
+_DEFAULT = Policy()
+
+
+def check_deployable(policy: Policy, deployment: Deployment, engine: str) -> None:
+    """Raise a one-line ValueError when ``policy`` asks for a cluster the live ``engine`` backend
+    does not deploy (``NOT_DEPLOYED``; on CPU also replicas > 1: one CPU server)."""
+    for knob, why in NOT_DEPLOYED.items():
+        v = getattr(policy, knob)
+        if v != getattr(_DEFAULT, knob):
+            raise ValueError(f"policy knob {knob}={v!r}: the live {engine} backend serves one server and {why}; "
+                             "tune this knob with --backend sim (servetune export writes its launch commands)")
+    if is_cpu(deployment) and policy.replicas > 1:
+        raise ValueError(f"policy knob replicas={policy.replicas}: the live {engine} backend serves one CPU server "
+                         "(no data-parallel replicas on CPU); tune replicas with --backend sim")
 
 
 class VLLMBackend:
@@ -114,6 +140,10 @@ class VLLMBackend:
                               f"local model folder or {TINY_NAME!r}; there is no model hub here)")
         return deployment.model  # a hub id: vLLM downloads it on a GPU machine
 
+    def check_policy(self, policy: Policy, deployment: Deployment) -> None:
+        """ValueError (one line) for a cluster knob this backend does not deploy (``check_deployable``)."""
+        check_deployable(policy, deployment, self.name)
+
     def flags(self, policy: Policy, deployment: Deployment, model_path: str | None = None) -> FlagMapping:
         return vllm_args(policy, deployment, model_path=model_path or deployment.model,
                          kv_cache_bytes=self.kv_cache_bytes)
@@ -121,7 +151,9 @@ class VLLMBackend:
     # -------------------------------------------------------------------- run
     def run(self, policy: Policy, workload: Workload, deployment: Deployment, *, seed: int = 0) -> RunResult:
         """Serve ``workload`` under ``policy`` on a real vLLM server. EngineError when the server
-        cannot start or dies mid-trial (with the reason and the log's last lines)."""
+        cannot start or dies mid-trial (with the reason and the log's last lines); ValueError,
+        before anything starts, for a cluster knob it does not deploy (``check_deployable``)."""
+        self.check_policy(policy, deployment)
         model = self.model_path(deployment)
         mapping = self.flags(policy, deployment, model)
         args = [*mapping.args, *self.measure_args, *self.extra_args]

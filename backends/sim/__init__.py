@@ -53,7 +53,7 @@ def simulate(policy: Policy, workload: Workload, deployment: Deployment, *, seed
     """Serve ``workload`` on one simulated instance under ``policy`` (see ``SimBackend.run``).
     ``prefilled``: bool per request, prompt KV computed elsewhere (``engine.Simulation``).
     First-token and finish times are what the client sees: the engine preset's client lag
-    (``client_lag``; vllm-v1: 1.6 steps) is added to the engine's times (``client_lag=False``:
+    (``client_lag``; vllm-v1: 0.65 steps) is added to the engine's times (``client_lag=False``:
     the engine's own times, e.g. to compare with another engine simulator)."""
     from backends.sim.client_lag import engine_client_lag
     from backends.sim.engine import Simulation
@@ -66,8 +66,8 @@ def simulate(policy: Policy, workload: Workload, deployment: Deployment, *, seed
                      max_sim_time_s=max_sim_time_s, prefilled=prefilled)
     sim.run()
     if deployment.n_gpus > eff.tp:
-        notes = (*notes, f"deployment has {deployment.n_gpus} GPUs: simulated ONE instance of tp={eff.tp} "
-                         "(replicas and routing not simulated yet)")
+        notes = (*notes, f"deployment has {deployment.n_gpus} GPUs: simulated ONE instance of tp={eff.tp}; "
+                         f"the other {deployment.n_gpus - eff.tp} idle, not priced (SimBackend.run serves replicas)")
     if trace_path is not None:
         sim.trace.write(trace_path)
     res = build_result(sim, eff, notes)

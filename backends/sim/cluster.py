@@ -1,6 +1,6 @@
 """A simulated cluster: several instances behind a router, each simulated exactly, composed.
 
-    from backends.sim.cluster import simulate_cluster, needs_cluster
+    from backends.sim.cluster import simulate_cluster, needs_cluster, gpus_needed
     result = simulate_cluster(policy, workload, deployment, seed=0)   # -> backends.base.RunResult
 
 How a cluster run works (one concept each, see docs/primitives.md):
@@ -50,27 +50,32 @@ def needs_cluster(policy: Policy, deployment: Deployment) -> bool:
             or policy.spot_fraction > 0)
 
 
-def check_gpus(policy: Policy, deployment: Deployment) -> None:
-    """Raise a one-line ValueError when the instances need more GPUs than the deployment has."""
-    n = deployment.n_gpus
+def gpus_needed(policy: Policy, deployment: Deployment) -> int:
+    """GPUs the policy's instances hold at their most: the prefill + decode pools when
+    disaggregated, ``autoscale_max_replicas`` x tp when autoscaling, else replicas x tp."""
     if policy.disaggregated:
         ptp, dtp = policy.pool_tps
-        need = policy.prefill_instances * ptp + policy.decode_instances * dtp
-        if need > n:
-            raise ValueError(f"policy knobs prefill_instances={policy.prefill_instances} x prefill_tp={ptp} + "
-                             f"decode_instances={policy.decode_instances} x decode_tp={dtp} need {need} GPUs, "
-                             f"the deployment has n_gpus={n}")
-        return
+        return policy.prefill_instances * ptp + policy.decode_instances * dtp
     if policy.autoscale:
-        need = policy.autoscale_max_replicas * policy.tp
-        if need > n:
-            raise ValueError(f"policy knobs autoscale_max_replicas={policy.autoscale_max_replicas} x tp={policy.tp} "
-                             f"need {need} GPUs, the deployment has n_gpus={n}")
+        return policy.autoscale_max_replicas * policy.tp
+    return resolved_replicas(policy, deployment) * policy.tp
+
+
+def check_gpus(policy: Policy, deployment: Deployment) -> None:
+    """Raise a one-line ValueError when the instances need more GPUs than the deployment has."""
+    n, need = deployment.n_gpus, gpus_needed(policy, deployment)
+    if need <= n:
         return
-    r = resolved_replicas(policy, deployment)
-    if r * policy.tp > n:
-        raise ValueError(f"policy knobs replicas={r} x tp={policy.tp} need {r * policy.tp} GPUs, "
+    if policy.disaggregated:
+        ptp, dtp = policy.pool_tps
+        raise ValueError(f"policy knobs prefill_instances={policy.prefill_instances} x prefill_tp={ptp} + "
+                         f"decode_instances={policy.decode_instances} x decode_tp={dtp} need {need} GPUs, "
                          f"the deployment has n_gpus={n}")
+    if policy.autoscale:
+        raise ValueError(f"policy knobs autoscale_max_replicas={policy.autoscale_max_replicas} x tp={policy.tp} "
+                         f"need {need} GPUs, the deployment has n_gpus={n}")
+    raise ValueError(f"policy knobs replicas={need // policy.tp} x tp={policy.tp} need {need} GPUs, "
+                     f"the deployment has n_gpus={n}")
 
 
 @dataclass(slots=True)

@@ -1,5 +1,9 @@
 """``servetune simulate``: run one policy on one workload in the simulator, print the scorecard.
 
+The run is a tune trial's (``SimBackend.run``: one instance, or the cluster when the policy
+needs several); ``--study STUDY.yaml`` takes the workload, deployment and seed from a study file
+(``simulate_setup``), so ``--policy best/policy.yaml`` or ``--trial N`` reproduces a trial.
+
 Every Policy knob is also a flag, generated from the Policy dataclass (``--batching``,
 ``--max-num-seqs``, ``--max-num-batched-tokens`` alias ``--max-batched-tokens``, ``--queue``,
 ``--prefix-caching/--no-prefix-caching``, ...); flags override ``--policy FILE``.
@@ -70,33 +74,6 @@ def _knob_params() -> list[inspect.Parameter]:
     return params
 
 
-def _policy_from(policy_file: Path | None, knobs: dict[str, object]) -> Policy:
-    base = Policy.from_yaml(policy_file) if policy_file is not None else Policy()
-    changes = {}
-    for k, v in knobs.items():
-        if v is None:
-            continue
-        if k == "tenant_weights":
-            try:
-                v = {a.split("=")[0].strip(): float(a.split("=")[1]) for a in str(v).split(",") if a.strip()}
-            except (IndexError, ValueError):
-                raise ValueError(f"--tenant-weights {v!r}: expected tenant=weight,tenant=weight") from None
-        changes[k] = v
-    return base.replace(**changes) if changes else base
-
-
-def load_workload_for(source: str, seed: int, rate: float | None, first: int | None):
-    """A workload by bundled name or file, rescaled to ``rate`` req/s and cut to ``first`` requests."""
-    from workloads import first_n, load_workload, scale_to_rate
-
-    w = load_workload(source, seed=seed)
-    if rate is not None:
-        w = scale_to_rate(w, rate)
-    if first is not None:
-        w = first_n(w, first)
-    return w
-
-
 SCORE_ROWS = (
     ("requests", "n_requests", "{:.0f}"), ("completed", "n_completed", "{:.0f}"),
     ("rejected", "n_rejected", "{:.0f}"), ("failed", "n_failed", "{:.0f}"), ("makespan s", "makespan_s", "{:.1f}"),
@@ -130,57 +107,102 @@ def print_scorecard(card, title: str, notes: tuple[str, ...]) -> None:
         console.print(f"note: {n}")
 
 
-def simulate_cmd(**kw) -> None:
-    """Run one policy on one workload in the simulator and print the scorecard."""
-    import time
+def simulate_cmd(ctx: typer.Context, **kw) -> None:
+    """Run one policy on one workload in the simulator and print the scorecard.
 
-    from backends.base import Deployment
-    from backends.sim import simulate
-    from tuner.scorecard import score
+    Serves the whole deployment as a tune trial does (replicas, P/D pools, autoscaling, spot).
+    --study STUDY.yaml: the study's workload, deployment and seed (re-run a trial's policy)."""
+    from backends.sim.simulate_setup import compare_stored, setup_from_flags, setup_from_study
 
     knobs = {k[2:]: v for k, v in kw.items() if k.startswith("k_")}
-    policy = _policy_from(kw["policy"], knobs)
-    w = load_workload_for(kw["workload"], kw["seed"], kw["rate"], kw["first"])
-    dep = Deployment(model=kw["model"], gpu=kw["gpu"], n_gpus=kw["n_gpus"] or policy.tp, engine=kw["engine"],
-                     max_model_len=kw["max_model_len"], profile=kw["profile"], cost_model=kw["cost_model"])
-    for p in (kw["out"], kw["trace"]):
-        if p is not None:
-            p.parent.mkdir(parents=True, exist_ok=True)
-    t0 = time.perf_counter()
-    res = simulate(policy, w, dep, seed=kw["seed"], trace_path=kw["trace"])
-    wall = time.perf_counter() - t0
-    card = score(res, w)
-    print_scorecard(card, f"{w.name}: {w.n} requests on {dep.model} / {dep.gpu} tp={res.policy.tp} "
-                          f"(simulated in {wall:.2f} s)", res.notes)
-    out: Path | None = kw["out"]
-    if out is not None:
-        rec_path = out.with_name(out.stem + ".records.parquet")
-        pol_path = out.with_name(out.stem + ".policy.yaml")
-        res.records.to_parquet(rec_path, index=False)
-        res.policy.to_yaml(pol_path)
-        doc = {"scorecard": card.as_dict(), "policy": res.policy.to_dict(), "notes": list(res.notes),
-               "workload": {"name": w.name, "n": w.n, "hash": w.content_hash()},
-               "deployment": {"model": dep.model, "gpu": dep.gpu, "n_gpus": dep.n_gpus, "engine": dep.engine,
-                              "profile": dep.profile, "cost_model": dep.cost_model},
-               "records": rec_path.name, "policy_file": pol_path.name, "meta": dict(res.meta),
-               "counters": dict(res.telemetry.counters), "seed": kw["seed"]}
-        out.write_text(json.dumps(doc, indent=1, default=float))
-        typer.echo(f"wrote {out}, {rec_path.name}, {pol_path.name}")
+    given = {name for name in kw if _given(ctx, name)}
+    setup = setup_from_study(kw, knobs, given) if kw["study"] is not None else setup_from_flags(kw, knobs)
+    res, card, wall = _run(setup, kw["trace"])
+    notes = (*setup.notes, *res.notes)
+    if setup.stored:
+        notes = (*notes, compare_stored(card.metrics(), setup.stored, setup.trial))
+    print_scorecard(card, _title(setup, res, wall), notes)
+    if kw["out"] is not None:
+        _write_out(kw["out"], setup, res, card, notes)
     if kw["trace"] is not None:
         typer.echo(f"wrote trace {kw['trace']}")
+
+
+def _given(ctx: typer.Context, name: str) -> bool:
+    """True when parameter ``name`` was given on the command line (or the environment)."""
+    src = ctx.get_parameter_source(name)
+    return src is not None and src.name not in ("DEFAULT", "DEFAULT_MAP")
+
+
+def _run(setup, trace: Path | None):
+    """Serve the setup as ``SimBackend.run`` (the path of a tune trial): (result, scorecard, wall s)."""
+    import time
+
+    from backends.sim import SimBackend
+    from backends.sim.cluster import needs_cluster
+    from tuner.scorecard import score
+
+    if trace is not None and needs_cluster(setup.policy, setup.deployment):
+        raise ValueError("--trace: writes one instance's timeline; this policy serves several (replicas, "
+                         "disaggregated, autoscale or spot_fraction)")
+    if trace is not None:
+        trace.parent.mkdir(parents=True, exist_ok=True)
+    t0 = time.perf_counter()
+    res = SimBackend().run(setup.policy, setup.workload, setup.deployment, seed=setup.seed, trace_path=trace)
+    wall = time.perf_counter() - t0
+    return res, score(res, setup.workload), wall
+
+
+def _title(setup, res, wall: float) -> str:
+    w, dep = setup.workload, setup.deployment
+    where = f"{dep.model} / {dep.gpu} tp={res.policy.tp}"
+    if "instances" in res.meta:
+        where = f"{dep.model} / {dep.n_gpus}x {dep.gpu}, {res.meta['instances']} instances of tp={res.policy.tp}"
+    src = f"{setup.source}: " if setup.source else ""
+    return f"{src}{w.name}: {w.n} requests on {where} (simulated in {wall:.2f} s)"
+
+
+def _write_out(out: Path, setup, res, card, notes: tuple[str, ...]) -> None:
+    """The scorecard JSON at ``out``, with the records (Parquet) and the effective policy beside."""
+    out.parent.mkdir(parents=True, exist_ok=True)
+    w, dep = setup.workload, setup.deployment
+    rec_path = out.with_name(out.stem + ".records.parquet")
+    pol_path = out.with_name(out.stem + ".policy.yaml")
+    res.records.to_parquet(rec_path, index=False)
+    res.policy.to_yaml(pol_path)
+    doc = {"scorecard": card.as_dict(), "policy": res.policy.to_dict(), "notes": list(notes),
+           "workload": {"name": w.name, "n": w.n, "hash": w.content_hash()},
+           "deployment": {"model": dep.model, "gpu": dep.gpu, "n_gpus": dep.n_gpus, "engine": dep.engine,
+                          "profile": dep.profile, "cost_model": dep.cost_model},
+           "records": rec_path.name, "policy_file": pol_path.name, "meta": dict(res.meta),
+           "counters": dict(res.telemetry.counters), "seed": setup.seed, "source": setup.source}
+    out.write_text(json.dumps(doc, indent=1, default=float))
+    typer.echo(f"wrote {out}, {rec_path.name}, {pol_path.name}")
 
 
 def _signature() -> inspect.Signature:
     K = inspect.Parameter.KEYWORD_ONLY
     base = [
-        inspect.Parameter("workload", K, annotation=str, default=typer.Option(
-            ..., "--workload", "-w", help="Bundled workload name (azure-conv, ...) or a workload file.")),
+        inspect.Parameter("ctx", inspect.Parameter.POSITIONAL_OR_KEYWORD, annotation=typer.Context),
+        inspect.Parameter("workload", K, annotation=str | None, default=typer.Option(
+            None, "--workload", "-w", help="Bundled workload name (azure-conv, ...) or a workload file.")),
+        inspect.Parameter("study", K, annotation=str | None, default=typer.Option(
+            None, "--study", "-s", help="A study file (or preset name): its workload (first_n, rate, SLOs, "
+            "transforms), deployment and seed, as its trials ran; the workload and deployment flags are then "
+            "refused, knob flags still override the policy. --policy: that file over the study's base policy; "
+            "--trial N: that trial's policy; neither: the study's base policy.")),
+        inspect.Parameter("trial", K, annotation=int | None, default=typer.Option(
+            None, "--trial", help="With --study: run trial N's policy (at the rate a max_rate trial found) and "
+            "compare with its stored scorecard.")),
+        inspect.Parameter("storage", K, annotation=str | None, default=typer.Option(
+            None, "--storage", help="With --trial: the study's Optuna storage (default .servetune/optuna.journal).")),
         inspect.Parameter("model", K, annotation=str, default=typer.Option(
             "llama-3.1-8b", "--model", "-m", help="Catalog model name or a path to config.json / model YAML.")),
         inspect.Parameter("gpu", K, annotation=str, default=typer.Option(
             "h100", "--gpu", "-g", help="Catalog GPU name or a GPU YAML.")),
         inspect.Parameter("n_gpus", K, annotation=int, default=typer.Option(
-            0, "--n-gpus", help="GPUs of the deployment (0 = the policy's tp).")),
+            0, "--n-gpus", help="GPUs of the deployment (0 = what the policy's instances need: tp for one; "
+            "replicas x tp; the P/D pools; autoscale_max_replicas x tp).")),
         inspect.Parameter("engine", K, annotation=str, default=typer.Option(
             "vllm-v1", "--engine", help="Engine preset: vllm-v1, vllm-v0, sglang, tensorrt-llm.")),
         inspect.Parameter("max_model_len", K, annotation=int, default=typer.Option(
@@ -194,10 +216,11 @@ def _signature() -> inspect.Signature:
         inspect.Parameter("policy", K, annotation=Path | None, default=typer.Option(
             None, "--policy", "-p", help="Policy YAML; knob flags override it.")),
         inspect.Parameter("rate", K, annotation=float | None, default=typer.Option(
-            None, "--rate", help="Rescale arrivals to R req/s (before --first).")),
+            None, "--rate", help="Then rescale the kept requests' arrivals to R req/s (as a study's rate).")),
         inspect.Parameter("first", K, annotation=int | None, default=typer.Option(
-            None, "--first", help="Keep the first N requests.")),
-        inspect.Parameter("seed", K, annotation=int, default=typer.Option(0, "--seed", help="Seed of the run.")),
+            None, "--first", help="Keep the first N requests (before --rate, as a study's first_n).")),
+        inspect.Parameter("seed", K, annotation=int | None, default=typer.Option(
+            None, "--seed", help="Seed of the run (default: the study's with --study, else 0).")),
         inspect.Parameter("out", K, annotation=Path | None, default=typer.Option(
             None, "--out", "-o", help="Write the scorecard JSON here, with FILE.records.parquet and FILE.policy.yaml beside.")),
         inspect.Parameter("trace", K, annotation=Path | None, default=typer.Option(
@@ -208,5 +231,5 @@ def _signature() -> inspect.Signature:
 
 def register(app: typer.Typer) -> None:
     simulate_cmd.__signature__ = _signature()
-    app.command("simulate", help=simulate_cmd.__doc__ + "\n\nEvery policy knob is a flag (see below); "
+    app.command("simulate", help=inspect.cleandoc(simulate_cmd.__doc__) + "\n\nEvery policy knob is a flag (see below); "
                 "flags override --policy FILE.")(simulate_cmd)

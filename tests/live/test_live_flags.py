@@ -91,7 +91,8 @@ def test_ssd_tier_and_dynamic_k_reported():
 def test_disaggregation():
     gpu = vllm_args(Policy(disaggregated=True, prefill_instances=2, decode_instances=3), GPU)
     assert json.loads(value(gpu.args, "--kv-transfer-config"))["kv_connector"] == "NixlConnector"
-    assert any("2 prefill and 3 decode" in n for n in gpu.notes)
+    assert any("2 prefill server(s) of tp=1 and 3 decode server(s) of tp=1" in n for n in gpu.notes)
+    assert any("5 GPUs in all, MORE than the deployment's 1" in n for n in gpu.notes)
     cpu = vllm_args(Policy(disaggregated=True), CPU)
     assert "--kv-transfer-config" not in cpu.args and "disaggregated" in unsupported(cpu)
     assert cpu.effective.disaggregated is False
@@ -156,3 +157,32 @@ def test_replicas_become_data_parallel_ranks():
     assert unsupported(too_many)["replicas"][0] == 4 and too_many.effective.replicas == 2
     assert value(sglang_args(Policy(tp=2), Deployment("m", "h100-sxm", n_gpus=8)).args, "--dp-size") == "4"
     assert "replicas" in unsupported(vllm_args(Policy(replicas=2), CPU))
+
+
+@pytest.mark.parametrize("mapper,tp_flag,dp_flag", [(vllm_args, "--tensor-parallel-size", "--data-parallel-size"),
+                                                    (sglang_args, "--tp-size", "--dp-size")])
+def test_disaggregated_servers_add_up_to_the_deployments_gpus(mapper, tp_flag, dp_flag):
+    """P/D servers get no data parallelism from the deployment's total and each pool its own TP:
+    1 prefill x tp 2 + 2 decode x tp 2 on 8 GPUs was 3 servers x DP 4 x TP 2 = 24 GPUs before."""
+    eight = Deployment("m", "h100-sxm", n_gpus=8)
+    for pol, want in ((Policy(disaggregated=True, prefill_instances=1, decode_instances=2, tp=2), {"prefill": 2,
+                       "decode": 2}),
+                      (Policy(disaggregated=True, prefill_instances=2, decode_instances=1, tp=2, prefill_tp=1,
+                              decode_tp=4, replicas=3), {"prefill": 1, "decode": 4})):
+        m = mapper(pol, eight)
+        assert m.unsupported == ()  # prefill_tp / decode_tp are mapped, replicas inert (as simulated)
+        assert {r.name: int(value(list(r.args), tp_flag)) for r in m.roles} == want
+        gpus = 0
+        for r in m.roles:
+            assert dp_flag not in r.args and r.args.count(tp_flag) == 1
+            gpus += r.count * int(value(list(r.args), tp_flag))
+            assert m.command("vllm", role=r.name)[3:] == list(r.args)
+        assert gpus == pol.prefill_instances * pol.pool_tps[0] + pol.decode_instances * pol.pool_tps[1] <= 8
+        assert dp_flag not in m.args and tp_flag not in m.args  # the shared flags carry no layout
+        with pytest.raises(ValueError, match="role None"):
+            m.command("vllm")
+    sg = sglang_args(Policy(disaggregated=True), eight)
+    assert [value(list(r.args), "--disaggregation-mode") for r in sg.roles] == ["prefill", "decode"]
+    # without disaggregation the pools' TPs are inert and the layout is DP x TP as before
+    plain = vllm_args(Policy(tp=2, prefill_tp=4), eight)
+    assert plain.roles == () and plain.unsupported == () and value(plain.args, "--data-parallel-size") == "4"

@@ -34,17 +34,22 @@ DEPLOY = Deployment("org/model", "h100-sxm", n_gpus=4, max_model_len=8192, kv_dt
 
 def check(flags: dict[str, list | None]) -> None:
     for p in POLICIES:
-        args = sglang_args(p, DEPLOY, port=30000, host="127.0.0.1").args
-        for i, a in enumerate(args):
-            if not a.startswith("--"):
-                continue
-            assert a in flags, f"SGLang has no flag {a} (policy {p.diff()})"
-            choices = flags[a]
-            nxt = args[i + 1] if i + 1 < len(args) else None
-            if choices and nxt is not None and not nxt.startswith("--"):
-                assert nxt in choices, f"{a} {nxt}: not one of {choices}"
-            if a == "--speculative-algorithm":
-                assert nxt in SPEC_ALGORITHMS
+        m = sglang_args(p, DEPLOY, port=30000, host="127.0.0.1")
+        for args in [m.args, *(list(r.args) for r in m.roles)]:  # a disaggregated policy: each pool's command
+            check_args(flags, p, args)
+
+
+def check_args(flags: dict[str, list | None], p: Policy, args: list[str]) -> None:
+    for i, a in enumerate(args):
+        if not a.startswith("--"):
+            continue
+        assert a in flags, f"SGLang has no flag {a} (policy {p.diff()})"
+        choices = flags[a]
+        nxt = args[i + 1] if i + 1 < len(args) else None
+        if choices and nxt is not None and not nxt.startswith("--"):
+            assert nxt in choices, f"{a} {nxt}: not one of {choices}"
+        if a == "--speculative-algorithm":
+            assert nxt in SPEC_ALGORITHMS
 
 
 def test_mapping_uses_sglang_flags_fixture():

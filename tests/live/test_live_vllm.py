@@ -142,7 +142,8 @@ def test_check_vllm_args_uses_vllms_parser(vllm_python):
                 Policy(speculation="ngram", spec_k=5, cpu_offload_gb=2, long_prefill_token_threshold=128),
                 Policy(speculation="draft", spec_draft_model="org/draft", tp=2, disaggregated=True)]
     gpu = Deployment("org/model", "h100-sxm", n_gpus=4, max_model_len=4096)
-    lists = [vllm_args(p, d).args for p in policies for d in (gpu, DEPLOY)]
+    maps = [vllm_args(p, d) for p in policies for d in (gpu, DEPLOY)]
+    lists = [list(a) for m in maps for a in (m.args, *(r.args for r in m.roles))]  # P/D: each pool's command
     lists.append(["--model", "m", "--scheduling-policy", "sjf"])
     lists.append(["--model", "m", "--no-such-flag"])
     results = check_vllm_args_many(lists, python=vllm_python)

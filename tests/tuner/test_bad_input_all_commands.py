@@ -25,6 +25,12 @@ CASES = [
     (["simulate", "-w", "azure-conv", "--speculation", "draft"], "spec_draft_model"),
     (["simulate", "-w", "azure-conv", "--ssd-offload-gb", "10"], "ssd_offload_gb"),
     (["simulate", "-w", "azure-conv", "--policy", "{d}/bad_policy.yaml"], "unknown policy knob"),
+    (["simulate", "--study", "{d}/missing-study.yaml"], "no such study file"),
+    (["simulate", "--study", "{d}/bad-study.yaml"], "max_num_seqz"),
+    (["simulate", "--study", "{d}/bad-model-study.yaml", "--trial", "0"], "no trials"),
+    (["simulate", "--study", "{d}/bad-model-study.yaml", "-w", "azure-conv"], "-w: --study takes"),
+    (["simulate", "--trial", "0"], "--trial: needs --study"),
+    (["simulate"], "-w/--workload: missing"),
     (["workloads", "inspect", "{d}/bad.csv"], "row"),
     (["tune", "{d}/missing-study.yaml"], "study"),
     (["tune", "{d}/bad-study.yaml"], "max_num_seqz"),
@@ -90,6 +96,7 @@ def test_failed_commands_leave_the_stores_untouched(write_study, run_cli, stored
         ["tune", str(p), "--trials", "3", "--mlflow-uri", f"sqlite:///{project / 'keep.yaml'}/x/mlflow.db"],
         ["tune", str(p), "--trials", "3", "--backend", "tensorrt"],
         ["export", str(p), "--trial", "99"],
+        ["simulate", "--study", str(p), "--trial", "99"],
     ]
     for argv in bad:
         code, out, err = run_cli(*argv)

@@ -38,16 +38,19 @@ def test_export_round_trips_to_the_same_scorecard(tuned, project, run_cli, store
     sglang = (project / "ex" / "sglang.sh").read_text()
     mns = best.user_attrs["result"]["policy"]["max_num_seqs"]
     assert f"--max-num-seqs {mns}" in vllm and f"--max-running-requests {mns}" in sglang
-    # a knob the engines cannot express is listed as a comment, not dropped
-    for text in (vllm, sglang):
+    # a knob the engines cannot express is listed as a comment, not dropped; every trial fixes it,
+    # so no trial runs on an engine as simulated: said plainly, and no simulated gain is claimed
+    for engine, text in (("vLLM", vllm), ("SGLang", sglang)):
         assert "cannot express" in text and "#   max_queue_depth=512" in text
+        assert f"NO trial of this study runs on {engine} as simulated" in text and "vs default policy" not in text
+    assert "policy.yaml is marked servetune-only" in out and (project / "ex" / "policy-vllm.yaml").is_file()
     assert (project / "ex" / "vllm.sh").stat().st_mode & 0o111
 
 
 def test_export_trial_n_and_errors(tuned, project, run_cli):
     code, out, _ = run_cli("export", str(tuned), "--trial", "0", "--out", str(project / "ex0"))
     assert code == 0 and "trial 0 as asked" in out
-    assert "max_num_seqs: 256" in (project / "ex0" / "policy.yaml").read_text()
+    assert "max_num_seqs: 1024" in (project / "ex0" / "policy.yaml").read_text()  # vLLM's default on an H100
     code, _, err = run_cli("export", str(tuned), "--trial", "99")
     assert code == 2 and "--trial 99" in err
 

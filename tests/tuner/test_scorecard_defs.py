@@ -71,3 +71,20 @@ def test_fairness_detects_starved_tenant():
     assert unfair.max_service_diff > 3 * fair.max_service_diff
     assert unfair.jain_index < fair.jain_index
     assert fair.jain_index > 0.9
+
+
+def test_fairness_yardstick_ignores_the_trials_vtc_weights():
+    """The fairness metrics weigh prompt 1 and output 2 (DESIGN), whatever VTC weights the trial's
+    policy searched: a trial cannot improve its fairness by redefining service."""
+    from dataclasses import replace
+
+    # tenant a: long prompts, short outputs; tenant b: short prompts, long outputs
+    w = build_workload("t", [0, 0, 0, 0], [400, 400, 10, 10], [10, 10, 200, 200], tenant=["a", "a", "b", "b"])
+    res = _result(w, [0.1, 0.2, 0.3, 0.4], [1.0, 1.1, 9.0, 9.5], w.output_len)
+    base = score(res, w)
+    for weights in ({"vtc_input_weight": 0.0, "vtc_output_weight": 1.0}, {"vtc_input_weight": 5.0}):
+        other = score(replace(res, policy=Policy(queue="vtc", **weights)), w)
+        assert (other.service_ratio, other.max_service_diff, other.jain_index) == (
+            base.service_ratio, base.max_service_diff, base.jain_index)
+    # input + 2 x output: a served 2 x (400 + 2 x 10) = 840, b 2 x (10 + 2 x 200) = 820
+    assert base.service_ratio == pytest.approx(840 / 820)

@@ -108,3 +108,57 @@ def test_max_rate_bisection_finds_the_knee():
 
     best, sc, _, _ = bisect_max_rate(run_at, Objective("max_rate", "max_rate", "maximize", 1.0, 64.0, 8, 0.9), ())
     assert 8.0 < best <= 10.0 and sc.slo_attainment == 1.0 and len(calls) == 8
+
+
+@pytest.mark.parametrize("knob,raw", [
+    ("spec_acceptance", {"low": 0.1, "high": 0.9}), ("spec_acceptance_by_tenant", [{"a": 0.5}]),
+    ("kv_link", ["nvlink", "network"]), ("network_gbps", {"low": 10.0, "high": 400.0}),
+    ("cold_start_s", {"low": 1.0, "high": 120.0}), ("spot_interruptions_per_hour", [0.1, 1.0]),
+])
+def test_environment_knobs_are_not_searchable(knob, raw):
+    """Knobs that describe the workload or the environment are refused in search: with one line
+    saying why and where they go; they can still be fixed."""
+    with pytest.raises(ValueError) as err:
+        parse_range(knob, raw, f"search.{knob}")
+    msg = str(err.value)
+    assert "\n" not in msg
+    assert msg.startswith(f"search.{knob}: {knob} describes the workload/environment (")
+    assert msg.endswith("not a policy: set it in fixed:")
+
+
+def test_not_searchable_in_a_study_file_and_fixable(tiny):
+    from tuner.study_spec import parse_study
+
+    bad = {**tiny, "search": {**tiny["search"], "spec_acceptance": {"low": 0.2, "high": 0.9}}}
+    with pytest.raises(ValueError, match=r"^search\.spec_acceptance: spec_acceptance describes the workload/env"):
+        parse_study(bad)
+    ok = parse_study({**tiny, "fixed": {"spec_acceptance": 0.6, "network_gbps": 25.0}})
+    assert ok.base_policy().spec_acceptance == 0.6 and ok.base_policy().network_gbps == 25.0
+    with pytest.raises(ValueError, match="tenant_weights is a structured value .*: set it in fixed:"):
+        parse_range("tenant_weights", [{"a": 2}], "search.tenant_weights")
+    # the scheduler's VTC weights stay a policy knob (the fairness yardstick is fixed: scorecard)
+    assert parse_range("vtc_output_weight", {"low": 1.0, "high": 4.0}, "s").kind == "float"
+
+
+def test_pool_tps_are_sampled_only_when_disaggregated_and_before_the_counts_they_bound():
+    """prefill_tp / decode_tp apply only to disaggregated pools; they are sampled before the
+    instance counts, so every sampled P/D layout fits the GPUs even with the TPs searched."""
+    from backends.base import Deployment
+    from backends.sim.cluster import check_gpus
+
+    space = _space({"disaggregated": "bool", "prefill_tp": [1, 2, 4], "decode_tp": [1, 2, 4],
+                    "prefill_instances": {"low": 1, "high": 4}, "decode_instances": {"low": 1, "high": 4}})
+    dep = Deployment("llama-3.1-8b", "h100-sxm", n_gpus=8)
+    study = optuna.create_study(sampler=optuna.samplers.RandomSampler(seed=2))
+    tps_seen = set()
+    for _ in range(80):
+        t = study.ask()
+        p = sample(t, space, Policy(), n_gpus=8)
+        assert ("prefill_tp" in t.params) == ("decode_tp" in t.params) == p.disaggregated
+        if p.disaggregated:
+            check_gpus(p, dep)  # raises when the layout needs more than 8 GPUs
+            tps_seen.add(p.pool_tps)
+        else:
+            assert (p.prefill_tp, p.decode_tp) == (0, 0)
+        study.tell(t, 0.0)
+    assert (4, 4) in tps_seen and len(tps_seen) >= 6

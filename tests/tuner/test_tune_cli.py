@@ -21,12 +21,12 @@ def test_tune_resume_reaches_the_total_without_duplicates(write_study, run_cli, 
     assert all(t.state == TrialState.COMPLETE for t in trials)
     # the default policy is trial 0, enqueued once (not again on resume)
     assert trials[0].user_attrs["servetune_default"] and not any(t.user_attrs.get("servetune_default") for t in trials[1:])
-    assert trials[0].params == {"max_num_batched_tokens": 2048, "max_num_seqs": 256, "queue": "fcfs"}
+    assert trials[0].params == {"max_num_batched_tokens": 8192, "max_num_seqs": 1024, "queue": "fcfs"}  # vLLM on H100
     runs = children(study)
     assert len(runs) == 5
     assert sorted(int(r.data.tags["optuna.trial"]) for r in runs) == [0, 1, 2, 3, 4]
     r0 = next(r for r in runs if r.data.tags["optuna.trial"] == "0")
-    assert r0.data.params["queue"] == "fcfs" and r0.data.params["max_num_seqs"] == "256"
+    assert r0.data.params["queue"] == "fcfs" and r0.data.params["max_num_seqs"] == "1024"
     assert r0.data.metrics["goodput_tok_s"] == pytest.approx(trials[0].values[0])
     assert r0.data.tags["servetune.backend"] == "sim" and len(r0.data.tags["servetune.workload_hash"]) == 16
     assert r0.data.tags["servetune.code_version"].startswith("0.1.0")
