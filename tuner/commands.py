@@ -55,6 +55,8 @@ def tune_cmd(
 
 
     spec = load_study(study_file)
+    for note in spec.notes:  # what runnable_on: took out of the search
+        typer.echo(f"runnable_on {spec.runnable_on}: {note}")
     if mlflow_logger not in ("auto", "inline", "process"):
         raise ValueError(f"--mlflow-logger {mlflow_logger!r}: choose auto, inline or process")
     study_backend = get_backend(backend)  # fail fast (exit 2) on an unknown or missing backend

@@ -41,7 +41,7 @@ from workloads.workload import SLOClass, Workload
 
 STUDY_SCHEMA_VERSION = 1
 TOP_KEYS = ("schema_version", "name", "description", "workload", "deployment", "slos", "objectives",
-            "constraints", "search", "fixed", "sampler", "seed", "trials", "pruning")
+            "constraints", "search", "fixed", "sampler", "seed", "trials", "pruning", "runnable_on")
 WORKLOAD_KEYS = ("source", "spec", "first_n", "rate", "seed", "assign_slo", "transforms")
 DEPLOYMENT_KEYS = ("model", "gpu", "n_gpus", "engine", "max_model_len", "weight_dtype", "kv_dtype", "profile", "cost_model",
                    "tp")
@@ -107,6 +107,11 @@ class StudySpec:
     trials: int = 30
     pruning: tuple[float, ...] = DEFAULT_PRUNING
     path: str = ""
+    runnable_on: str = ""
+    """``runnable_on:`` (vllm or sglang): the search holds only what that engine can run
+    (``tuner.runnable``); "" = every knob the simulator scores."""
+    notes: tuple[str, ...] = ()
+    """What ``runnable_on`` removed from the search, one line each."""
 
     @property
     def multi_objective(self) -> bool:
@@ -254,12 +259,16 @@ def parse_study(doc: Any, *, base_dir: Path = Path("."), path: str = "") -> Stud
     for r in search:
         if r.knob == "tp" and any(t > deployment.n_gpus for t in r.choices):
             raise ValueError(f"search.tp: choices {list(r.choices)} exceed deployment.n_gpus={deployment.n_gpus}")
-    if not search:
-        raise ValueError("search: needs at least one knob to search")
     try:
         Policy.from_dict({**Policy().to_dict(), **fixed})
     except (TypeError, ValueError) as e:
         raise ValueError(f"fixed: {e}") from None
+    runnable_on, notes = doc.get("runnable_on") or "", ()
+    if runnable_on:
+        search, notes = _runnable(search, str(runnable_on), fixed, deployment)
+    if not search:
+        raise ValueError("search: needs at least one knob to search" + (
+            f" (runnable_on: {runnable_on} removed: {'; '.join(notes)})" if notes else ""))
 
     sampler = doc.get("sampler", "tpe")
     if sampler not in SAMPLERS:
@@ -270,7 +279,20 @@ def parse_study(doc: Any, *, base_dir: Path = Path("."), path: str = "") -> Stud
     return StudySpec(name=name.strip(), workload=workload, deployment=deployment, objectives=objectives,
                      search=tuple(search), description=str(doc.get("description") or ""), slos=tuple(slos),
                      constraints=constraints, fixed=fixed, sampler=sampler, seed=seed, trials=trials,
-                     pruning=pruning, path=path)
+                     pruning=pruning, path=path, runnable_on=str(runnable_on), notes=tuple(notes))
+
+
+def _runnable(search: list[KnobRange], engine: str, fixed: Mapping[str, Any],
+              deployment: Deployment) -> tuple[list[KnobRange], tuple[str, ...]]:
+    """``runnable_on``: refuse a fixed knob the engine cannot run; restrict the search to it."""
+    from tuner.runnable import refused_fixed, restrict
+
+    base = engine_default_policy(deployment.engine, deployment.gpu).replace(**fixed)
+    bad = refused_fixed(engine, base, deployment, fixed)
+    if bad:
+        raise ValueError(f"fixed.{bad[0]}: runnable_on: {engine} cannot run it ({bad[1]})")
+    res = restrict(search, engine, base, deployment)
+    return list(res.search), res.notes
 
 
 def _pruning(raw: Any) -> tuple[float, ...]:
