@@ -14,6 +14,10 @@ installed parser by ``backends.live.vllm_python.check_vllm_args``) and SGLang 0.
 (``sglang/srt/arg_groups/fields/*.py``; checked in tests against the wheel's field definitions).
 A deployment whose ``gpu`` is ``"cpu"`` targets vLLM's CPU build: KV memory is given in
 bytes (``--kv-cache-memory-bytes``) and blocks are multiples of 32 tokens.
+
+A policy the engine would REJECT AT STARTUP is refused like an inexpressible knob (so it is not
+runnable as simulated): vLLM's ``SchedulerConfig`` requires max_num_batched_tokens >= max_model_len
+without chunked prefill, and >= max_num_seqs always (``_vllm_token_budget``).
 """
 
 from __future__ import annotations
@@ -30,6 +34,8 @@ DEFAULT_CPU_KV_BYTES = 512 * 2**20
 """KV-cache memory of a CPU server when the caller gives none, bytes (512 MiB)."""
 
 _DEFAULT = Policy()
+_MAX_POLICY_BUDGET = 1_048_576
+"""The largest max_num_batched_tokens a Policy holds (tuner.policy validation)."""
 VLLM_LORA_RANKS = (1, 8, 16, 32, 64, 128, 256, 320, 512)
 """The ranks vLLM's ``--max-lora-rank`` accepts."""
 
@@ -232,11 +238,7 @@ def vllm_args(
     chunked = b.resets.get("batching", p.batching) == "chunked"
     b.flag("--enable-chunked-prefill" if chunked else "--no-enable-chunked-prefill")
     b.flag("--max-num-seqs", p.max_num_seqs)
-    mbt = p.max_num_batched_tokens
-    if not chunked and deployment.max_model_len > mbt:
-        b.refuse("max_num_batched_tokens", "without chunked prefill vLLM needs a token budget of at "
-                 "least max_model_len; raised to it", reset_to=deployment.max_model_len)
-        mbt = deployment.max_model_len
+    mbt = _vllm_token_budget(b, p, deployment, chunked)
     b.flag("--max-num-batched-tokens", mbt)
     if p.long_prefill_token_threshold > 0:
         b.flag("--long-prefill-token-threshold", p.long_prefill_token_threshold)
@@ -310,6 +312,45 @@ def vllm_args(
     return b.finish("vLLM")
 
 
+def context_length(deployment: Deployment) -> tuple[int, str]:
+    """The max model length the engine starts with, and what it is: ``deployment.max_model_len``
+    when set, else the catalog model's context (``max_position``, what vLLM derives from the
+    model's config); ``(0, "")`` when unknown (a model the catalog does not know)."""
+    if deployment.max_model_len > 0:
+        return deployment.max_model_len, "max_model_len"
+    from backends.sim.catalog import get_model
+
+    try:
+        return get_model(deployment.model).max_position, f"{deployment.model}'s context length"
+    except (ValueError, OSError):
+        return 0, ""
+
+
+def _vllm_token_budget(b: _Builder, p: Policy, d: Deployment, chunked: bool) -> int:
+    """``--max-num-batched-tokens`` under vLLM's startup rules (``SchedulerConfig.verify_max_model_len``
+    in vllm/config/scheduler.py raises ValueError otherwise): without chunked prefill the budget
+    must be >= max_model_len, and always >= max_num_seqs. A policy that breaks a rule is refused
+    (its budget raised to the least value vLLM accepts, named in the reason), so it is not
+    runnable as simulated."""
+    mbt = p.max_num_batched_tokens
+    need, rules = mbt, []
+    ctx, what = context_length(d)
+    if not chunked and ctx > mbt:
+        need = ctx
+        rules.append(f"vLLM rejects max_num_batched_tokens < max_model_len ({ctx}, {what}) when chunked prefill "
+                     "is off")
+    elif not chunked and not ctx:
+        b.notes.append(f"chunked prefill off: vLLM rejects a token budget ({mbt}) below the max model length, "
+                       f"which servetune cannot check for model {d.model!r} (set deployment.max_model_len)")
+    if p.max_num_seqs > mbt:
+        rules.append(f"vLLM rejects max_num_batched_tokens < max_num_seqs ({p.max_num_seqs})")
+        need = max(need, p.max_num_seqs)
+    if need > mbt:
+        b.refuse("max_num_batched_tokens", f"{'; '.join(rules)}; raised to {need}",
+                 reset_to=min(need, _MAX_POLICY_BUDGET))  # a 10M context exceeds the Policy's range
+    return need
+
+
 def _replicas(b: _Builder, p: Policy, d: Deployment, flag: str) -> None:
     """Data-parallel replicas inside one engine: ``replicas`` (0 = all that fit at this TP)."""
     fit = max(1, d.n_gpus // p.tp)
@@ -380,6 +421,8 @@ def sglang_args(
     b.flag("--max-running-requests", p.max_num_seqs)
     b.flag("--chunked-prefill-size", p.max_num_batched_tokens if chunked else -1)
     b.flag("--max-prefill-tokens", p.max_num_batched_tokens)
+    # No startup rule ties these to the context or to --max-running-requests in SGLang (server_args.py
+    # checks neither; a prefill budget below the context still admits one long prompt): nothing refused.
     b.refuse_if_changed("long_prefill_token_threshold", "SGLang caps every prefill chunk by "
                         "--chunked-prefill-size; there is no separate per-request cap")
     if not p.disaggregated:  # prefill/decode servers: TP per pool, no data parallelism (_pd_pools)

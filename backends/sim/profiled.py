@@ -32,6 +32,25 @@ from backends.sim.engines import EnginePreset, get_engine
 _OP_NAMES = {"qkv": "qkv_proj", "o": "o_proj", "mlp_up": "mlp_up", "mlp_down": "mlp_down"}
 
 
+def _catalog_gpu(name: str) -> str:
+    """The catalog GPU ``name`` resolves to (by name or alias, case-insensitive), else ``name``
+    lower-cased (a GPU the catalog does not know matches only itself)."""
+    try:
+        return get_gpu(name).name
+    except (ValueError, OSError):
+        return name.strip().lower()
+
+
+def profile_device(fit: Any, model: str, gpu: str, tp: int) -> str | None:
+    """The ``device`` under which ``fit`` measured (``model``, ``gpu``, ``tp``), or None: ``gpu``
+    itself, else a device naming the same catalog GPU (an alias: ``cpu-host`` for ``cpu``, torch's
+    'NVIDIA H100 80GB HBM3' for ``h100-sxm``, or the catalog name for a GPU YAML named by an alias)."""
+    if fit.covers(model, gpu, tp):
+        return gpu
+    want = _catalog_gpu(gpu)
+    return next((d for m, d, t in fit.groups() if m == model and t == tp and _catalog_gpu(d) == want), None)
+
+
 class ProfiledCostModel(CostModel):
     """``CostModel`` + a fitted profile (see module doc). ``profile``: a ``ProfileFit``, a
     profile DataFrame, a profile file or a shared table name; None = the plain roofline."""
@@ -53,17 +72,19 @@ class ProfiledCostModel(CostModel):
 
             fit = profile if isinstance(profile, ProfileFit) else ProfileFit(profile)
             self.profile_fit = fit
+            dev = profile_device(fit, model.name, gpu.name, tp) or gpu.name
+            tag = gpu.name if dev == gpu.name else f"{gpu.name} (rows of {dev})"
             if efficiency is None:
-                eff, scope = fit.efficiency(model.name, gpu.name, tp, engine)
+                eff, scope = fit.efficiency(model.name, dev, tp, engine)
                 if scope != "none":
                     efficiency = eff
-                    source = f"roofline (efficiency fitted to profile:{fit.key} {gpu.name} rows)"
-            self._curves = dict(fit.linear_curves(model.name, gpu.name, tp))
-            self._attn = dict(fit.attention_curves(model.name, gpu.name, tp))
+                    source = f"roofline (efficiency fitted to profile:{fit.key} {tag} rows)"
+            self._curves = dict(fit.linear_curves(model.name, dev, tp))
+            self._attn = dict(fit.attention_curves(model.name, dev, tp))
             if self._curves or self._attn:
-                srcs = "+".join(fit.sources(model.name, gpu.name, tp))
+                srcs = "+".join(fit.sources(model.name, dev, tp))
                 ops = ",".join([*self._curves, *self._attn])
-                source = f"profile:{fit.key} ({srcs} {gpu.name} {model.name} tp{tp}: {ops})"
+                source = f"profile:{fit.key} ({srcs} {tag} {model.name} tp{tp}: {ops})"
         super().__init__(model, gpu, tp, weight_dtype, kv_dtype, engine, efficiency)
         self.source = source
         """Which cost model answered: the profile (and which ops) or the roofline."""
@@ -164,17 +185,27 @@ def instance_cost_model(model: ModelSpec, gpu: GPUSpec, tp: int = 1, weight_dtyp
     if cost_model not in COST_MODELS:
         raise ValueError(f"cost_model={cost_model!r}: must be {' or '.join(COST_MODELS)}")
     fit = profile_fit(profile)
-    if fit is None or not fit.covers(model.name, gpu.name, tp):
+    dev = None if fit is None else profile_device(fit, model.name, gpu.name, tp)
+    if dev is None:
         cm = CostModel(model, gpu, tp, weight_dtype, kv_dtype, engine)
         if fit is not None:
-            cm.source += f"; profile {profile} has no {model.name} {gpu.name} tp{tp} rows"
+            cm.source += f"; profile {profile} has no {model.name} {gpu.name} tp{tp} rows{_groups_hint(fit)}"
         return cm
-    eff, scope = fit.efficiency(model.name, gpu.name, tp, engine)
+    eff, scope = fit.efficiency(model.name, dev, tp, engine)
     cm = ProfiledCostModel(model, gpu, tp, weight_dtype, kv_dtype, engine, eff if scope == "group" else Efficiency(),
                            fit)
     how = f"fitted to profile:{fit.key}'s {model.name} {gpu.name} tp{tp} batch rows" if scope == "group" else "default"
     cm.source = f"roofline (efficiency {how})" if cm.source.startswith("roofline") else f"{cm.source}, {how} efficiency"
     return cm
+
+
+def _groups_hint(fit: Any) -> str:
+    """`` (it has: MODEL DEVICE tpN, ...)``: what a profile did measure, for the no-rows note."""
+    groups = fit.groups()
+    if not groups:
+        return ""
+    more = f", +{len(groups) - 4} more" if len(groups) > 4 else ""
+    return " (it has: " + ", ".join(f"{m} {d} tp{t}" for m, d, t in groups[:4]) + more + ")"
 
 
 def _terms_cost_model(model: ModelSpec, gpu: GPUSpec, tp: int, weight_dtype: str, kv_dtype: str,
@@ -188,10 +219,11 @@ def _terms_cost_model(model: ModelSpec, gpu: GPUSpec, tp: int, weight_dtype: str
         raise ValueError(f"cost_model=terms: profile {name!r} has no batch rows to fit the terms to; name one that "
                          "has (splitwise, sarathi, shared, or a servetune calibrate profile with prefill/decode rows)")
     cm = TermsCostModel(model, gpu, tp, weight_dtype, kv_dtype, engine, terms=terms)
-    where = "measured" if fit.covers(model.name, gpu.name, tp) else "not measured: the terms carried over"
+    where = "measured" if profile_device(fit, model.name, gpu.name, tp) else "not measured: the terms carried over"
     cm.source = (f"fitted operator-class terms (profile:{fit.key} {'+'.join(srcs)}: {n} batch rows; "
                  f"{model.name} {gpu.name} tp{tp} {where}; the launch floor of the engine the rows ran on)")
     return cm
 
 
-__all__ = ["DEFAULT_PROFILE", "ProfiledCostModel", "cost_model_for", "instance_cost_model", "profile_fit"]
+__all__ = ["DEFAULT_PROFILE", "ProfiledCostModel", "cost_model_for", "instance_cost_model", "profile_device",
+           "profile_fit"]

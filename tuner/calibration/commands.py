@@ -18,26 +18,34 @@ def calibrate_cmd(
     device: str = typer.Option("auto", "--device", help="auto (CUDA when present), cpu or cuda."),
     out: Path = typer.Option(Path("profile.parquet"), "--out", "-o", help="Profile file (.parquet or .csv)."),
     quick: bool = typer.Option(False, "--quick", help="Fewer shapes and repeats (1-2 min for an 8B layer on a 2-core CPU)."),
+    device_name: str = typer.Option(None, "--device-name", help="Tag the rows with this GPU (a catalog name or "
+                                    "alias, e.g. h100-sxm; default: the device that ran them, as the catalog "
+                                    "names it: torch's CUDA name resolved to e.g. h100-sxm, cpu-host on CPU). "
+                                    "simulate --profile uses the rows for the --gpu that resolves to it."),
 ) -> None:
     """Time a model's operators (GEMMs, attention prefill/decode, all-reduce) on this machine
     with torch and write a calibration profile (schema: docs/calibration.md)."""
+    import shlex
     import time
 
     from backends.sim.catalog import get_model
-    from tuner.calibration.microbench import calibrate
+    from tuner.calibration.microbench import CPU_DEVICE, calibrate
     from tuner.calibration.profile import content_hash, make_profile, write_profile
 
     if out.suffix not in (".parquet", ".csv"):
         raise ValueError(f"--out {out}: suffix must be .parquet or .csv")
     spec = get_model(model)
     t0 = time.perf_counter()
-    rows, notes = calibrate(spec, tp=tp, device=device, quick=quick, log=lambda s: typer.echo(f"  {s}"))
+    rows, notes = calibrate(spec, tp=tp, device=device, quick=quick, log=lambda s: typer.echo(f"  {s}"),
+                            device_name=device_name)
     df = make_profile(rows)
     write_profile(df, out)
     typer.echo(f"wrote {out}: {len(df)} rows, {df.device.iloc[0]}, {spec.name} tp{tp}, profile:{content_hash(df)} "
                f"({time.perf_counter() - t0:.1f} s)")
     for n in notes:
         typer.echo(f"note: {n}")
+    gpu = "cpu" if df.device.iloc[0] == CPU_DEVICE else df.device.iloc[0]
+    typer.echo(f"use it: servetune simulate -m {spec.name} -g {shlex.quote(gpu)} --tp {tp} --profile {out} ...")
 
 
 def fidelity_cmd(

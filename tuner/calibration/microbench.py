@@ -85,9 +85,32 @@ def _timer(torch, dev: str) -> Callable[[Callable[[], object], int, int], tuple[
     return run
 
 
+CPU_DEVICE = "cpu-host"
+"""The ``device`` of rows timed on the CPU: an alias of the catalog's ``cpu`` entry (also the name
+in tuner/calibration/data/cpu-host.yaml), so ``--gpu cpu`` selects such a profile."""
+
+
+def device_label(raw: str) -> str:
+    """The ``device`` a profile row gets for a device called ``raw`` (torch's CUDA device name,
+    e.g. 'NVIDIA H100 80GB HBM3', or a name given with ``--device-name``): the catalog's GPU name
+    when the catalog knows it by name or alias (h100-sxm), else ``raw`` as given (a GPU the
+    simulator then finds only by that name, e.g. a GPU YAML's)."""
+    from backends.sim.catalog import get_gpu
+
+    raw = raw.strip()
+    if raw.lower() in ("cpu", CPU_DEVICE):
+        return CPU_DEVICE
+    try:
+        return get_gpu(raw).name
+    except (ValueError, OSError):
+        return raw
+
+
 def calibrate(model: ModelSpec, *, tp: int = 1, device: str = "auto", quick: bool = False,
-              log: Callable[[str], None] = print) -> tuple[list[dict], list[str]]:
-    """Time the operators; returns (profile rows, notes)."""
+              log: Callable[[str], None] = print, device_name: str | None = None) -> tuple[list[dict], list[str]]:
+    """Time the operators; returns (profile rows, notes). Rows are tagged with ``device_label`` of
+    ``device_name`` when given, else of the device that ran them (torch's CUDA name, or
+    ``cpu-host``); a CUDA name the catalog does not know is kept, with a note."""
     torch = import_torch()
     dev = ("cuda" if torch.cuda.is_available() else "cpu") if device == "auto" else device
     if dev not in ("cpu", "cuda"):
@@ -98,10 +121,14 @@ def calibrate(model: ModelSpec, *, tp: int = 1, device: str = "auto", quick: boo
         raise ValueError(f"tp={tp}: must divide the model's heads ({model.heads}) and KV heads ({model.kv_heads})")
     dtype = torch.bfloat16 if dev == "cuda" else torch.float32
     dname = "bf16" if dev == "cuda" else "fp32"
-    device_name = torch.cuda.get_device_name(0) if dev == "cuda" else "cpu-host"
+    raw = device_name or (torch.cuda.get_device_name(0) if dev == "cuda" else CPU_DEVICE)
+    device_name = device_label(raw)
     plan = plan_for(model, dev, quick)
     timeit = _timer(torch, dev)
     notes: list[str] = []
+    if device_name != CPU_DEVICE and device_name not in _catalog_names():
+        notes.append(f"device {raw!r} is not in the GPU catalog: rows are tagged {device_name!r}, which only "
+                     "a GPU of that name selects (--device-name NAME tags them with a catalog GPU)")
     rows: list[dict] = []
     m = model
     hd = m.head_dim
@@ -156,4 +183,10 @@ def calibrate(model: ModelSpec, *, tp: int = 1, device: str = "auto", quick: boo
     return rows, notes
 
 
-__all__ = ["Plan", "calibrate", "import_torch", "plan_for"]
+def _catalog_names() -> set[str]:
+    from backends.sim.catalog import list_gpus
+
+    return {g.name for g in list_gpus()}
+
+
+__all__ = ["CPU_DEVICE", "Plan", "calibrate", "device_label", "import_torch", "plan_for"]
