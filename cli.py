@@ -75,35 +75,49 @@ USER_ERRORS: tuple[type[BaseException], ...] = (ValueError, OSError)
 
 
 def main(argv: list[str] | None = None) -> None:
-    """Console entry point: run the app, turning user errors into one line and exit 2."""
+    """Console entry point: run the app, turning user errors into one line and exit 2, Ctrl-C
+    into ``error: interrupted`` and exit 130, and ``typer.Exit(code)`` into that code."""
     try:
-        app(args=argv, standalone_mode=False)
+        # typer >= 0.22 (non-standalone) RETURNS the code of a raised ``typer.Exit`` and turns
+        # Ctrl-C (KeyboardInterrupt) into a returned 130; older versions raise both
+        rc = app(args=argv, standalone_mode=False)
     except KeyboardInterrupt:
-        typer.echo("interrupted", err=True)
-        sys.exit(130)
+        rc = 130
     except Exception as e:  # noqa: BLE001 - the one place errors become exit codes
-        # click's exceptions, or typer's vendored copy of click (typer >= 0.22 raises its own
-        # ``typer._click`` classes): matched by class name so that either is a usage error
-        kinds = {c.__name__ for c in type(e).__mro__}
-        if "Exit" in kinds and hasattr(e, "exit_code"):
-            sys.exit(e.exit_code)
-        if "NoArgsIsHelpError" in kinds:  # a command group alone: its help, as click prints it
-            e.show()  # type: ignore[attr-defined]
-            sys.exit(2)
-        if "ClickException" in kinds:  # a usage error (unknown flag, missing option): one line
-            ctx = getattr(e, "ctx", None)
-            hint = f" (see '{ctx.command_path} -h')" if ctx is not None else ""
-            typer.echo(f"error: {e.format_message().splitlines()[0]}{hint}", err=True)  # type: ignore[attr-defined]
-            sys.exit(2)
-        if os.environ.get("SERVETUNE_DEBUG"):
-            raise
-        if isinstance(e, USER_ERRORS):
-            msg = str(e).splitlines()[0] if str(e) else type(e).__name__
-            typer.echo(f"error: {msg}", err=True)
-            sys.exit(2)
-        typer.echo(f"internal error: {type(e).__name__}: {str(e).splitlines()[0] if str(e) else ''}"
-                   " (set SERVETUNE_DEBUG=1 for the traceback)", err=True)
-        sys.exit(1)
+        rc = _exit_code(e)
+    if rc == 130:  # SIGINT: the command stopped (a study keeps its finished trials)
+        typer.echo("error: interrupted", err=True)
+    if isinstance(rc, int) and not isinstance(rc, bool) and rc != 0:
+        sys.exit(rc)
+
+
+def _exit_code(e: Exception) -> int:
+    """The exit code for an exception a command raised, after printing its one line."""
+    # click's exceptions, or typer's vendored copy of click (typer >= 0.22 raises its own
+    # ``typer._click`` classes): matched by class name so that either is a usage error
+    kinds = {c.__name__ for c in type(e).__mro__}
+    if "Exit" in kinds and hasattr(e, "exit_code"):
+        return int(e.exit_code)
+    if "NoArgsIsHelpError" in kinds:  # a command group alone: its help, as click prints it
+        e.show()  # type: ignore[attr-defined]
+        return 2
+    if "ClickException" in kinds:  # a usage error (unknown flag, missing option): one line
+        ctx = getattr(e, "ctx", None)
+        hint = f" (see '{ctx.command_path} -h')" if ctx is not None else ""
+        typer.echo(f"error: {e.format_message().splitlines()[0]}{hint}", err=True)  # type: ignore[attr-defined]
+        return 2
+    if "Abort" in kinds:  # a prompt answered with Ctrl-D / Ctrl-C
+        typer.echo("error: aborted", err=True)
+        return 1
+    if os.environ.get("SERVETUNE_DEBUG"):
+        raise e
+    if isinstance(e, USER_ERRORS):
+        msg = str(e).splitlines()[0] if str(e) else type(e).__name__
+        typer.echo(f"error: {msg}", err=True)
+        return 2
+    typer.echo(f"internal error: {type(e).__name__}: {str(e).splitlines()[0] if str(e) else ''}"
+               " (set SERVETUNE_DEBUG=1 for the traceback)", err=True)
+    return 1
 
 
 if __name__ == "__main__":

@@ -53,16 +53,18 @@ def tune_cmd(
     from tuner.tracking import Tracker
     from tuner.tune import log_best_artifacts, tune
 
-
     spec = load_study(study_file)
     for note in spec.notes:  # what runnable_on: took out of the search
         typer.echo(f"runnable_on {spec.runnable_on}: {note}")
     if mlflow_logger not in ("auto", "inline", "process"):
         raise ValueError(f"--mlflow-logger {mlflow_logger!r}: choose auto, inline or process")
     study_backend = get_backend(backend)  # fail fast (exit 2) on an unknown or missing backend
-    if hasattr(study_backend, "check_deployment"):  # and on a model / GPU the backend does not know
-        study_backend.check_deployment(spec.deployment)
     checker = get_backend(verify_backend) if verify_top else None  # and on a missing verify engine
+    for b in (study_backend, checker):  # on a model / GPU it does not know, or an engine not installed
+        if hasattr(b, "check_deployment"):
+            b.check_deployment(spec.deployment)
+    if mlflow_uri:  # unreachable / unusable: one line before the study storage is created
+        Tracker(mlflow_uri).check()
     opts = TuneOptions(trials=trials, timeout_s=timeout, storage=storage, mlflow_uri=mlflow_uri, n_jobs=n_jobs,
                        backend=backend, seed=seed, retry_failed=retry_failed,
                        mlflow_logger=mlflow_logger)

@@ -78,7 +78,13 @@ class BackgroundLogger:
 
 
 def main(argv: list[str]) -> int:
+    import signal
+
     from tuner.tracking import Tracker
+
+    # Ctrl-C reaches the whole process group: this process stops when its worker closes stdin,
+    # after logging every run it was sent
+    signal.signal(signal.SIGINT, signal.SIG_IGN)
 
     tracker = Tracker(argv[0])
     times: list[float] = []

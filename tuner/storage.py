@@ -93,9 +93,15 @@ def open_storage(url: str | None) -> Any:
         return JournalStorage(JournalFileBackend(str(p)))
     db = _sqlite_path(url)
     if db is not None:
-        set_wal(db)
-        storage = RDBStorage(url, engine_kwargs={"connect_args": {"timeout": 60}},
-                             heartbeat_interval=HEARTBEAT_S, grace_period=4 * HEARTBEAT_S)
+        try:
+            # processes opening a fresh file together race to create Optuna's schema (alembic:
+            # "UNIQUE constraint failed: alembic_version"): one creates it, the others wait here
+            with file_lock(db.with_name(db.name + ".lock")):
+                set_wal(db)
+                storage = RDBStorage(url, engine_kwargs={"connect_args": {"timeout": 60}},
+                                     heartbeat_interval=HEARTBEAT_S, grace_period=4 * HEARTBEAT_S)
+        except (optuna.exceptions.StorageInternalError, sqlalchemy.exc.SQLAlchemyError, sqlite3.Error) as e:
+            raise ValueError(f"--storage {url}: cannot open ({str(e).splitlines()[0]})") from None
         sqlite_synchronous_normal(storage.engine)
         return storage
     try:
@@ -173,7 +179,14 @@ def study_lock(study_name: str) -> Iterator[None]:
     """An exclusive file lock (this machine) around 'count trials, then ask for one', so K local
     workers reach exactly the requested total."""
     safe = re.sub(r"[^A-Za-z0-9_.-]", "_", study_name)
-    path = workdir() / f"{safe}.lock"
+    with file_lock(workdir() / f"{safe}.lock"):
+        yield
+
+
+@contextlib.contextmanager
+def file_lock(path: Path) -> Iterator[None]:
+    """An exclusive lock on ``path`` (created if missing; processes of this machine wait)."""
+    path.parent.mkdir(parents=True, exist_ok=True)
     with open(path, "a+") as f:
         fcntl.flock(f, fcntl.LOCK_EX)
         try:

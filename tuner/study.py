@@ -357,6 +357,9 @@ def worker_main(argv: list[str]) -> int:
     spec_path, payload, index = argv[0], json.loads(argv[1]), int(argv[2])
     deadline = payload.pop("deadline")
     opts = TuneOptions(**payload)
-    spec = load_study(spec_path)
-    Worker(spec, opts, Tracker(opts.mlflow_uri), index=index).run(deadline)
+    try:
+        spec = load_study(spec_path)
+        Worker(spec, opts, Tracker(opts.mlflow_uri), index=index).run(deadline)
+    except KeyboardInterrupt:  # Ctrl-C (the terminal signals the whole group): finished trials are stored
+        return 130
     return 0

@@ -22,6 +22,7 @@ import contextlib
 import hashlib
 import io
 import math
+import os
 import subprocess
 import time
 from collections.abc import Mapping
@@ -29,11 +30,15 @@ from functools import cached_property
 from pathlib import Path
 from typing import Any
 
-from tuner.storage import set_wal, sqlite_synchronous_normal, workdir
+from tuner.storage import file_lock, mask_url, set_wal, sqlite_synchronous_normal, workdir
 
 PARENT_ATTR = "mlflow_parent_run_id"
 EXPERIMENT_ATTR = "mlflow_experiment_id"
 KEY_TAG = "servetune.study_key"
+HTTP_DEFAULTS = {"MLFLOW_HTTP_REQUEST_MAX_RETRIES": "2", "MLFLOW_HTTP_REQUEST_TIMEOUT": "10"}
+"""MLflow's HTTP client settings (retries; timeout per request, s) unless the user set them: a
+tracking server that does not answer fails in ~10-40 s, not minutes (MLflow's defaults: 7
+retries with exponential backoff, 120 s a request)."""
 
 
 def study_key(study: Any, storage: str) -> str:
@@ -82,12 +87,28 @@ class Tracker:
             from mlflow import MlflowClient
         _quiet_loggers()
 
-        if self._db is not None:
+        for k, v in HTTP_DEFAULTS.items():
+            os.environ.setdefault(k, v)
+        if self.uri.startswith("file:"):  # asked for by name: MLflow 3 serves it only when allowed
+            os.environ.setdefault("MLFLOW_ALLOW_FILE_STORE", "true")
+        if self._db is None:
+            return MlflowClient(tracking_uri=self.uri)
+        # processes creating a fresh store together would race on its schema (alembic)
+        with file_lock(self._db.with_name(self._db.name + ".lock")):
             set_wal(self._db)
-        client = MlflowClient(tracking_uri=self.uri)
-        if self._db is not None:
-            sqlite_synchronous_normal(getattr(client._tracking_client.store, "engine", None))
+            client = MlflowClient(tracking_uri=self.uri)
+        sqlite_synchronous_normal(getattr(client._tracking_client.store, "engine", None))
         return client
+
+    def check(self) -> None:
+        """Raise a one-line ValueError naming the URI when the tracking store cannot be opened or
+        reached (before a study writes anything)."""
+        try:
+            self.client.search_experiments(max_results=1)
+        except Exception as e:  # noqa: BLE001 - MlflowException, OSError, SQLAlchemy, requests ...
+            msg = mask_url(str(e).strip().splitlines()[0] if str(e).strip() else type(e).__name__)
+            raise ValueError(f"--mlflow-uri {mask_url(self.uri)}: cannot use this MLflow tracking store "
+                             f"({msg if len(msg) <= 200 else msg[:200] + '...'})") from None
 
     @cached_property
     def store(self) -> Any:

@@ -108,9 +108,13 @@ def tune(spec: StudySpec, opts: TuneOptions, *, progress: bool = True, backend: 
             timings = w.run(deadline, on_trial=bar.trial_done)
         else:
             procs = spawn_workers(spec, opts, deadline)
-            while any(p.poll() is None for p in procs):
-                bar.poll(study)
-                time.sleep(0.5)
+            try:
+                while any(p.poll() is None for p in procs):
+                    bar.poll(study)
+                    time.sleep(0.5)
+            except KeyboardInterrupt:  # stop the workers too; each stores its finished trials
+                _interrupt(procs)
+                raise
             bar.poll(study)
             bad = [p.returncode for p in procs if p.returncode != 0]
             if bad:
@@ -120,6 +124,21 @@ def tune(spec: StudySpec, opts: TuneOptions, *, progress: bool = True, backend: 
     res = TuneResult(study, spec, default_trial(study), best, feasible, stale, time.perf_counter() - t0, timings,
                      counts(study)[0])
     return res
+
+
+def _interrupt(procs: list[Any], timeout_s: float = 60.0) -> None:
+    """Send SIGINT to the worker processes still running and wait up to ``timeout_s`` s for them."""
+    import signal
+
+    for p in procs:
+        if p.poll() is None:
+            p.send_signal(signal.SIGINT)
+    end = time.time() + timeout_s
+    for p in procs:
+        try:
+            p.wait(max(end - time.time(), 0.1))
+        except Exception:  # noqa: BLE001 - subprocess.TimeoutExpired: leave it; the next tune fails its trial as stale
+            pass
 
 
 def log_best_artifacts(res: TuneResult, opts: TuneOptions, backend: Any = None) -> list[Path]:

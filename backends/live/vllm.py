@@ -127,6 +127,12 @@ class VLLMBackend:
         """The engine's interpreter (EngineError naming the setup step when missing)."""
         return self.python or find_vllm_python()
 
+    def check_deployment(self, deployment: Deployment) -> None:
+        """Raise a one-line EngineError (a ValueError) when the engine is not installed, so a
+        study fails before it stores any trial. Only probes for the engine's interpreter
+        (``find_python``): starts no server and writes no model."""
+        self.find_python()
+
     # ---------------------------------------------------------------- mapping
     def model_path(self, deployment: Deployment) -> str:
         """The folder (or hub id on GPU) that ``--model`` gets."""

@@ -206,7 +206,7 @@ def _signature() -> inspect.Signature:
         inspect.Parameter("engine", K, annotation=str, default=typer.Option(
             "vllm-v1", "--engine", help="Engine preset: vllm-v1, vllm-v0, sglang, tensorrt-llm.")),
         inspect.Parameter("max_model_len", K, annotation=int, default=typer.Option(
-            0, "--max-model-len", help="Context limit, tokens (0 = the model's).")),
+            0, "--max-model-len", min=0, help="Context limit, tokens (0 = the model's).")),
         inspect.Parameter("profile", K, annotation=str, default=typer.Option(
             "none", "--profile", help="Calibration profile: a file from `servetune calibrate`, a shared table "
             "(vidur, splitwise, sarathi, shared) or none (the roofline fitted to real vLLM V1 runs).")),

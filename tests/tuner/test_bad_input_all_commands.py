@@ -41,6 +41,10 @@ CASES = [
     (["simulate", "-w", "azure-conv", "--no-such-flag"], "No such option: --no-such-flag"),
     (["simulate", "-w", "azure-conv", "--rate", "abc"], "'--rate'"),
     (["nosuchcmd"], "No such command"),
+    (["simulate", "-w", "{d}/header_only.csv"], "no requests"),
+    (["simulate", "-w", "azure-conv", "--max-model-len", "-1"], "'--max-model-len'"),
+    (["fidelity", "--runs", "{d}/other_runs.csv"], "missing column(s) workload"),
+    (["fidelity", "--runs", "{d}/bad.parquet"], "trainval runs"),
 ]
 
 
@@ -53,6 +57,8 @@ def bad_files(project):
     (d / "bad.parquet").write_bytes(b"PAR1 this is not parquet")
     (d / "bad.yaml").write_text("schema_version: 1\nsource: [unclosed\n")
     (d / "bad_policy.yaml").write_text("max_num_seqz: 8\n")
+    (d / "header_only.csv").write_text("arrival_s,prompt_len,output_len\n")
+    (d / "other_runs.csv").write_text("run,ttft_ms\n1,20.5\n")
     return d
 
 
@@ -76,6 +82,16 @@ def test_real_process_prints_no_traceback(bad_files):
     assert r.stderr.count("\n") == 1 and r.stderr.startswith("error: ") and "Traceback" not in r.stderr
 
 
+def test_calibrate_without_torch_is_one_line(project):
+    """torch that cannot be imported (sys.modules["torch"] = None makes ``import torch`` fail as
+    an absent install does) is a one-line error naming the extra, exit 2."""
+    code = "import sys; sys.modules['torch'] = None; import cli; cli.main()"
+    r = subprocess.run([sys.executable, "-c", code, "calibrate", "-m", "tiny-llama", "--quick"],
+                       capture_output=True, text=True, cwd=project)
+    assert r.returncode == 2, r.stderr
+    assert r.stderr.count("\n") == 1 and r.stderr.startswith("error: calibrate needs torch"), r.stderr
+
+
 def test_a_command_group_alone_prints_its_help(run_cli):
     code, out, err = run_cli("workloads")
     assert code == 2 and "list" in out + err and "inspect" in out + err
@@ -87,14 +103,19 @@ def _snapshot(stored, name):
     return [(t.number, t.state, t.values, t.params) for t in s.get_trials()], dict(s.user_attrs)
 
 
-def test_failed_commands_leave_the_stores_untouched(write_study, run_cli, stored, children, project):
+def test_failed_commands_leave_the_stores_untouched(write_study, run_cli, stored, children, project, monkeypatch):
     p = write_study(name="keep", trials=2)
+    monkeypatch.setenv("SERVETUNE_VLLM_PYTHON", str(project / "no-vllm" / "python"))
+    monkeypatch.setenv("MLFLOW_HTTP_REQUEST_MAX_RETRIES", "0")  # fail at once (the default: 2 retries, ~6 s)
     assert run_cli("tune", str(p), "--no-progress")[0] == 0
     before, n_runs = _snapshot(stored, "keep"), len(children(stored("keep")))
     bad = [
         ["tune", str(p), "--trials", "3", "--storage", "postgresql+psycopg2://u:s3cret@127.0.0.1:1/db"],
         ["tune", str(p), "--trials", "3", "--mlflow-uri", f"sqlite:///{project / 'keep.yaml'}/x/mlflow.db"],
         ["tune", str(p), "--trials", "3", "--backend", "tensorrt"],
+        ["tune", str(p), "--trials", "3", "--backend", "vllm"],  # not installed (SERVETUNE_VLLM_PYTHON below)
+        ["tune", str(p), "--trials", "3", "--mlflow-uri", "http://127.0.0.1:1"],  # nothing listens
+        ["tune", str(p), "--trials", "3", "--mlflow-uri", "file:///proc/no-such-dir"],
         ["export", str(p), "--trial", "99"],
         ["simulate", "--study", str(p), "--trial", "99"],
     ]

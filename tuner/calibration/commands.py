@@ -29,11 +29,15 @@ def calibrate_cmd(
     import time
 
     from backends.sim.catalog import get_model
-    from tuner.calibration.microbench import CPU_DEVICE, calibrate
+    from tuner.calibration.microbench import CPU_DEVICE, calibrate, import_torch
     from tuner.calibration.profile import content_hash, make_profile, write_profile
 
     if out.suffix not in (".parquet", ".csv"):
         raise ValueError(f"--out {out}: suffix must be .parquet or .csv")
+    try:
+        import_torch()  # torch missing (or broken): one line naming the extra, exit 2
+    except ImportError as e:
+        raise ValueError(str(e).splitlines()[0]) from None
     spec = get_model(model)
     t0 = time.perf_counter()
     rows, notes = calibrate(spec, tp=tp, device=device, quick=quick, log=lambda s: typer.echo(f"  {s}"),

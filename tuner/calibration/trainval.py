@@ -114,6 +114,10 @@ class TrainvalRun:
         return f"{self.model} tp{self.tp} {self.workload}"
 
 
+REQUIRED_COLUMNS = ("workload", "model_hf", "tp", "precision", "ttft_mean_ms", "e2e_mean_ms", "tpot_mean_study_ms")
+"""Columns every row of a trainval runs CSV needs (the others have defaults)."""
+
+
 def load_runs(path: str | Path = TRAINVAL_CSV) -> list[TrainvalRun]:
     """The runs of the trainval table (OSError when the file is missing)."""
     import pandas as pd
@@ -123,8 +127,16 @@ def load_runs(path: str | Path = TRAINVAL_CSV) -> list[TrainvalRun]:
     p = Path(path)
     if not p.is_file():
         raise OSError(f"trainval runs: {p} not found (not bundled: give --runs FILE or set SERVETUNE_TRAINVAL_CSV)")
+    try:
+        df = pd.read_csv(p)
+    except ValueError as e:  # not text, not a table, empty
+        raise ValueError(f"trainval runs {p}: not a CSV table ({str(e).splitlines()[0]})") from None
+    missing = [c for c in REQUIRED_COLUMNS if c not in df.columns]
+    if missing:
+        raise ValueError(f"trainval runs {p}: missing column(s) {', '.join(missing)} (needed: "
+                         f"{', '.join(REQUIRED_COLUMNS)})")
     out = []
-    for i, r in enumerate(pd.read_csv(p).to_dict("records")):
+    for i, r in enumerate(df.to_dict("records")):
         wl = str(r["workload"])
 
         def num(key: str, default: float, r=r) -> float:
