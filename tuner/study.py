@@ -9,6 +9,7 @@ machine reach exactly N; workers on several machines (RDB storage) may overshoot
 
 from __future__ import annotations
 
+import contextlib
 import json
 import os
 import socket
@@ -244,19 +245,24 @@ class Worker:
     def _loop(self, deadline: float | None, on_trial: Callable[[int, Outcome], None] | None) -> None:
         while deadline is None or time.time() < deadline:
             t = time.perf_counter()
-            with study_lock(self.spec.name):
-                fin, running = counts(self.study)
-                if fin + running >= self.target:
-                    break
-                trial = self.study.ask()
-                trial.set_user_attr("worker", worker_id())
+            trial = None
+            try:
+                with study_lock(self.spec.name):
+                    fin, running = counts(self.study)
+                    if fin + running >= self.target:
+                        break
+                    trial = self.study.ask()
+                    trial.set_user_attr("worker", worker_id())
+            except BaseException:  # Ctrl-C between ask and evaluate: the trial fails, not left RUNNING
+                if trial is not None:
+                    self._fail(trial)
+                raise
             self.timings.storage += time.perf_counter() - t
             outcome = self._one(trial)
             if on_trial is not None:
                 on_trial(trial.number, outcome)
 
     def _one(self, trial: Any) -> Outcome:
-        from optuna.trial import TrialState
 
         stop = threading.Event()
         if self._heartbeat:
@@ -266,10 +272,18 @@ class Worker:
             return self._evaluate_and_tell(trial, told)
         except BaseException:  # an internal error is never scored: the trial fails, the error surfaces
             if not told[0]:
-                self.study.tell(trial, state=TrialState.FAIL)
+                self._fail(trial)
             raise
         finally:
             stop.set()
+
+    def _fail(self, trial: Any) -> None:
+        """Tell Optuna ``trial`` FAILED unless it is finished already (an interrupt can land
+        inside the ``tell`` that finished it); the error being raised is the one to surface."""
+        from optuna.trial import TrialState
+
+        with contextlib.suppress(Exception):  # (Optuna refuses to tell a finished trial again)
+            self.study.tell(trial, state=TrialState.FAIL)
 
     def _evaluate_and_tell(self, trial: Any, told: list[bool]) -> Outcome:
         """Evaluate, tell Optuna (the source of truth), then mirror the trial to MLflow. A worker

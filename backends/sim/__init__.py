@@ -87,10 +87,10 @@ class SimBackend:
     def check_deployment(self, deployment: Deployment) -> None:
         """Raise a one-line ValueError when the deployment's model, GPU or engine preset is not
         one this simulator knows (before a study spends trials on it)."""
-        from backends.sim.catalog import get_gpu, get_model
+        from backends.sim.catalog import context_len, get_gpu, get_model
         from backends.sim.engines import get_engine
 
-        get_model(deployment.model)
+        context_len(get_model(deployment.model), deployment.max_model_len)
         get_gpu(deployment.gpu)
         get_engine(deployment.engine)
 

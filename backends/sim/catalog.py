@@ -272,6 +272,16 @@ def _yaml_entry(path: Path, kind: str) -> tuple[str, dict[str, Any]]:
     return str(data.pop("name", path.stem)), data
 
 
+def context_len(model: ModelSpec, max_model_len: int = 0) -> int:
+    """The context a deployment serves, tokens: ``max_model_len`` (0 = the model's own
+    ``max_position``). ValueError when it exceeds the model's context: vLLM refuses to start
+    ("User-specified max_model_len is greater than the derived max_model_len")."""
+    if max_model_len > model.max_position:
+        raise ValueError(f"max_model_len={max_model_len} exceeds {model.name}'s context of {model.max_position} "
+                         "tokens (the engine refuses it)")
+    return max_model_len or model.max_position
+
+
 def get_model(name_or_path: str | Path) -> ModelSpec:
     """A model by catalog name/alias, or from a path to a YAML entry or a HF ``config.json``."""
     p = Path(name_or_path)

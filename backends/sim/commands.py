@@ -121,9 +121,10 @@ def simulate_cmd(ctx: typer.Context, **kw) -> None:
     notes = (*setup.notes, *res.notes)
     if setup.stored:
         notes = (*notes, compare_stored(card.metrics(), setup.stored, setup.trial))
+    wrote = _write_out(kw["out"], setup, res, card, notes) if kw["out"] is not None else ""  # before any print
     print_scorecard(card, _title(setup, res, wall), notes)
-    if kw["out"] is not None:
-        _write_out(kw["out"], setup, res, card, notes)
+    if wrote:
+        typer.echo(wrote)
     if kw["trace"] is not None:
         typer.echo(f"wrote trace {kw['trace']}")
 
@@ -162,8 +163,9 @@ def _title(setup, res, wall: float) -> str:
     return f"{src}{w.name}: {w.n} requests on {where} (simulated in {wall:.2f} s)"
 
 
-def _write_out(out: Path, setup, res, card, notes: tuple[str, ...]) -> None:
-    """The scorecard JSON at ``out``, with the records (Parquet) and the effective policy beside."""
+def _write_out(out: Path, setup, res, card, notes: tuple[str, ...]) -> str:
+    """The scorecard JSON at ``out``, with the records (Parquet) and the effective policy beside;
+    returns the line saying so."""
     out.parent.mkdir(parents=True, exist_ok=True)
     w, dep = setup.workload, setup.deployment
     rec_path = out.with_name(out.stem + ".records.parquet")
@@ -177,7 +179,7 @@ def _write_out(out: Path, setup, res, card, notes: tuple[str, ...]) -> None:
            "records": rec_path.name, "policy_file": pol_path.name, "meta": dict(res.meta),
            "counters": dict(res.telemetry.counters), "seed": setup.seed, "source": setup.source}
     out.write_text(json.dumps(doc, indent=1, default=float))
-    typer.echo(f"wrote {out}, {rec_path.name}, {pol_path.name}")
+    return f"wrote {out}, {rec_path.name}, {pol_path.name}"
 
 
 def _signature() -> inspect.Signature:

@@ -29,7 +29,7 @@ from backends.base import Deployment
 from backends.sim.admission import RATE_WINDOW, AdmissionControl
 from backends.sim.arrivals import Arrivals
 from backends.sim.batching import PLANNERS
-from backends.sim.catalog import default_activation_reserve, get_gpu, get_model, kv_budget
+from backends.sim.catalog import context_len, default_activation_reserve, get_gpu, get_model, kv_budget
 from backends.sim.chrome_trace import TraceWriter
 from backends.sim.costmodel import weight_bytes_per_gpu
 from backends.sim.engines import get_engine
@@ -168,7 +168,7 @@ class Simulation(Arrivals):
             VTCQueue(self.fair, policy, workload, clock=lambda: self.t)
         self.head = self.waiting.peek if self.lora is None else self._lora_head
         self.admission = AdmissionControl(policy, cm, total)
-        self.max_len = deployment.max_model_len or model.max_position
+        self.max_len = context_len(model, deployment.max_model_len)
         self.max_t = math.inf if max_sim_time_s is None else float(max_sim_time_s)
         # running state
         self.prefilling: list[Req] = []

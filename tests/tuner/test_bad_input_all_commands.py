@@ -43,6 +43,7 @@ CASES = [
     (["nosuchcmd"], "No such command"),
     (["simulate", "-w", "{d}/header_only.csv"], "no requests"),
     (["simulate", "-w", "azure-conv", "--max-model-len", "-1"], "'--max-model-len'"),
+    (["simulate", "-w", "azure-conv", "--max-model-len", "200000"], "max_model_len=200000 exceeds llama-3.1-8b's context"),
     (["fidelity", "--runs", "{d}/other_runs.csv"], "missing column(s) workload"),
     (["fidelity", "--runs", "{d}/bad.parquet"], "trainval runs"),
 ]
