@@ -21,8 +21,6 @@ from backends.base import Deployment
 from tuner.policy import Policy
 from tuner.space import KnobRange
 
-ENGINES = ("vllm", "sglang")
-
 
 @dataclass(frozen=True, slots=True)
 class Restriction:
@@ -32,37 +30,39 @@ class Restriction:
     notes: tuple[str, ...]
 
 
-def _refused(engine: str, policy: Policy, deployment: Deployment, knob: str) -> str | None:
-    """Why ``engine`` cannot run ``policy``'s ``knob`` (None when it can)."""
-    from backends.live.flags import sglang_args, vllm_args
+def _check_engine(engine: str) -> None:
+    from backends.live.flags import MAPPERS
 
-    mapping = (vllm_args if engine == "vllm" else sglang_args)(policy, deployment)
-    return next((why for k, _v, why in mapping.unsupported if k == knob), None)
+    if engine not in MAPPERS:
+        raise ValueError(f"runnable_on: {engine!r} must be one of {', '.join(MAPPERS)}")
+
+
+def _refusals(engine: str, policy: Policy, deployment: Deployment) -> dict[str, str]:
+    """Knob -> why ``engine`` cannot run it in ``policy`` (``backends.live.flags.engine_args``)."""
+    from backends.live.flags import engine_args
+
+    return {k: why for k, _v, why in engine_args(engine, policy, deployment).unsupported}
 
 
 def _try(engine: str, base: Policy, deployment: Deployment, knob: str, value: Any) -> str | None:
+    """Why ``engine`` cannot run ``base`` with ``knob`` = ``value`` (None when it can)."""
     try:
         pol = base.replace(**{knob: value})
     except (TypeError, ValueError):  # invalid on this base alone (e.g. with another knob): not the engine's call
         return None
-    return _refused(engine, pol, deployment, knob)
+    return _refusals(engine, pol, deployment).get(knob)
 
 
 def refused_fixed(engine: str, base: Policy, deployment: Deployment, fixed: Mapping[str, Any]) -> tuple[str, str] | None:
     """(knob, why) of the first ``fixed`` knob ``engine`` cannot run on ``base``, or None."""
-    if engine not in ENGINES:
-        raise ValueError(f"runnable_on: {engine!r} must be one of {', '.join(ENGINES)}")
-    for k in fixed:
-        why = _refused(engine, base, deployment, k)
-        if why is not None:
-            return k, why
-    return None
+    _check_engine(engine)
+    refused = _refusals(engine, base, deployment)
+    return next(((k, refused[k]) for k in fixed if k in refused), None)
 
 
 def restrict(search: Sequence[KnobRange], engine: str, base: Policy, deployment: Deployment) -> Restriction:
     """``search`` with what ``engine`` (vllm or sglang) cannot express removed (module doc)."""
-    if engine not in ENGINES:
-        raise ValueError(f"runnable_on: {engine!r} must be one of {', '.join(ENGINES)}")
+    _check_engine(engine)
     kept: list[KnobRange] = []
     notes: list[str] = []
     for r in search:
@@ -85,4 +85,4 @@ def restrict(search: Sequence[KnobRange], engine: str, base: Policy, deployment:
     return Restriction(tuple(kept), tuple(notes))
 
 
-__all__ = ["ENGINES", "Restriction", "refused_fixed", "restrict"]
+__all__ = ["Restriction", "refused_fixed", "restrict"]
