@@ -13,16 +13,6 @@ from tuner.calibration.microbench import device_label
 from tuner.calibration.profile import read_profile
 
 
-def _run(args):
-    from cli import main
-
-    try:
-        main(args)
-    except SystemExit as e:
-        return e.code
-    return 0
-
-
 @pytest.mark.parametrize("torch_name,catalog", [
     ("NVIDIA H100 80GB HBM3", "h100-sxm"), ("NVIDIA H100 PCIe", "h100-pcie"), ("NVIDIA H200", "h200"),
     ("NVIDIA A100-SXM4-80GB", "a100-80gb"), ("NVIDIA A100-SXM4-40GB", "a100-40gb"),
@@ -36,33 +26,34 @@ def test_device_label_keeps_unknown_names_and_tags_cpu():
     assert device_label("Some Future GPU") == "Some Future GPU"
 
 
-def test_calibrate_then_simulate_uses_the_profile(tmp_path, capsys):
+def test_calibrate_then_simulate_uses_the_profile(tmp_path, run_cli_full):
     pytest.importorskip("torch")
     prof = tmp_path / "tiny.parquet"
-    assert _run(["calibrate", "--model", "tiny-llama", "--device", "cpu", "--quick", "--out", str(prof)]) == 0
-    assert "-g cpu --tp 1 --profile" in capsys.readouterr().out
+    code, out, _ = run_cli_full("calibrate", "--model", "tiny-llama", "--device", "cpu", "--quick", "--out", prof)
+    assert code == 0
+    assert "-g cpu --tp 1 --profile" in out
     assert set(read_profile(prof).device) == {"cpu-host"}
     out = tmp_path / "run.json"
-    assert _run(["simulate", "-w", "azure-conv", "--first", "20", "-m", "tiny-llama", "-g", "cpu",
-                 "--profile", str(prof), "-o", str(out)]) == 0
+    assert run_cli_full("simulate", "-w", "azure-conv", "--first", "20", "-m", "tiny-llama", "-g", "cpu",
+                        "--profile", prof, "-o", out)[0] == 0
     (note,) = [n for n in json.loads(out.read_text())["notes"] if n.startswith("cost model:")]
     assert note.startswith("cost model: profile:") and "tiny-llama tp1" in note and "attn_decode" in note
     # another GPU: not this profile's rows, and the note says what the profile has
-    assert _run(["simulate", "-w", "azure-conv", "--first", "20", "-m", "tiny-llama", "-g", "h100-sxm",
-                 "--profile", str(prof), "-o", str(out)]) == 0
+    assert run_cli_full("simulate", "-w", "azure-conv", "--first", "20", "-m", "tiny-llama", "-g", "h100-sxm",
+                        "--profile", prof, "-o", out)[0] == 0
     (note,) = [n for n in json.loads(out.read_text())["notes"] if n.startswith("cost model:")]
     assert "has no tiny-llama h100-sxm tp1 rows (it has: tiny-llama cpu-host tp1)" in note
 
 
-def test_device_name_option_tags_a_catalog_gpu(tmp_path):
+def test_device_name_option_tags_a_catalog_gpu(tmp_path, run_cli_full):
     pytest.importorskip("torch")
     from backends.sim.catalog import get_model
     from backends.sim.profiled import instance_cost_model
     from tuner.calibration.profile import make_profile, write_profile
 
     prof = tmp_path / "h100.csv"
-    assert _run(["calibrate", "--model", "tiny-llama", "--device", "cpu", "--quick", "--out", str(prof),
-                 "--device-name", "NVIDIA H100 80GB HBM3"]) == 0
+    assert run_cli_full("calibrate", "--model", "tiny-llama", "--device", "cpu", "--quick", "--out", prof,
+                        "--device-name", "NVIDIA H100 80GB HBM3")[0] == 0
     df = read_profile(prof)
     assert set(df.device) == {"h100-sxm"}
     cm = instance_cost_model(get_model("tiny-llama"), get_gpu("h100"), 1, profile=str(prof))

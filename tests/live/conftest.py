@@ -20,3 +20,11 @@ def tiny_model(vllm_python, tmp_path_factory) -> str:
     from backends.live.tiny_model import ensure_tiny_model
 
     return str(ensure_tiny_model(tmp_path_factory.mktemp("models"), python=vllm_python))
+
+
+@pytest.fixture
+def run_cli(cli_with):
+    """Run ``servetune engine ...`` with only the engine commands registered (no engine needed)."""
+    from backends.live.commands import register
+
+    return cli_with(register, "engine")

@@ -67,13 +67,6 @@ def test_sglang_has_no_such_startup_rule():
     assert m.unsupported == () and _value(m.args, "--max-prefill-tokens") == "256"
 
 
-@pytest.fixture
-def run_cli(cli_with):
-    from backends.live.commands import register
-
-    return cli_with(register, "engine")
-
-
 def test_engine_flags_shows_the_rule(run_cli, tmp_path):
     pol = tmp_path / "p.yaml"
     pol.write_text("policy:\n  max_num_seqs: 512\n  max_num_batched_tokens: 256\n")

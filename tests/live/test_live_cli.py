@@ -4,15 +4,6 @@ from __future__ import annotations
 
 import shlex
 
-import pytest
-
-
-@pytest.fixture
-def run_cli(cli_with):
-    from backends.live.commands import register
-
-    return cli_with(register, "engine")
-
 
 def test_engine_flags_prints_command_and_unsupported(run_cli, tmp_path):
     pol = tmp_path / "p.yaml"
