@@ -40,7 +40,7 @@ def engine_client_lag(res: RunResult, engine: str) -> RunResult:
     from backends.sim.engines import get_engine
 
     preset = get_engine(engine)
-    return with_client_lag(res, preset.client_lag_steps, source=f"{preset.name}: async scheduling + streaming")
+    return with_client_lag(res, preset.client_lag_steps, source=f"{preset.name}: output processing + streaming")
 
 
 __all__ = ["engine_client_lag", "with_client_lag"]

@@ -59,9 +59,10 @@ class EnginePreset:
     more (a long prefill step delays it by its whole length). An idle engine schedules an arrival
     at once. False: the batch is planned at the step boundary from everything arrived by then."""
     client_lag_steps: float = 0.0
-    """Steps between the engine sampling a token and the client receiving it (async scheduling
-    and output streaming), in units of the request's own time per output token; added to the
-    records' first-token and finish times (``client_lag``). 0: not measured for this engine."""
+    """Steps between the engine sampling a token and the client receiving it (output processing,
+    detokenisation and streaming; the step async scheduling adds is ``schedule_ahead``, in the
+    loop), in units of the request's own time per output token; added to the records'
+    first-token and finish times (``client_lag``). 0: not measured for this engine."""
     description: str = ""
 
     def batch_defaults(self, gpu: object = None) -> tuple[int, int]:

@@ -1,4 +1,4 @@
-"""The engine preset's client lag (vLLM V1: async scheduling + streaming) in the simulator's records."""
+"""The engine preset's client lag (vLLM V1: output processing + streaming) in the simulator's records."""
 
 from __future__ import annotations
 

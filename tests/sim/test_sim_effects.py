@@ -23,7 +23,7 @@ def test_ttft_at_low_load_is_the_prefill_time():
     w = build_workload("sparse", np.arange(20) * 5.0, np.full(20, 1000), np.full(20, 32))
     res, card = run(w)
     assert card.n_completed == 20
-    # the engine's prefill, plus the client lag of vLLM V1 (async scheduling + streaming, in steps)
+    # the engine's prefill, plus the client lag of vLLM V1 (output processing + streaming, in steps)
     rec = res.records
     step_ms = float(((rec.finish_s - rec.first_token_s) / (rec.output_len - 1)).median()) * 1e3
     expected = cost_model().prefill_time(1000) * 1e3 + get_engine("vllm-v1").client_lag_steps * step_ms
