@@ -23,6 +23,7 @@ from dataclasses import asdict, dataclass
 from typing import Any
 
 from tuner.evaluate import DEFAULT_ATTR, RESULT_ATTR, Evaluator, Outcome, Timings
+from tuner.interrupts import deferred_interrupt
 from tuner.space import default_params
 from tuner.storage import (
     JOURNAL_NAME,
@@ -245,35 +246,30 @@ class Worker:
     def _loop(self, deadline: float | None, on_trial: Callable[[int, Outcome], None] | None) -> None:
         while deadline is None or time.time() < deadline:
             t = time.perf_counter()
-            trial = None
+            trial, told = None, [False]
             try:
-                with study_lock(self.spec.name):
-                    fin, running = counts(self.study)
-                    if fin + running >= self.target:
-                        break
-                    trial = self.study.ask()
-                    trial.set_user_attr("worker", worker_id())
-            except BaseException:  # Ctrl-C between ask and evaluate: the trial fails, not left RUNNING
-                if trial is not None:
+                with deferred_interrupt():  # a trial Optuna stores as RUNNING is always one we hold
+                    with study_lock(self.spec.name):
+                        fin, running = counts(self.study)
+                        if fin + running >= self.target:
+                            break
+                        trial = self.study.ask()
+                        trial.set_user_attr("worker", worker_id())
+                self.timings.storage += time.perf_counter() - t
+                outcome = self._one(trial, told)
+            except BaseException:  # Ctrl-C or an internal error: never scored, the trial fails
+                if trial is not None and not told[0]:
                     self._fail(trial)
                 raise
-            self.timings.storage += time.perf_counter() - t
-            outcome = self._one(trial)
             if on_trial is not None:
                 on_trial(trial.number, outcome)
 
-    def _one(self, trial: Any) -> Outcome:
-
+    def _one(self, trial: Any, told: list[bool]) -> Outcome:
         stop = threading.Event()
         if self._heartbeat:
             threading.Thread(target=self._beat, args=(trial._trial_id, stop), daemon=True).start()
-        told = [False]
         try:
             return self._evaluate_and_tell(trial, told)
-        except BaseException:  # an internal error is never scored: the trial fails, the error surfaces
-            if not told[0]:
-                self._fail(trial)
-            raise
         finally:
             stop.set()
 
