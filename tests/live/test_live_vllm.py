@@ -43,13 +43,61 @@ def run(backend, w, seed=0):
     return res
 
 
+def run_observed(backend, w, invalid, attempts=3):
+    """Run ``w`` until ``invalid(result)`` is None (the run tested what the test is about).
+
+    A 2-core CI host can stall the API server for seconds: requests then reach the engine one by
+    one, or every response reaches the client in one burst, and such a run says nothing either
+    way. Each invalid run is printed with its reason and run again; the test's assertion is then
+    made on a valid run, unchanged. If no run is valid the test fails, naming the reason."""
+    why = None
+    for k in range(attempts):
+        res = run(backend, w, seed=k)
+        why = invalid(res)
+        if why is None:
+            return res
+        print(f"run {k + 1} not a valid observation: {why}")
+    pytest.fail(f"{attempts} runs, none a valid observation: {why}")
+
+
+def peak_kv_blocks(rec, block):
+    """Largest KV demand (blocks) that the client's timings imply at any first-token or finish time:
+    each request decoding then holds its prompt plus the tokens it produced so far (its output
+    spread evenly between its first token and its finish)."""
+    a = rec["first_token_s"].to_numpy()
+    f = rec["finish_s"].to_numpy()
+    p = rec["prompt_len"].to_numpy()
+    o = rec["output_len"].to_numpy()
+    peak = 0
+    for t in np.r_[a, f]:
+        on = (a <= t) & (t <= f)
+        done = np.clip((t - a[on]) / np.maximum(f[on] - a[on], 1e-9), 0, 1)
+        peak = max(peak, int(np.ceil((p[on] + done * o[on]) / block).sum()))
+    return peak
+
+
+def burst(rec, within_s=0.05):
+    """Reason when every response reached the client within ``within_s`` (a host stall), else None."""
+    f = rec["finish_s"].to_numpy()
+    span = float(f.max() - f.min())
+    return f"all {len(f)} responses reached the client within {span * 1e3:.0f} ms" if span < within_s else None
+
+
 def test_preemptions_under_small_kv_budget(backend, monkeypatch):
     # The run lasts ~2-3 s: sample /metrics every 0.1 s, not 0.5 s. Only here: scrapes load the API
     # server, and the priority test needs it quick to admit its late requests.
     monkeypatch.setattr(backend, "metrics_interval_s", 0.1)
     # 16 requests of 100 + 300 tokens (13 blocks each); 4 running need 52 blocks > 24.
     w = build_workload("kv-pressure", np.zeros(16), np.full(16, 100), np.full(16, 300))
-    res = run(backend, w)
+    blocks = int(BLOCKS[1])
+
+    def invalid(res):  # a run whose requests never needed more KV than there is cannot preempt
+        peak = peak_kv_blocks(res.records, POLICY.block_size)
+        if res.telemetry.counters["preemptions"] == 0 and peak <= blocks:
+            return f"the requests overlapped too little to need more than {blocks} KV blocks (peak {peak})"
+        return None
+
+    res = run_observed(backend, w, invalid)
     rec = res.records
     assert not rec["failed"].any(), res.notes
     assert (rec["output_len"] == 300).all()
@@ -79,7 +127,7 @@ def test_priority_order_holds_on_a_saturated_server(backend):
     prio = np.r_[np.full(n_low, 10), np.zeros(n_high, int)]
     n = n_low + n_high
     w = build_workload("priority", arrival, np.full(n, 32), np.full(n, 120), priority=prio)
-    rec = run(backend, w).records
+    rec = run_observed(backend, w, lambda res: burst(res.records)).records
     assert not rec["failed"].any()
     high = rec["finish_s"][prio == 0].to_numpy()
     low = rec["finish_s"][prio == 10].to_numpy()
