@@ -160,6 +160,7 @@ def write_report(spec: StudySpec, study: Any, out_dir: Path, *, backend: str = "
         rows = "".join(f"<tr><td>{m}</td>" + "".join(f"<td>{getattr(sc, m):.4g}</td>" for _, sc in runs.values())
                        + "</tr>" for m in TABLE_METRICS)
         sections.append(f"<h2>Scorecards</h2><table><tr><th>metric</th>{head}</tr>{rows}</table>")
+        sections.append(_tenant_section({k: r for k, (r, _) in runs.items()}))
         cost = _cost_statement(next(iter(runs.values()))[0], spec)
     summary = _summary_table(spec, best, default, feasible)
     d = spec.deployment
@@ -180,6 +181,26 @@ Trials: {html.escape(', '.join(f'{k} {v}' for k, v in sorted(states.items())))}.
     path.write_text(page, encoding="utf-8")
     _log_to_mlflow(study, [path, *pngs], mlflow_uri)
     return path
+
+
+def _tenant_section(results: dict[str, Any]) -> str:
+    """Per-tenant service and latency of each run side by side; empty for a one-tenant workload."""
+    from tuner.tenants import n_tenants, tenant_table
+
+    if not results or n_tenants(next(iter(results.values())).records) < 2:
+        return ""
+    cols = ("service_share", "ttft_p99_ms", "tpot_p99_ms", "slo_attainment")
+    tables = {label: tenant_table(r.records).set_index("tenant") for label, r in results.items()}
+    head = "".join(f"<th>{html.escape(label)}: {c}</th>" for label in tables for c in cols)
+    names = sorted(set().union(*(t.index for t in tables.values())), key=str)
+    body = "".join(
+        f"<tr><td>{html.escape(str(n))}</td><td>{int(next(iter(tables.values())).loc[n, 'requests'])}</td>"
+        + "".join(f"<td>{t.loc[n, c]:.3g}</td>" if n in t.index else "<td></td>" for t in tables.values() for c in cols)
+        + "</tr>" for n in names)
+    return ("<h2>Per tenant</h2><p>Service share: the tenant's fraction of the weighted tokens served "
+            "(1 &times; prompt + 2 &times; output). Latencies are p99 of its completed requests (ms); SLO "
+            "attainment is the fraction of its requests served within both targets.</p>"
+            f"<table><tr><th>tenant</th><th>requests</th>{head}</tr>{body}</table>")
 
 
 def _summary_table(spec: StudySpec, best: list[Any], default: Any, feasible: bool) -> str:

@@ -142,9 +142,11 @@ def _interrupt(procs: list[Any], timeout_s: float = 60.0) -> None:
 
 
 def log_best_artifacts(res: TuneResult, opts: TuneOptions, backend: Any = None) -> list[Path]:
-    """Re-simulate the best/Pareto trials and log records (Parquet) + CDF plots to their runs."""
+    """Re-simulate the best/Pareto trials and log records (Parquet), CDF plots and, for a
+    multi-tenant workload, the per-tenant table (``tenants.csv``) to their runs."""
     from backends.registry import get_backend
     from tuner.plots import latency_cdf_png
+    from tuner.tenants import n_tenants, tenant_table
 
     if not res.best:
         return []
@@ -164,8 +166,12 @@ def log_best_artifacts(res: TuneResult, opts: TuneOptions, backend: Any = None) 
         result.records.to_parquet(rec, index=False)
         png = latency_cdf_png({f"trial {t.number}": result.records}, d / "latency_cdf.png",
                               title=f"{res.spec.name}: trial {t.number}")
-        tracker.log_artifacts(run_id, [rec, png])
-        out += [rec, png]
+        paths = [rec, png]
+        if n_tenants(result.records) >= 2:
+            paths.append(d / "tenants.csv")
+            tenant_table(result.records).to_csv(paths[-1], index=False, float_format="%.6g")
+        tracker.log_artifacts(run_id, paths)
+        out += paths
     parent = res.study.user_attrs.get(PARENT_ATTR)
     if parent:
         tracker.finish(parent)
