@@ -47,6 +47,7 @@ def tune_cmd(
     """Run (or resume) a study: search the policy space, log every trial to MLflow, print the
     best policy (or Pareto front) against the engine defaults."""
     from backends.registry import get_backend
+    from tuner.space import defaults_outside
     from tuner.storage import mask_url
     from tuner.study import TuneOptions
     from tuner.study_spec import load_study
@@ -56,6 +57,8 @@ def tune_cmd(
     spec = load_study(study_file)
     for note in spec.notes:  # what runnable_on: took out of the search
         typer.echo(f"runnable_on {spec.runnable_on}: {note}")
+    for note in defaults_outside(spec.search, spec.base_policy()):
+        typer.echo(f"note: {note}")
     if mlflow_logger not in ("auto", "inline", "process"):
         raise ValueError(f"--mlflow-logger {mlflow_logger!r}: choose auto, inline or process")
     study_backend = get_backend(backend)  # fail fast (exit 2) on an unknown or missing backend

@@ -270,10 +270,20 @@ def sample(trial: Any, space: tuple[KnobRange, ...], base: Policy, *, only: Mapp
     return Policy.from_dict(values)
 
 
+def defaults_outside(space: tuple[KnobRange, ...], base: Policy) -> list[str]:
+    """One line per numeric searched knob whose default (``base``) lies outside its range: the
+    default trial still runs the default (Optuna keeps an enqueued value), which a user should know."""
+    values = base.to_dict()
+    return [f"the default {r.knob}={values[r.knob]} lies outside the searched range [{r.low:g}, {r.high:g}]; "
+            "the default trial runs it as is" for r in space
+            if r.kind != "categorical" and applies(r.knob, values) and isinstance(values[r.knob], int | float)
+            and not r.low <= values[r.knob] <= r.high]
+
+
 def default_params(space: tuple[KnobRange, ...], base: Policy) -> dict[str, Any]:
     """The params that make a trial run ``base`` (the engine defaults): every searched knob that
     applies under ``base`` and whose base value the range can hold (numeric values outside a
-    range are still enqueued; Optuna warns and keeps them)."""
+    range are still enqueued: Optuna keeps them, ``defaults_outside`` says which)."""
     values = base.to_dict()
     out: dict[str, Any] = {}
     for r in space:

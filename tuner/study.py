@@ -44,6 +44,7 @@ from tuner.tracking import EXPERIMENT_ATTR, KEY_TAG, PARENT_ATTR, Tracker, study
 warnings.filterwarnings("ignore", message="Heartbeat of storage is supposed", category=UserWarning)
 warnings.filterwarnings("ignore", message="Argument ``heartbeat_interval``")
 warnings.filterwarnings("ignore", message="Argument ``grace_period``")
+warnings.filterwarnings("ignore", message="Fixed parameter .* is out of range")  # said once: space.defaults_outside
 
 STALE_ATTR = "stale_trials"
 RETRIED_ATTR = "retried_trials"

@@ -162,3 +162,17 @@ def test_pool_tps_are_sampled_only_when_disaggregated_and_before_the_counts_they
             assert (p.prefill_tp, p.decode_tp) == (0, 0)
         study.tell(t, 0.0)
     assert (4, 4) in tps_seen and len(tps_seen) >= 6
+
+
+def test_a_default_outside_its_range_is_said_once_and_optuna_does_not_warn(write_study, project):
+    import subprocess
+    import sys
+
+    p = write_study(name="outside", trials=2, search={"max_num_seqs": {"low": 8, "high": 64, "log": True}})
+    r = subprocess.run([sys.executable, "-c", "import cli; cli.main()", "tune", str(p), "--no-progress"],
+                       cwd=project, capture_output=True, text=True, timeout=300)  # stderr as a user sees it
+    assert r.returncode == 0, r.stderr
+    notes = [ln for ln in r.stdout.splitlines() if ln.startswith("note: the default")]
+    assert notes == ["note: the default max_num_seqs=1024 lies outside the searched range [8, 64]; "
+                     "the default trial runs it as is"], r.stdout
+    assert "out of range" not in r.stderr, r.stderr
