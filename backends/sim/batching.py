@@ -53,6 +53,8 @@ def plan_chunked(sim: Simulation, one_prefill: bool = False) -> tuple[Chunks, bo
         c = sim.grow_chunk(req, c)
         if c:
             chunks.append((req, c))
+            if sim.cache_at_schedule:
+                sim.publish(req, req.computed + c)
             budget -= c
             if budget <= 0 or one_prefill:
                 return chunks, True

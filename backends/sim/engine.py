@@ -150,6 +150,7 @@ class Simulation(Arrivals):
         self.async_loads = self.tier_hits and engine.kv_tier_async and policy.batching in ("chunked", "decode_maximal")
         self.idle_step_s = engine.iteration_overhead_s  # an engine step with nothing to compute, s
         self.ahead = engine.schedule_ahead  # the next step is planned when this one starts
+        self.cache_at_schedule = engine.prefix_cache_at_schedule and self.pbt > 0
         self.t_vis = 0.0  # arrivals up to this time are visible to the scheduler now, s
         if self.tier_hits:
             self.mem.demote = self._demote
@@ -359,6 +360,8 @@ class Simulation(Arrivals):
             self.mem.take(pool.advance(m))
         for req, c in chunks:
             req.computed += c
+            if req.ids:  # the entries this chunk completed (all engines; vLLM V1 had them at scheduling)
+                self.publish(req, req.computed)
         held, used = self._kv_now()  # held during the iteration, before anything is released
         sampled = r
         for req, _c in chunks:

@@ -58,6 +58,13 @@ class EnginePreset:
     earliest the step after the next one, i.e. it waits for the step in flight and then for one
     more (a long prefill step delays it by its whole length). An idle engine schedules an arrival
     at once. False: the batch is planned at the step boundary from everything arrived by then."""
+    prefix_cache_at_schedule: bool = False
+    """Prefix-cache blocks become hittable when the step that computes them is SCHEDULED (vLLM V1:
+    ``KVCacheManager.allocate_slots`` hashes and caches the full blocks of the tokens it allocates
+    for, so a request scheduled later in the same step, or in any later step, reuses them; within
+    a step each layer writes every new token's KV before its attention reads the cache). False:
+    when the chunk that computes them has run (vLLM V0 marks blocks computed after the step;
+    SGLang inserts a chunk's prefix into its radix tree after it runs)."""
     client_lag_steps: float = 0.0
     """Steps between the engine sampling a token and the client receiving it (output processing,
     detokenisation and streaming; the step async scheduling adds is ``schedule_ahead``, in the
@@ -87,6 +94,7 @@ ENGINES: dict[str, EnginePreset] = {
             "vllm-v1", iteration_overhead_s=0.6e-3, per_seq_overhead_s=30e-6, batching="chunked",
             chunked_prefill=True, prefix_caching=True, max_num_batched_tokens=2048, max_num_seqs=256,
             eager_launch_overhead_s=0.5e-3, client_lag_steps=0.65, kv_tier_async=True, schedule_ahead=True, large_gpu_batch=(8192, 1024),
+            prefix_cache_at_schedule=True,
             description="vLLM >= 0.8 (V1): chunked prefill + prefix caching on, token budget per step"),
         EnginePreset(
             "vllm-v0", iteration_overhead_s=3.0e-3, per_seq_overhead_s=60e-6, batching="continuous",

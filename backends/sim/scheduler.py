@@ -53,6 +53,7 @@ class Scheduling:
 
     bs: int                        # KV block size, tokens
     pbt: int                       # tokens per prefix-cache entry (0: no prefix caching)
+    cache_at_schedule: bool        # prefix entries hittable once scheduled (EnginePreset.prefix_cache_at_schedule)
     mem: BlockManager
     pool: DecodePool
     lora: AdapterSlots | None
@@ -95,6 +96,13 @@ class Scheduling:
 
     def seats_free(self) -> bool:
         return len(self.prefilling) + self.pool.n < self.seat_cap
+
+    def publish(self, req: Req, tokens: int) -> None:
+        """The prefix entries of ``req`` within its first ``tokens`` tokens are computed, or are
+        scheduled to be under ``cache_at_schedule``: later requests may hit them."""
+        k = tokens // self.pbt if self.pbt else 0
+        if k > 0 and req.ids:
+            self.mem.mark_ready(req.ids[:k])
 
     def _blocks_for(self, tokens: int) -> int:
         return -(-tokens // self.bs) if tokens > 0 else 0
@@ -152,6 +160,8 @@ class Scheduling:
             mem.acquire(ids)
             if load:
                 mem.mark_ready(load)
+            if self.cache_at_schedule and not held:
+                self.publish(req, cached + c)
         if self.pbt and not req.preemptions:  # hit rate of new requests (vLLM counts preempted ones apart)
             self.c_pq += req.prompt
             self.c_ph += cached
