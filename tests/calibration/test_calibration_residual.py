@@ -9,7 +9,7 @@ import pytest
 
 from backends.sim.profiles import load_rows
 from tuner.calibration.fidelity import leave_out, residual_leave_out, stats
-from tuner.calibration.residual import FEATURES, features, fit_residual, gemm_shape
+from tuner.calibration.residual import FEATURES, features, fit_residual, gemm_shape, native_tile
 
 
 @pytest.fixture(scope="module")
@@ -26,10 +26,20 @@ def test_gemm_shape_splits_by_tp_and_features_are_finite(rows):
     for r in rows[:50]:
         f = features(r)
         assert len(f) == len(FEATURES) and all(math.isfinite(x) for x in f)
-        assert 0.0 < f[FEATURES.index("wave_fill_128x128")] <= 1.0
+        assert 0.0 < f[FEATURES.index("wave_fill_native")] <= 1.0
+        assert f[FEATURES.index("log_quantized_roofline_native")] >= 0.0  # padding never speeds a GEMM up
     # The SM count comes from the GPU catalog: a GPU without one is a clear error, not a guess.
     with pytest.raises(ValueError, match="no sm_count"):
         features(dataclasses.replace(r, gpu="cpu"))
+
+
+def test_native_tile_widens_with_per_sm_throughput():
+    """From the catalog's peak FLOP/s per SM alone: ~2.9 TFLOP/s per SM -> 128 x 128, ~7.5 -> 128 x 256."""
+    assert native_tile("a100-80gb") == (128, 128)
+    assert native_tile("h100-sxm") == (128, 256)
+    assert native_tile("b200") == (128, 256)  # capped: the widest one MMA computes (TILE_N_MAX)
+    with pytest.raises(ValueError, match="no sm_count"):
+        native_tile("cpu")
 
 
 def test_fit_is_deterministic(rows):
