@@ -64,10 +64,21 @@ class Deployment:
     operator-class terms fitted to the batch rows of ``profile``, of the Splitwise table when
     ``profile`` is "none"; they carry the launch floor of the engine those rows were measured
     on). Live backends ignore it."""
+    calibration: str = ""
+    """Calibration file of the simulator (``servetune calibrate --live``: efficiencies, CPU
+    overheads and client lag fitted to a live run; ``backends.sim.calibrated``); "" = none. It
+    prices steps with the roofline, so it excludes ``profile`` and ``cost_model: terms``. Live
+    backends ignore it."""
 
     def __post_init__(self) -> None:
         if self.cost_model not in COST_MODELS:
             raise ValueError(f"deployment cost_model={self.cost_model!r}: must be auto or terms")
+        if self.calibration and self.profile not in ("", "none"):
+            raise ValueError(f"deployment calibration and profile={self.profile!r}: give one (the calibration was "
+                             "fitted on the roofline, not on a profile's operator curves)")
+        if self.calibration and self.cost_model != "auto":
+            raise ValueError(f"deployment calibration and cost_model={self.cost_model!r}: a calibration prices "
+                             "steps with the roofline (cost_model auto)")
         if self.n_gpus < 1:
             raise ValueError(f"deployment n_gpus={self.n_gpus}: must be >= 1")
         for k in ("weight_dtype", "kv_dtype"):

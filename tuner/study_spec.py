@@ -11,6 +11,8 @@ Format (``docs/studies.md`` has the full reference)::
       rate: 8.0                       # rescale to this mean rate, req/s
       assign_slo: {by: all, default: interactive}
     deployment: {model: llama-3.1-8b, gpu: h100-sxm, n_gpus: 1, engine: vllm-v1, tp: [1, 2]}
+      # calibration: h100.cal.yaml    # optional: a `servetune calibrate --live` file (relative to this
+      #                               # study file) that simulated trials use; same model/GPU/engine
     slos: {interactive: {ttft_ms: 300, tpot_ms: 40}}
     objectives: [{metric: goodput, direction: maximize}]
     constraints: ["ttft_p99_ms <= 500", "slo_attainment >= 0.9"]
@@ -44,7 +46,7 @@ TOP_KEYS = ("schema_version", "name", "description", "workload", "deployment", "
             "constraints", "search", "fixed", "sampler", "seed", "trials", "pruning", "runnable_on")
 WORKLOAD_KEYS = ("source", "spec", "first_n", "rate", "seed", "assign_slo", "transforms")
 DEPLOYMENT_KEYS = ("model", "gpu", "n_gpus", "engine", "max_model_len", "weight_dtype", "kv_dtype", "profile", "cost_model",
-                   "tp")
+                   "tp", "calibration")
 SAMPLERS = ("tpe", "random", "nsga2", "qmc")
 DEFAULT_PRUNING = (0.25, 0.5, 1.0)
 
@@ -212,10 +214,13 @@ def parse_study(doc: Any, *, base_dir: Path = Path("."), path: str = "") -> Stud
     for k in ("model", "gpu"):
         if k not in dep_raw:
             raise ValueError(f"deployment.{k}: missing (required)")
+    cal_raw = dep_raw.pop("calibration", None)
     try:
         deployment = Deployment(**dep_raw)
     except (TypeError, ValueError) as e:
         raise ValueError(f"deployment: {e}") from None
+    if cal_raw is not None:
+        deployment = _calibrated(deployment, cal_raw, base_dir)
 
     slos = []
     for cname, c in _mapping(doc.get("slos"), "slos").items():
@@ -280,6 +285,22 @@ def parse_study(doc: Any, *, base_dir: Path = Path("."), path: str = "") -> Stud
                      search=tuple(search), description=str(doc.get("description") or ""), slos=tuple(slos),
                      constraints=constraints, fixed=fixed, sampler=sampler, seed=seed, trials=trials,
                      pruning=pruning, path=path, runnable_on=str(runnable_on), notes=tuple(notes))
+
+
+def _calibrated(deployment: Deployment, raw: Any, base_dir: Path) -> Deployment:
+    """``deployment.calibration``: a calibration file (relative to the study file), read and
+    matched to the deployment's model, GPU and engine now (one line naming the field)."""
+    if not isinstance(raw, str) or not raw.strip():
+        raise ValueError(f"deployment.calibration: {raw!r} must be a calibration file path "
+                         "(servetune calibrate --live writes one)")
+    from backends.sim.calibrated import with_calibration
+
+    p = Path(raw).expanduser()
+    p = p if p.is_absolute() else base_dir / p
+    try:
+        return with_calibration(deployment, p)
+    except (ValueError, OSError) as e:
+        raise ValueError(f"deployment.calibration: {str(e).splitlines()[0]}") from None
 
 
 def _runnable(search: list[KnobRange], engine: str, fixed: Mapping[str, Any],

@@ -54,8 +54,9 @@ def simulate(policy: Policy, workload: Workload, deployment: Deployment, *, seed
     ``prefilled``: bool per request, prompt KV computed elsewhere (``engine.Simulation``).
     First-token and finish times are what the client sees: the engine preset's client lag
     (``client_lag``; vllm-v1: 0.65 steps) is added to the engine's times (``client_lag=False``:
-    the engine's own times, e.g. to compare with another engine simulator)."""
-    from backends.sim.client_lag import engine_client_lag
+    the engine's own times, e.g. to compare with another engine simulator); a deployment with a
+    calibration file (``backends.sim.calibrated``) adds that calibration's lag instead."""
+    from backends.sim.client_lag import deployment_client_lag
     from backends.sim.engine import Simulation
     from backends.sim.telemetry import build_result
 
@@ -71,7 +72,7 @@ def simulate(policy: Policy, workload: Workload, deployment: Deployment, *, seed
     if trace_path is not None:
         sim.trace.write(trace_path)
     res = build_result(sim, eff, notes)
-    return engine_client_lag(res, deployment.engine) if client_lag else res
+    return deployment_client_lag(res, deployment) if client_lag else res
 
 
 class SimBackend:
@@ -86,13 +87,16 @@ class SimBackend:
 
     def check_deployment(self, deployment: Deployment) -> None:
         """Raise a one-line ValueError when the deployment's model, GPU or engine preset is not
-        one this simulator knows (before a study spends trials on it)."""
+        one this simulator knows, or whose calibration file does not read or was fitted for
+        another model, GPU or engine (before a study spends trials on it)."""
+        from backends.sim.calibrated import check_calibration
         from backends.sim.catalog import context_len, get_gpu, get_model
         from backends.sim.engines import get_engine
 
         context_len(get_model(deployment.model), deployment.max_model_len)
         get_gpu(deployment.gpu)
         get_engine(deployment.engine)
+        check_calibration(deployment)
 
     def run(self, policy: Policy, workload: Workload, deployment: Deployment, *, seed: int = 0,
             trace_path: str | Path | None = None, max_sim_time_s: float | None = None,

@@ -43,4 +43,17 @@ def engine_client_lag(res: RunResult, engine: str) -> RunResult:
     return with_client_lag(res, preset.client_lag_steps, source=f"{preset.name}: output processing + streaming")
 
 
-__all__ = ["engine_client_lag", "with_client_lag"]
+def deployment_client_lag(res: RunResult, deployment) -> RunResult:
+    """``res`` with the client lag of the deployment's calibration file (``Deployment.calibration``,
+    ``servetune calibrate --live``: fitted ``lag_steps`` and ``lag_s``) when it names one, else
+    the engine preset's (``engine_client_lag``)."""
+    from backends.sim.calibrated import calibration_of
+
+    cf = calibration_of(deployment)
+    if cf is None:
+        return engine_client_lag(res, deployment.engine)
+    cal = cf.calibration
+    return with_client_lag(res, cal.lag_steps, cal.lag_s, source=f"calibration {cf.label}")
+
+
+__all__ = ["deployment_client_lag", "engine_client_lag", "with_client_lag"]

@@ -307,8 +307,9 @@ def merge_timelines(tls: list[pd.DataFrame | None]) -> pd.DataFrame | None:
 def simulate_cluster(policy: Policy, workload: Workload, deployment: Deployment, *, seed: int = 0,
                      client_lag: bool = True) -> RunResult:
     """Serve ``workload`` on the cluster ``policy`` describes (see the module doc); with
-    ``client_lag``, the engine preset's client lag is added once to the merged records."""
-    from backends.sim.client_lag import engine_client_lag
+    ``client_lag``, the engine preset's client lag (a calibrated deployment's: its calibration's)
+    is added once to the merged records."""
+    from backends.sim.client_lag import deployment_client_lag
 
     check_gpus(policy, deployment)
     if policy.disaggregated:
@@ -319,4 +320,4 @@ def simulate_cluster(policy: Policy, workload: Workload, deployment: Deployment,
         from backends.sim.scaling import simulate_replicated
 
         res = simulate_replicated(policy, workload, deployment, seed=seed)
-    return engine_client_lag(res, deployment.engine) if client_lag else res
+    return deployment_client_lag(res, deployment) if client_lag else res

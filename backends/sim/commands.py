@@ -175,7 +175,8 @@ def _write_out(out: Path, setup, res, card, notes: tuple[str, ...]) -> str:
     doc = {"scorecard": card.as_dict(), "policy": res.policy.to_dict(), "notes": list(notes),
            "workload": {"name": w.name, "n": w.n, "hash": w.content_hash()},
            "deployment": {"model": dep.model, "gpu": dep.gpu, "n_gpus": dep.n_gpus, "engine": dep.engine,
-                          "profile": dep.profile, "cost_model": dep.cost_model},
+                          "profile": dep.profile, "cost_model": dep.cost_model,
+                          "calibration": dep.calibration},
            "records": rec_path.name, "policy_file": pol_path.name, "meta": dict(res.meta),
            "counters": dict(res.telemetry.counters), "seed": setup.seed, "source": setup.source}
     out.write_text(json.dumps(doc, indent=1, default=float))
@@ -212,6 +213,9 @@ def _signature() -> inspect.Signature:
         inspect.Parameter("profile", K, annotation=str, default=typer.Option(
             "none", "--profile", help="Calibration profile: a file from `servetune calibrate`, a shared table "
             "(vidur, splitwise, sarathi, shared) or none (the roofline fitted to real vLLM V1 runs).")),
+        inspect.Parameter("calibration", K, annotation=Path | None, default=typer.Option(
+            None, "--calibration", help="Calibration file from `servetune calibrate --live`: the engine overheads, "
+            "efficiencies and client lag fitted to a live run (same model, GPU and engine; not with --profile).")),
         inspect.Parameter("cost_model", K, annotation=str, default=typer.Option(
             "auto", "--cost-model", help="auto (the profile where it measured this model/GPU/TP, the roofline "
             "elsewhere) or terms (operator-class terms fitted to the profile's batch rows).")),

@@ -29,6 +29,7 @@ from backends.base import Deployment
 from backends.sim.admission import RATE_WINDOW, AdmissionControl
 from backends.sim.arrivals import Arrivals
 from backends.sim.batching import PLANNERS
+from backends.sim.calibrated import calibration_of
 from backends.sim.catalog import context_len, default_activation_reserve, get_gpu, get_model, kv_budget
 from backends.sim.chrome_trace import TraceWriter
 from backends.sim.costmodel import weight_bytes_per_gpu
@@ -93,7 +94,7 @@ class Simulation(Arrivals):
         tp = policy.tp
         engine = get_engine(deployment.engine)
         self.cm = cm = instance_cost_model(model, gpu, tp, deployment.weight_dtype, deployment.kv_dtype, engine,
-                                           deployment.profile, deployment.cost_model)
+                                           deployment.profile, deployment.cost_model, calibration_of(deployment))
         bs = self.bs = policy.block_size
         B = policy.max_num_batched_tokens
         total = kv_budget(model, gpu, tp, policy.gpu_memory_utilization, deployment.weight_dtype,

@@ -171,15 +171,20 @@ def profile_fit(profile: str) -> Any:
 
 def instance_cost_model(model: ModelSpec, gpu: GPUSpec, tp: int = 1, weight_dtype: str = "bf16",
                         kv_dtype: str = "bf16", engine: EnginePreset | None = None,
-                        profile: str = DEFAULT_PROFILE, cost_model: str = "auto") -> CostModel:
+                        profile: str = DEFAULT_PROFILE, cost_model: str = "auto", calibration: Any = None) -> CostModel:
     """The cost model one simulated instance uses (``Deployment.profile`` and ``.cost_model``).
     ``cost_model="auto"``: where ``profile`` measured (model, GPU, TP), its fitted operators
     (``ProfiledCostModel``; roofline efficiency fitted to that group's batch rows if it has any,
     else the default one); elsewhere the plain ``CostModel`` (the roofline whose default efficiency
     was fitted to real vLLM V1 runs), exactly as without a profile. ``cost_model="terms"``: a
     ``TermsCostModel`` with the terms fitted to ``profile``'s batch rows (the Splitwise table's
-    when ``profile`` is none), for any (model, GPU, TP). ``.source`` says which, and why."""
+    when ``profile`` is none), for any (model, GPU, TP). ``.source`` says which, and why.
+    ``calibration`` (a ``tuner.calibration.calfile.CalibrationFile``, ``Deployment.calibration``):
+    the roofline with its efficiencies (``servetune calibrate --live``); refused (one-line
+    ValueError) when it was fitted for another model, GPU or engine, or with a profile."""
     engine = engine or get_engine("vllm-v1")
+    if calibration is not None:
+        return _calibrated_cost_model(model, gpu, tp, weight_dtype, kv_dtype, engine, profile, cost_model, calibration)
     if cost_model == "terms":
         return _terms_cost_model(model, gpu, tp, weight_dtype, kv_dtype, engine, profile)
     if cost_model not in COST_MODELS:
@@ -196,6 +201,19 @@ def instance_cost_model(model: ModelSpec, gpu: GPUSpec, tp: int = 1, weight_dtyp
                            fit)
     how = f"fitted to profile:{fit.key}'s {model.name} {gpu.name} tp{tp} batch rows" if scope == "group" else "default"
     cm.source = f"roofline (efficiency {how})" if cm.source.startswith("roofline") else f"{cm.source}, {how} efficiency"
+    return cm
+
+
+def _calibrated_cost_model(model: ModelSpec, gpu: GPUSpec, tp: int, weight_dtype: str, kv_dtype: str,
+                           engine: EnginePreset, profile: str, cost_model: str, cf: Any) -> CostModel:
+    if profile not in NO_PROFILE or cost_model != "auto":
+        raise ValueError(f"calibration {cf.path}: fitted on the roofline; it cannot be combined with profile="
+                         f"{profile!r} / cost_model={cost_model!r}")
+    cf.check_matches(model, gpu, engine.name)
+    cal = cf.calibration
+    cm = ProfiledCostModel(model, gpu, tp, weight_dtype, kv_dtype, engine, cal.efficiency, None, cal.kv_mem)
+    at = f"; fitted at tp{cf.tp}, run at tp{tp}" if tp != cf.tp else ""
+    cm.source = f"roofline (efficiency of calibration {cf.label}{at})"
     return cm
 
 

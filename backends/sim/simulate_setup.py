@@ -5,7 +5,7 @@ from a study file.
     setup = setup_from_flags(kw, knobs)          # -w/-m/-g/...: anything else
 
 With ``--study`` the study file gives the workload (source, first_n then rate, context cap,
-SLOs, transforms), the deployment (model, GPU, n_gpus, engine, cost model) and the seed, so the
+SLOs, transforms), the deployment (model, GPU, n_gpus, engine, cost model, calibration) and the seed, so the
 run is the one a trial of ``servetune tune`` made. The flags that would change those are
 refused (``STUDY_OWNS``); policy knob flags still override the policy, ``--seed`` the study's.
 """
@@ -23,6 +23,7 @@ from workloads.workload import Workload
 
 STUDY_OWNS = {"workload": "-w", "model": "-m", "gpu": "-g", "n_gpus": "--n-gpus", "engine": "--engine",
               "max_model_len": "--max-model-len", "profile": "--profile", "cost_model": "--cost-model",
+              "calibration": "--calibration",
               "rate": "--rate", "first": "--first"}
 """Parameter name -> flag, for what a study file decides (refused together with --study)."""
 
@@ -82,6 +83,10 @@ def setup_from_flags(kw: Mapping[str, Any], knobs: Mapping[str, object]) -> Setu
                      max_model_len=kw["max_model_len"], profile=kw["profile"], cost_model=kw["cost_model"])
     if not kw["n_gpus"]:
         dep = replace(dep, n_gpus=gpus_needed(policy, dep))
+    if kw.get("calibration") is not None:  # read and matched to the model, GPU and engine here: one line
+        from backends.sim.calibrated import with_calibration
+
+        dep = with_calibration(dep, kw["calibration"])
     return Setup(policy, w, dep, seed)
 
 

@@ -35,15 +35,18 @@ def metrics(records, window: tuple[float, float] | None = None) -> tuple[float, 
 
 
 def predict_live(cal: EngineCalibration, policy, workload, model: str | Path, gpu: str | Path = CPU_HOST_YAML,
-                 engine: str = "vllm-v1", seed: int = 0, windows=None):
+                 engine: str = "vllm-v1", seed: int = 0, windows=None, max_model_len: int = 0):
     """The simulator's (TTFT, E2E, TPOT) means (ms) for a live setup under ``cal``; a list of
-    them, one per arrival window, when ``windows`` is given."""
+    them, one per arrival window, when ``windows`` is given. The same numbers as ``simulate``
+    with a deployment naming a calibration file of ``cal`` (``backends.sim.calibrated``)."""
     from backends.base import Deployment
+    from backends.sim.cluster import gpus_needed
     from backends.sim.profiled import cost_model_for
     from tuner.calibration.simrun import simulate_with
 
-    cm = cost_model_for(model, gpu, policy.tp, engine=engine, efficiency=cal.efficiency)
-    dep = Deployment(model=str(model), gpu=str(gpu), n_gpus=policy.tp, engine=engine)
+    cm = cost_model_for(model, gpu, policy.tp, engine=engine, efficiency=cal.efficiency, kv_mem=cal.kv_mem)
+    dep = Deployment(model=str(model), gpu=str(gpu), n_gpus=policy.tp, engine=engine, max_model_len=max_model_len)
+    dep = replace(dep, n_gpus=gpus_needed(policy, dep))
     res = simulate_with(cm, policy, workload, dep, seed=seed, lag_steps=cal.lag_steps, lag_s=cal.lag_s)
     if windows is not None:
         return [metrics(res.records, w) for w in windows]
@@ -51,7 +54,8 @@ def predict_live(cal: EngineCalibration, policy, workload, model: str | Path, gp
 
 
 def fit_live(measured, workload, policy, model: str | Path, gpu: str | Path = CPU_HOST_YAML, *,
-             engine: str = "vllm-v1", params=LIVE_PARAMS, max_nfev: int = 40, windows=None) -> EngineCalibration:
+             engine: str = "vllm-v1", params=LIVE_PARAMS, max_nfev: int = 40, windows=None,
+             max_model_len: int = 0) -> EngineCalibration:
     """An ``EngineCalibration`` whose simulation of (workload, policy) matches the live run's means
     (``measured``: its ``RunResult`` or the (TTFT, E2E, TPOT) means in ms; with ``windows``
     (arrival-time windows, s, e.g. the load stages of one run) a list of such means, one per
@@ -78,15 +82,69 @@ def fit_live(measured, workload, policy, model: str | Path, gpu: str | Path = CP
         return replace(base, efficiency=replace(base.efficiency, **vals), lag_steps=lag, lag_s=lag_s)
 
     def resid(x):
-        pred = np.log(np.asarray(predict_live(cal_of(x), policy, workload, model, gpu, engine, windows=windows),
-                                 float).ravel())
+        pred = np.log(np.asarray(predict_live(cal_of(x), policy, workload, model, gpu, engine, windows=windows,
+                                              max_model_len=max_model_len), float).ravel())
         return np.concatenate([pred - meas, 0.02 * (x - x0)])
 
     sol = least_squares(resid, x0, bounds=(lo, hi), diff_step=2e-2, max_nfev=max_nfev)
     return cal_of(sol.x)
 
 
-__all__ = ["CPU_HOST_YAML", "LIVE_PARAMS", "fit_live", "metrics", "predict_live"]
+def read_records(path: str | Path):
+    """A run's request records (``backends.base.RECORD_COLUMNS``) from Parquet or CSV (the
+    suffix decides); one-line ValueError naming the file otherwise."""
+    import pandas as pd
+
+    from backends.base import RECORD_COLUMNS
+
+    p = Path(path)
+    if p.suffix not in (".parquet", ".csv"):
+        raise ValueError(f"records {p}: suffix must be .parquet or .csv")
+    if not p.is_file():
+        raise ValueError(f"records {p}: no such file")
+    try:
+        df = pd.read_parquet(p) if p.suffix == ".parquet" else pd.read_csv(p)
+    except Exception as e:  # noqa: BLE001 - any reader failure is a bad file: one line
+        msg = str(e).splitlines()[0] if str(e) else type(e).__name__
+        raise ValueError(f"records {p}: cannot be read ({msg})") from None
+    missing = [c for c in RECORD_COLUMNS if c not in df.columns]
+    if missing:
+        raise ValueError(f"records {p}: missing columns {', '.join(missing)} (a run's records: "
+                         "backends/base.py RECORD_COLUMNS)")
+    for c in ("rejected", "failed"):
+        if df[c].dtype != bool:  # CSV: True/False (or 1/0) as text
+            v = df[c].astype(str).str.strip().str.lower()
+            if not v.isin(["true", "false", "1", "0", "1.0", "0.0"]).all():
+                raise ValueError(f"records {p}: column {c} is not boolean")
+            df[c] = v.isin(["true", "1", "1.0"])
+    return df.sort_values("req_id", kind="stable").reset_index(drop=True)
+
+
+def match_records(records, workload, where: str) -> None:
+    """One-line ValueError unless ``records`` are a run of ``workload``: one record per request,
+    same arrivals (within 1 ms) and prompt lengths, at least one served request of >= 2 tokens."""
+    if len(records) != workload.n:
+        raise ValueError(f"{where}: {len(records)} records, workload {workload.name} has {workload.n} requests "
+                         "(give the workload, --first/--rate/--seed the run used)")
+    ids = records.req_id.to_numpy()
+    if not (ids == np.arange(workload.n)).all():
+        raise ValueError(f"{where}: req_id must be 0..{workload.n - 1}, one record per request")
+    bad = np.flatnonzero(np.abs(records.arrival_s.to_numpy(float) - workload.arrival_s) > 1e-3)
+    if bad.size:
+        i = int(bad[0])
+        raise ValueError(f"{where}: request {i} arrives at {records.arrival_s.iloc[i]:.3f} s in the records, "
+                         f"{workload.arrival_s[i]:.3f} s in workload {workload.name} (give the workload, "
+                         "--first/--rate/--seed the run used)")
+    bad = np.flatnonzero(records.prompt_len.to_numpy() != workload.prompt_len)
+    if bad.size:
+        i = int(bad[0])
+        raise ValueError(f"{where}: request {i} has a {records.prompt_len.iloc[i]}-token prompt in the records, "
+                         f"{workload.prompt_len[i]} in workload {workload.name}")
+    if not all(math.isfinite(m) for m in metrics(records)):
+        raise ValueError(f"{where}: no served request with >= 2 output tokens (nothing to calibrate on)")
+
+
+__all__ = ["CPU_HOST_YAML", "LIVE_PARAMS", "fit_live", "match_records", "metrics", "predict_live", "read_records"]
 
 
 def _workload(name: str, n: int, rate: float, prompt: tuple[int, int], output: tuple[int, int], seed: int,
