@@ -182,6 +182,7 @@ class Simulation(Arrivals):
         self._stall = 0             # iterations in a row that sampled no token
         self.stall_limit = STALL_ITERATIONS
         self.n_held = 0             # admitted requests whose prefix KV still loads (Req.hold)
+        self.lagged = self.finishing = 0  # seats held one plan longer under schedule_ahead (seats_free)
         self.queued_tokens = 0      # Σ prefill tokens of waiting requests (admission's TTFT guess)
         self.retry: list[tuple[float, int, Req]] = []
         self._adm = 0
@@ -268,6 +269,8 @@ class Simulation(Arrivals):
         self.out_done[rid] = req.gen
         self.preempts[rid] = req.preemptions
         self.n_done += 1
+        if self.ahead:
+            self.finishing += 1
         self.recent_done.append(t)
         if self.trace is not None:
             self.trace.request(rid, req.arrival, req.first_token, t, req.prompt, req.gen, req.preemptions)
@@ -446,8 +449,9 @@ class Simulation(Arrivals):
             n = min(n, self._steps_until(self.max_t - t0 - self.pending_s, r, ctx, a, ts))
         if n > self.segment_cap:
             n = self.segment_cap
-        if self._fresh or self.n_held or self.no_admit:
+        if self._fresh or self.n_held or self.no_admit or (self.lagged and self.waiting):
             n = 1  # a first token due / a held request's load to see finish / admission resumes next step
+            # / a seat held by a request finished in the last step frees for the next plan
         if self.prefilling or mem.cached:
             held0, used0 = self._kv_now()
         else:  # (inline fast path of _kv_now)
@@ -711,6 +715,7 @@ class Simulation(Arrivals):
                 self.release_holds()
             need = 0
             self.no_admit = False
+            self.lagged, self.finishing = self.finishing, 0
             if grow and pool.n:
                 need = pool.cnt[bs - 1 - pool.g % bs]
                 if need > mem.free + mem.evictable:

@@ -79,6 +79,8 @@ class Scheduling:
     async_loads: bool              # tier loads are asynchronous (EnginePreset.kv_tier_async)
     _adm: int
     no_admit: bool                 # a step that preempted admits no waiting request (vLLM V1)
+    lagged: int                    # seats still held at this plan by requests that finished in the last step
+    finishing: int                 # requests finished in the step running now (become ``lagged``)
     c_preempt: int
     c_swapped: int
     c_pq: int
@@ -95,7 +97,10 @@ class Scheduling:
         return len(self.prefilling) + self.pool.n
 
     def seats_free(self) -> bool:
-        return len(self.prefilling) + self.pool.n < self.seat_cap
+        """A seat is free for this plan. Under async scheduling (``EnginePreset.schedule_ahead``)
+        a request that finished in the step just run still holds its seat: this plan was made
+        when that step started, before its output was processed (``lagged``)."""
+        return len(self.prefilling) + self.pool.n + self.lagged < self.seat_cap
 
     def publish(self, req: Req, tokens: int) -> None:
         """The prefix entries of ``req`` within its first ``tokens`` tokens are computed, or are

@@ -62,3 +62,27 @@ def test_arrivals_during_decode_segments_join_the_step_after_next(monkeypatch):
                       check=True).run()
     np.testing.assert_allclose(ahead.first_tok, slow.first_tok, rtol=1e-9)
     np.testing.assert_allclose(ahead.finish, slow.finish, rtol=1e-9)
+
+
+def test_a_finished_requests_seat_frees_one_plan_later(monkeypatch):
+    """Two seats, three requests at once: C waits for A's seat. With async scheduling the plan
+    of the step after A's last one was made while that step ran, with A still seated, so C is
+    admitted one (decode) step later than at a synchronous step boundary; closed form equals
+    step-by-step."""
+    args = ([0.0, 0.0, 0.0], [200, 200, 200], [20, 60, 10])
+
+    def run(ahead: bool, **kw) -> Simulation:
+        monkeypatch.setitem(engines.ENGINES, "vllm-v1",
+                            dataclasses.replace(engines.ENGINES["vllm-v1"], schedule_ahead=ahead))
+        w = build_workload("seats", np.asarray(args[0]), np.asarray(args[1]), np.asarray(args[2]))
+        return Simulation(Policy(max_num_batched_tokens=2048, max_num_seqs=2, prefix_caching=False), w, DEP,
+                          check=True, **kw).run()
+
+    sync, ahead = run(False), run(True)
+    decode_step = (sync.finish[0] - sync.first_tok[0]) / 19  # A's 19 decode steps, s
+    wait_sync = sync.first_tok[2] - sync.finish[0]
+    wait_ahead = ahead.first_tok[2] - ahead.finish[0]
+    assert wait_ahead - wait_sync == pytest.approx(decode_step, rel=0.2)
+    slow = run(True, segment_cap=1)
+    np.testing.assert_allclose(ahead.first_tok, slow.first_tok, rtol=1e-9)
+    np.testing.assert_allclose(ahead.finish, slow.finish, rtol=1e-9)
