@@ -150,7 +150,10 @@ class Simulation(Arrivals):
         # such loads run beside the batch (vLLM V1: token-budget steps only)
         self.async_loads = self.tier_hits and engine.kv_tier_async and policy.batching in ("chunked", "decode_maximal")
         self.idle_step_s = engine.iteration_overhead_s  # an engine step with nothing to compute, s
-        self.ahead = engine.schedule_ahead  # the next step is planned when this one starts
+        # the next step is planned when this one starts; not with n-gram or draft-model speculation,
+        # which turn vLLM's async scheduling off (only EAGLE-style and GPU n-gram drafts keep it) and
+        # SGLang's overlap scheduler
+        self.ahead = engine.schedule_ahead and policy.speculation == "off"
         self.cache_at_schedule = engine.prefix_cache_at_schedule and self.pbt > 0
         self.t_vis = 0.0  # arrivals up to this time are visible to the scheduler now, s
         if self.tier_hits:

@@ -57,7 +57,10 @@ class EnginePreset:
     is fixed when step k starts, so a request that arrives while the engine is busy joins at the
     earliest the step after the next one, i.e. it waits for the step in flight and then for one
     more (a long prefill step delays it by its whole length). An idle engine schedules an arrival
-    at once. False: the batch is planned at the step boundary from everything arrived by then."""
+    at once. False: the batch is planned at the step boundary from everything arrived by then.
+    Off with speculative decoding as servetune runs it (n-gram, draft model): vLLM turns async
+    scheduling off for those methods (it keeps it only for EAGLE/MTP-style and GPU n-gram
+    drafts), and SGLang turns its overlap scheduler off for speculative decoding."""
     prefix_cache_at_schedule: bool = False
     """Prefix-cache blocks become hittable when the step that computes them is SCHEDULED (vLLM V1:
     ``KVCacheManager.allocate_slots`` hashes and caches the full blocks of the tokens it allocates

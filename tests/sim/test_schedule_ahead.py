@@ -86,3 +86,14 @@ def test_a_finished_requests_seat_frees_one_plan_later(monkeypatch):
     slow = run(True, segment_cap=1)
     np.testing.assert_allclose(ahead.first_tok, slow.first_tok, rtol=1e-9)
     np.testing.assert_allclose(ahead.finish, slow.finish, rtol=1e-9)
+
+
+def test_speculative_decoding_plans_at_the_step_boundary(monkeypatch):
+    """n-gram / draft speculation turn async scheduling off (vLLM keeps it only for EAGLE-style
+    drafts): a busy engine admits an arrival at the next step boundary, as without schedule_ahead."""
+    monkeypatch.setitem(engines.ENGINES, "vllm-v1", dataclasses.replace(engines.ENGINES["vllm-v1"], schedule_ahead=True))
+    w = build_workload("ahead", np.asarray([0.0, 1e-4]), np.asarray([2500, 100]), np.asarray([50, 5]))
+    pol = Policy(max_num_batched_tokens=2048, prefix_caching=False, speculation="ngram")
+    sim = Simulation(pol, w, DEP, check=True).run()
+    assert not sim.ahead
+    assert sim.first_tok[1] == pytest.approx(sim.first_tok[0], rel=1e-12)  # B shares A's second step
