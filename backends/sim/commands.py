@@ -123,10 +123,35 @@ def simulate_cmd(ctx: typer.Context, **kw) -> None:
         notes = (*notes, compare_stored(card.metrics(), setup.stored, setup.trial))
     wrote = _write_out(kw["out"], setup, res, card, notes) if kw["out"] is not None else ""  # before any print
     print_scorecard(card, _title(setup, res, wall), notes)
+    print_tenants(res.records)
     if wrote:
         typer.echo(wrote)
     if kw["trace"] is not None:
         typer.echo(f"wrote trace {kw['trace']}")
+
+
+def print_tenants(records) -> None:
+    """The per-tenant table (``tuner.tenants``) of a run with several tenants; nothing otherwise."""
+    from rich.console import Console
+    from rich.table import Table
+
+    from tuner.tenants import n_tenants, tenant_table
+
+    if n_tenants(records) < 2:
+        return
+    t = tenant_table(records)
+    table = Table(title="per tenant (service share: of 1 x prompt + 2 x output tokens served)")
+    for col, head in (("tenant", "tenant"), ("requests", "requests"), ("rejected", "rejected"),
+                      ("service_share", "service share"), ("ttft_p99_ms", "TTFT p99 ms"),
+                      ("tpot_p99_ms", "TPOT p99 ms"), ("slo_attainment", "SLO attainment")):
+        if col == "tenant":
+            table.add_column(head, no_wrap=True, overflow="fold", min_width=min(32, int(t.tenant.astype(str).str.len().max())))
+        else:
+            table.add_column(head, justify="right")
+    for row in t.itertuples(index=False):
+        table.add_row(str(row.tenant), str(row.requests), str(row.rejected), f"{row.service_share:.1%}",
+                      f"{row.ttft_p99_ms:.1f}", f"{row.tpot_p99_ms:.2f}", f"{row.slo_attainment:.1%}")
+    Console(width=110).print(table)
 
 
 def _given(ctx: typer.Context, name: str) -> bool:
@@ -164,14 +189,21 @@ def _title(setup, res, wall: float) -> str:
 
 
 def _write_out(out: Path, setup, res, card, notes: tuple[str, ...]) -> str:
-    """The scorecard JSON at ``out``, with the records (Parquet) and the effective policy beside;
-    returns the line saying so."""
+    """The scorecard JSON at ``out``, with the records (Parquet), the effective policy and, for a
+    multi-tenant workload, the per-tenant table (CSV) beside; returns the line saying so."""
     out.parent.mkdir(parents=True, exist_ok=True)
     w, dep = setup.workload, setup.deployment
     rec_path = out.with_name(out.stem + ".records.parquet")
     pol_path = out.with_name(out.stem + ".policy.yaml")
     res.records.to_parquet(rec_path, index=False)
     res.policy.to_yaml(pol_path)
+    files = [rec_path.name, pol_path.name]
+    from tuner.tenants import n_tenants, tenant_table
+
+    if n_tenants(res.records) >= 2:
+        ten_path = out.with_name(out.stem + ".tenants.csv")
+        tenant_table(res.records).to_csv(ten_path, index=False, float_format="%.6g")
+        files.append(ten_path.name)
     doc = {"scorecard": card.as_dict(), "policy": res.policy.to_dict(), "notes": list(notes),
            "workload": {"name": w.name, "n": w.n, "hash": w.content_hash()},
            "deployment": {"model": dep.model, "gpu": dep.gpu, "n_gpus": dep.n_gpus, "engine": dep.engine,
@@ -180,7 +212,7 @@ def _write_out(out: Path, setup, res, card, notes: tuple[str, ...]) -> str:
            "records": rec_path.name, "policy_file": pol_path.name, "meta": dict(res.meta),
            "counters": dict(res.telemetry.counters), "seed": setup.seed, "source": setup.source}
     out.write_text(json.dumps(doc, indent=1, default=float))
-    return f"wrote {out}, {rec_path.name}, {pol_path.name}"
+    return f"wrote {out}, {', '.join(files)}"
 
 
 def _signature() -> inspect.Signature:
@@ -228,7 +260,7 @@ def _signature() -> inspect.Signature:
         inspect.Parameter("seed", K, annotation=int | None, default=typer.Option(
             None, "--seed", help="Seed of the run (default: the study's with --study, else 0).")),
         inspect.Parameter("out", K, annotation=Path | None, default=typer.Option(
-            None, "--out", "-o", help="Write the scorecard JSON here, with FILE.records.parquet and FILE.policy.yaml beside.")),
+            None, "--out", "-o", help="Write the scorecard JSON here, with FILE.records.parquet, FILE.policy.yaml and (several tenants) FILE.tenants.csv beside.")),
         inspect.Parameter("trace", K, annotation=Path | None, default=typer.Option(
             None, "--trace", help="Write a Chrome trace (chrome://tracing, Perfetto) JSON here.")),
     ]

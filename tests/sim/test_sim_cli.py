@@ -44,6 +44,21 @@ def test_simulate_prints_scorecard_and_writes_out_and_trace(tmp_path, workload_f
     assert names & {"prefill", "decode", "prefill+decode"} and any(e.get("ph") == "b" for e in tr["traceEvents"])
 
 
+def test_simulate_shows_and_writes_the_per_tenant_table(tmp_path):
+    out = tmp_path / "mt.json"
+    r = CliRunner().invoke(cli.app, ["simulate", "-w", "vtc-lmsys", "--first", "200", "--rate", "8",
+                                     "--max-num-seqs", "16", "--out", str(out)])
+    assert r.exit_code == 0, r.output
+    assert "per tenant" in r.output and "mt.tenants.csv" in r.output
+    t = pd.read_csv(out.with_name("mt.tenants.csv"))
+    rec = pd.read_parquet(out.with_name("mt.records.parquet"))
+    assert len(t) == rec["tenant"].nunique() >= 2 and t["requests"].sum() == 200
+    assert t["service_share"].sum() == pytest.approx(1.0, rel=1e-5)
+    r1 = CliRunner().invoke(cli.app, ["simulate", "-w", "azure-conv", "--first", "50", "--out", str(tmp_path / "one.json")])
+    assert r1.exit_code == 0 and "per tenant" not in r1.output  # one tenant: no table, no file
+    assert not (tmp_path / "one.tenants.csv").exists()
+
+
 def test_simulate_policy_file_with_flag_override_and_rate_first(tmp_path, workload_file):
     pfile = tmp_path / "p.yaml"
     Policy(max_num_seqs=4, speculation="ngram").to_yaml(pfile)
