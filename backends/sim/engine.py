@@ -186,6 +186,7 @@ class Simulation(Arrivals):
         self.stall_limit = STALL_ITERATIONS
         self.n_held = 0             # admitted requests whose prefix KV still loads (Req.hold)
         self.lagged = self.finishing = 0  # seats held one plan longer under schedule_ahead (seats_free)
+        self.kv_lagged = self.kv_finishing = 0  # their private KV blocks, likewise
         self.queued_tokens = 0      # Σ prefill tokens of waiting requests (admission's TTFT guess)
         self.retry: list[tuple[float, int, Req]] = []
         self._adm = 0
@@ -292,6 +293,8 @@ class Simulation(Arrivals):
         self.prefilling.remove(req)
         if req.gen >= req.out:
             self.mem.give(req.priv)
+            if self.ahead:
+                self.kv_finishing += req.priv
             self.priv_explicit -= req.priv
             req.priv = 0
             self._done(req, t)
@@ -309,6 +312,8 @@ class Simulation(Arrivals):
                 self.priv_explicit -= req.priv
                 req.priv = 0
             mem.give(blocks)
+            if self.ahead:
+                self.kv_finishing += blocks
             self._done(req, t)
 
     # ============================================================ iterations
@@ -452,9 +457,9 @@ class Simulation(Arrivals):
             n = min(n, self._steps_until(self.max_t - t0 - self.pending_s, r, ctx, a, ts))
         if n > self.segment_cap:
             n = self.segment_cap
-        if self._fresh or self.n_held or self.no_admit or (self.lagged and self.waiting):
+        if self._fresh or self.n_held or self.no_admit or ((self.lagged or self.kv_lagged) and self.waiting):
             n = 1  # a first token due / a held request's load to see finish / admission resumes next step
-            # / a seat held by a request finished in the last step frees for the next plan
+            # / a seat or KV held by a request finished in the last step frees for the next plan
         if self.prefilling or mem.cached:
             held0, used0 = self._kv_now()
         else:  # (inline fast path of _kv_now)
@@ -701,6 +706,10 @@ class Simulation(Arrivals):
         lora = self.lora
         while True:
             t = self.t
+            # requests that finished in the step just run still hold their seats and KV blocks at
+            # this plan under async scheduling (it was made when that step started)
+            self.lagged, self.finishing = self.finishing, 0
+            self.kv_lagged, self.kv_finishing = self.kv_finishing, 0
             tv = self.t_vis if self.ahead else t
             if self._ta <= tv or (retry and retry[0][0] <= tv):
                 self._arrivals(tv)
@@ -718,7 +727,8 @@ class Simulation(Arrivals):
                 self.release_holds()
             need = 0
             self.no_admit = False
-            self.lagged, self.finishing = self.finishing, 0
+            kv_held = min(self.kv_lagged, mem.free)
+            mem.free -= kv_held  # (given back below, once this step is planned)
             if grow and pool.n:
                 need = pool.cnt[bs - 1 - pool.g % bs]
                 if need > mem.free + mem.evictable:
@@ -733,11 +743,14 @@ class Simulation(Arrivals):
                     mem.give(need)
             else:
                 chunks = None
+            mem.free += kv_held
             if chunks:
                 self._iteration(chunks, decodes)
                 continue
             if pool.n:
                 self._segment()
+                continue
+            if self.lagged or kv_held:  # nothing else runs: the last step's finishers have left by the next plan
                 continue
             if self.n_held:  # only loads from a tier in flight: empty steps until they finish
                 self._held_step()

@@ -81,6 +81,8 @@ class Scheduling:
     no_admit: bool                 # a step that preempted admits no waiting request (vLLM V1)
     lagged: int                    # seats still held at this plan by requests that finished in the last step
     finishing: int                 # requests finished in the step running now (become ``lagged``)
+    kv_lagged: int                 # blocks they still hold at this plan (kept out of the free pool while planning)
+    kv_finishing: int              # blocks given back by requests finished in the step running now
     c_preempt: int
     c_swapped: int
     c_pq: int

@@ -97,3 +97,39 @@ def test_speculative_decoding_plans_at_the_step_boundary(monkeypatch):
     sim = Simulation(pol, w, DEP, check=True).run()
     assert not sim.ahead
     assert sim.first_tok[1] == pytest.approx(sim.first_tok[0], rel=1e-12)  # B shares A's second step
+
+
+def test_seats_held_by_the_last_steps_finishers_never_fail_the_queue(monkeypatch):
+    """Two seats, both requests finish in the same step while two more wait: the plan made during
+    that step sees no free seat, and with nothing else to run the engine plans again once they
+    have left (no waiting request is declared unservable)."""
+    monkeypatch.setitem(engines.ENGINES, "vllm-v1", dataclasses.replace(engines.ENGINES["vllm-v1"], schedule_ahead=True))
+    w = build_workload("seats", np.zeros(4), np.full(4, 200), np.full(4, 30))
+    sim = Simulation(Policy(max_num_batched_tokens=2048, max_num_seqs=2, prefix_caching=False), w, DEP,
+                     check=True).run()
+    assert not sim.failed.any() and np.isfinite(sim.finish).all()
+    assert sim.first_tok[2] > sim.finish[0]  # the second pair started after the first left
+
+
+def test_a_finished_requests_kv_blocks_free_one_plan_later(monkeypatch):
+    """KV-bound, seats free: three 14,000-token prompts where two fit the KV pool. The plan made
+    while A's last step ran still counted A's blocks, so whatever waited for them starts about one
+    decode step later with async scheduling than at a synchronous step boundary; closed form
+    equals step by step."""
+    dep = Deployment("llama-3.1-8b", "h100", max_model_len=16384)
+    pol = Policy(max_num_batched_tokens=8192, gpu_memory_utilization=0.27, prefix_caching=False)
+    w = build_workload("kv", np.array([0.0, 0.0, 0.001]), np.full(3, 14000), np.array([100, 400, 50]))
+
+    def run(ahead: bool, **kw) -> Simulation:
+        monkeypatch.setitem(engines.ENGINES, "vllm-v1",
+                            dataclasses.replace(engines.ENGINES["vllm-v1"], schedule_ahead=ahead))
+        return Simulation(pol, w, dep, check=True, **kw).run()
+
+    sync, ahead = run(False), run(True)
+    assert sync.mem.total * 16 < 3 * 14000  # two prompts fit, three do not
+    decode_step = (sync.finish[1] - sync.first_tok[1]) / 399
+    later = (ahead.first_tok[2] - ahead.finish[0]) - (sync.first_tok[2] - sync.finish[0])
+    assert 0.5 * decode_step < later < 1.5 * decode_step
+    slow = run(True, segment_cap=1)
+    np.testing.assert_allclose(ahead.first_tok, slow.first_tok, rtol=1e-9)
+    np.testing.assert_allclose(ahead.finish, slow.finish, rtol=1e-9)
