@@ -127,6 +127,15 @@ def slo_met(records: pd.DataFrame) -> np.ndarray:
     return ok
 
 
+def request_service(records: pd.DataFrame, w_in: float = SERVICE_WEIGHTS[0],
+                    w_out: float = SERVICE_WEIGHTS[1]) -> np.ndarray:
+    """Weighted service of each request, tokens: w_in × prompt + w_out × output for a request
+    that finished, 0 otherwise (the fairness yardstick, ``SERVICE_WEIGHTS``)."""
+    served = np.isfinite(records["finish_s"].to_numpy(float))
+    return np.where(served, w_in * records["prompt_len"].to_numpy(float)
+                    + w_out * records["output_len"].to_numpy(float), 0.0)
+
+
 def tenant_service(
     records: pd.DataFrame, w_in: float = SERVICE_WEIGHTS[0], w_out: float = SERVICE_WEIGHTS[1],
     windows: int = FAIRNESS_WINDOWS
@@ -148,7 +157,7 @@ def tenant_service(
     fin = records["finish_s"].to_numpy(float)
     p = records["prompt_len"].to_numpy(float)
     o = records["output_len"].to_numpy(float)
-    total = np.where(served, w_in * p + w_out * o, 0.0)
+    total = request_service(records, w_in, w_out)
     table = pd.DataFrame(
         {
             "tenant": names,
@@ -316,8 +325,7 @@ def score(result: RunResult, workload: Workload | None = None) -> Scorecard:
 
 
 def _service_totals(rec: pd.DataFrame, w_in: float, w_out: float) -> np.ndarray:
-    served = np.isfinite(rec["finish_s"].to_numpy(float))
-    s = np.where(served, w_in * rec["prompt_len"].to_numpy(float) + w_out * rec["output_len"].to_numpy(float), 0.0)
+    s = request_service(rec, w_in, w_out)
     return pd.Series(s).groupby(rec["tenant"].to_numpy(object)).sum().to_numpy(float)
 
 

@@ -13,7 +13,7 @@ from __future__ import annotations
 import numpy as np
 import pandas as pd
 
-from tuner.scorecard import SERVICE_WEIGHTS, latencies_ms, slo_met
+from tuner.scorecard import latencies_ms, request_service, slo_met
 
 TENANT_COLUMNS = ("tenant", "requests", "completed", "rejected", "service_share", "ttft_p50_ms", "ttft_p99_ms",
                   "tpot_p50_ms", "tpot_p99_ms", "slo_attainment")
@@ -33,9 +33,7 @@ def tenant_table(records: pd.DataFrame) -> pd.DataFrame:
     done = np.isfinite(records["finish_s"].to_numpy(float)) & ~records["failed"].to_numpy(bool)
     rejected = records["rejected"].to_numpy(bool)
     met = slo_met(records)
-    w_in, w_out = SERVICE_WEIGHTS
-    service = np.where(done, w_in * records["prompt_len"].to_numpy(float)
-                       + w_out * records["output_len"].to_numpy(float), 0.0)
+    service = request_service(records)
     total = float(service.sum())
     tenants = records["tenant"].to_numpy(object)
     rows = []
