@@ -181,10 +181,10 @@ def instance_cost_model(model: ModelSpec, gpu: GPUSpec, tp: int = 1, weight_dtyp
     when ``profile`` is none), for any (model, GPU, TP). ``.source`` says which, and why.
     ``calibration`` (a ``tuner.calibration.calfile.CalibrationFile``, ``Deployment.calibration``):
     the roofline with its efficiencies (``servetune calibrate --live``); refused (one-line
-    ValueError) when it was fitted for another model, GPU or engine, or with a profile."""
+    ValueError) when it was fitted for another model, GPU or engine."""
     engine = engine or get_engine("vllm-v1")
     if calibration is not None:
-        return _calibrated_cost_model(model, gpu, tp, weight_dtype, kv_dtype, engine, profile, cost_model, calibration)
+        return _calibrated_cost_model(model, gpu, tp, weight_dtype, kv_dtype, engine, calibration)
     if cost_model == "terms":
         return _terms_cost_model(model, gpu, tp, weight_dtype, kv_dtype, engine, profile)
     if cost_model not in COST_MODELS:
@@ -205,10 +205,9 @@ def instance_cost_model(model: ModelSpec, gpu: GPUSpec, tp: int = 1, weight_dtyp
 
 
 def _calibrated_cost_model(model: ModelSpec, gpu: GPUSpec, tp: int, weight_dtype: str, kv_dtype: str,
-                           engine: EnginePreset, profile: str, cost_model: str, cf: Any) -> CostModel:
-    if profile not in NO_PROFILE or cost_model != "auto":
-        raise ValueError(f"calibration {cf.path}: fitted on the roofline; it cannot be combined with profile="
-                         f"{profile!r} / cost_model={cost_model!r}")
+                           engine: EnginePreset, cf: Any) -> CostModel:
+    """The roofline under a calibration's efficiencies (``Deployment`` refuses a calibration
+    together with a profile or ``cost_model: terms``)."""
     cf.check_matches(model, gpu, engine.name)
     cal = cf.calibration
     cm = ProfiledCostModel(model, gpu, tp, weight_dtype, kv_dtype, engine, cal.efficiency, None, cal.kv_mem)

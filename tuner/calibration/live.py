@@ -39,18 +39,24 @@ def predict_live(cal: EngineCalibration, policy, workload, model: str | Path, gp
     """The simulator's (TTFT, E2E, TPOT) means (ms) for a live setup under ``cal``; a list of
     them, one per arrival window, when ``windows`` is given. The same numbers as ``simulate``
     with a deployment naming a calibration file of ``cal`` (``backends.sim.calibrated``)."""
-    from backends.base import Deployment
-    from backends.sim.cluster import gpus_needed
     from backends.sim.profiled import cost_model_for
     from tuner.calibration.simrun import simulate_with
 
     cm = cost_model_for(model, gpu, policy.tp, engine=engine, efficiency=cal.efficiency, kv_mem=cal.kv_mem)
-    dep = Deployment(model=str(model), gpu=str(gpu), n_gpus=policy.tp, engine=engine, max_model_len=max_model_len)
-    dep = replace(dep, n_gpus=gpus_needed(policy, dep))
+    dep = live_deployment(model, gpu, policy, engine, max_model_len)
     res = simulate_with(cm, policy, workload, dep, seed=seed, lag_steps=cal.lag_steps, lag_s=cal.lag_s)
     if windows is not None:
         return [metrics(res.records, w) for w in windows]
     return metrics(res.records)
+
+
+def live_deployment(model: str | Path, gpu: str | Path, policy, engine: str = "vllm-v1", max_model_len: int = 0):
+    """The ``Deployment`` a live setup is simulated on: as many GPUs as ``policy`` uses."""
+    from backends.base import Deployment
+    from backends.sim.cluster import gpus_needed
+
+    dep = Deployment(model=str(model), gpu=str(gpu), n_gpus=policy.tp, engine=engine, max_model_len=max_model_len)
+    return replace(dep, n_gpus=gpus_needed(policy, dep))
 
 
 def fit_live(measured, workload, policy, model: str | Path, gpu: str | Path = CPU_HOST_YAML, *,
@@ -144,7 +150,8 @@ def match_records(records, workload, where: str) -> None:
         raise ValueError(f"{where}: no served request with >= 2 output tokens (nothing to calibrate on)")
 
 
-__all__ = ["CPU_HOST_YAML", "LIVE_PARAMS", "fit_live", "match_records", "metrics", "predict_live", "read_records"]
+__all__ = ["CPU_HOST_YAML", "LIVE_PARAMS", "fit_live", "live_deployment", "match_records", "metrics", "predict_live",
+           "read_records"]
 
 
 def _workload(name: str, n: int, rate: float, prompt: tuple[int, int], output: tuple[int, int], seed: int,

@@ -207,15 +207,10 @@ def _live_run(backend, r: _Run, a: LiveArgs, max_len: int, echo):
 
 def _default_sim(r: _Run, a: LiveArgs, engine: str, max_len: int):
     """(TTFT, E2E, TPOT) means of the simulator without a calibration (what simulate runs)."""
-    from dataclasses import replace
-
-    from backends.base import Deployment
     from backends.sim import SimBackend
-    from backends.sim.cluster import gpus_needed
-    from tuner.calibration.live import metrics
+    from tuner.calibration.live import live_deployment, metrics
 
-    dep = Deployment(a.model, a.gpu, n_gpus=r.policy.tp, engine=engine, max_model_len=max_len)
-    dep = replace(dep, n_gpus=gpus_needed(r.policy, dep))
+    dep = live_deployment(a.model, a.gpu, r.policy, engine, max_len)
     return metrics(SimBackend().run(r.policy, r.workload, dep, seed=a.seed).records)
 
 
