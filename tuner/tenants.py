@@ -10,6 +10,8 @@ shows it for the best policy against the defaults.
 
 from __future__ import annotations
 
+from pathlib import Path
+
 import numpy as np
 import pandas as pd
 
@@ -46,9 +48,17 @@ def tenant_table(records: pd.DataFrame) -> pd.DataFrame:
     return pd.DataFrame(rows, columns=list(TENANT_COLUMNS))
 
 
+def write_tenant_csv(records: pd.DataFrame, path: Path) -> bool:
+    """Write ``tenant_table`` to ``path`` (CSV) when the run has several tenants; whether it did."""
+    if n_tenants(records) < 2:
+        return False
+    tenant_table(records).to_csv(path, index=False, float_format="%.6g")
+    return True
+
+
 def n_tenants(records: pd.DataFrame) -> int:
     """Distinct tenants in ``records``."""
     return int(records["tenant"].nunique())
 
 
-__all__ = ["TENANT_COLUMNS", "n_tenants", "tenant_table"]
+__all__ = ["TENANT_COLUMNS", "n_tenants", "tenant_table", "write_tenant_csv"]

@@ -146,7 +146,7 @@ def log_best_artifacts(res: TuneResult, opts: TuneOptions, backend: Any = None) 
     multi-tenant workload, the per-tenant table (``tenants.csv``) to their runs."""
     from backends.registry import get_backend
     from tuner.plots import latency_cdf_png
-    from tuner.tenants import n_tenants, tenant_table
+    from tuner.tenants import write_tenant_csv
 
     if not res.best:
         return []
@@ -167,9 +167,8 @@ def log_best_artifacts(res: TuneResult, opts: TuneOptions, backend: Any = None) 
         png = latency_cdf_png({f"trial {t.number}": result.records}, d / "latency_cdf.png",
                               title=f"{res.spec.name}: trial {t.number}")
         paths = [rec, png]
-        if n_tenants(result.records) >= 2:
+        if write_tenant_csv(result.records, d / "tenants.csv"):
             paths.append(d / "tenants.csv")
-            tenant_table(result.records).to_csv(paths[-1], index=False, float_format="%.6g")
         tracker.log_artifacts(run_id, paths)
         out += paths
     parent = res.study.user_attrs.get(PARENT_ATTR)

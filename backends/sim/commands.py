@@ -198,12 +198,10 @@ def _write_out(out: Path, setup, res, card, notes: tuple[str, ...]) -> str:
     res.records.to_parquet(rec_path, index=False)
     res.policy.to_yaml(pol_path)
     files = [rec_path.name, pol_path.name]
-    from tuner.tenants import n_tenants, tenant_table
+    from tuner.tenants import write_tenant_csv
 
-    if n_tenants(res.records) >= 2:
-        ten_path = out.with_name(out.stem + ".tenants.csv")
-        tenant_table(res.records).to_csv(ten_path, index=False, float_format="%.6g")
-        files.append(ten_path.name)
+    if write_tenant_csv(res.records, out.with_name(out.stem + ".tenants.csv")):
+        files.append(out.stem + ".tenants.csv")
     doc = {"scorecard": card.as_dict(), "policy": res.policy.to_dict(), "notes": list(notes),
            "workload": {"name": w.name, "n": w.n, "hash": w.content_hash()},
            "deployment": {"model": dep.model, "gpu": dep.gpu, "n_gpus": dep.n_gpus, "engine": dep.engine,
