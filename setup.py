@@ -25,7 +25,7 @@ from setuptools import setup
 
 COMPILED = [f"backends/sim/{m}.py" for m in (
     "engine", "arrivals", "scheduler", "batching", "request_state", "memory", "queue", "fairness", "lora",
-    "speculation")]
+    "speculation", "itl_counter")]
 """The event loop and the state it touches on every step (they type-check under mypy)."""
 
 BUILD_COMMANDS = {"bdist_wheel", "build", "build_ext", "install"}

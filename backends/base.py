@@ -14,6 +14,7 @@ from typing import Protocol
 import numpy as np
 import pandas as pd
 
+from backends.itl import ITLHistogram
 from tuner.policy import Policy
 from workloads.workload import Workload
 
@@ -119,6 +120,8 @@ class Telemetry:
     interruptions: int = 0
     timeline: pd.DataFrame | None = None
     counters: Mapping[str, float] = field(default_factory=dict)
+    itl: ITLHistogram | None = None
+    """Inter-token latencies of all requests (``backends.itl``; None: the backend saw no token gaps)."""
 
 
 @dataclass(frozen=True, slots=True)

@@ -24,6 +24,7 @@ ALIASES: dict[str, tuple[str, str]] = {
     "ttft_p95": ("ttft_p95_ms", "minimize"),
     "tpot_p95": ("tpot_p95_ms", "minimize"),
     "tpot_p99": ("tpot_p99_ms", "minimize"),
+    "itl_p99": ("itl_p99_ms", "minimize"),
     "cost": ("usd_per_1m_tokens", "minimize"),
     "usd_per_1m_tokens": ("usd_per_1m_tokens", "minimize"),
     "max_service_diff": ("max_service_diff", "minimize"),

@@ -20,7 +20,7 @@ from tuner.study_spec import StudySpec
 from tuner.tune import best_trials, default_trial, gain_pct, replay
 
 TABLE_METRICS = ("goodput_tok_s", "goodput_frac", "slo_attainment", "throughput_tok_s", "ttft_p50_ms", "ttft_p99_ms",
-                 "tpot_p50_ms", "tpot_p95_ms", "e2e_p99_ms", "usd_per_1m_tokens", "max_service_diff", "jain_index",
+                 "tpot_p50_ms", "tpot_p95_ms", "itl_p99_ms", "e2e_p99_ms", "usd_per_1m_tokens", "max_service_diff", "jain_index",
                  "preemptions", "n_rejected", "kv_util_peak", "mean_batch_size")
 MIN_TRIALS_FOR_IMPORTANCE = 4
 

@@ -2,7 +2,8 @@
 
 Definitions (``shared/DESIGN.md``):
   TTFT = first token − arrival; TPOT = (finish − first token) / (output tokens − 1) for requests
-  with >= 2 output tokens; E2E = finish − arrival. Latencies in milliseconds.
+  with >= 2 output tokens; E2E = finish − arrival; ITL = the gaps between a request's successive
+  streamed outputs, over all tokens (``backends.itl``). Latencies in milliseconds.
   Goodput = output tokens of requests meeting BOTH their TTFT and TPOT SLO / all output tokens
   offered (rejected and failed requests count as missed).
   Fairness: per-tenant service = 1 × prompt + 2 × output tokens (``SERVICE_WEIGHTS``, as in VTC),
@@ -44,6 +45,13 @@ class Scorecard:
     tpot_p50_ms: float
     tpot_p95_ms: float
     tpot_p99_ms: float
+    itl_mean_ms: float
+    """Inter-token latency: the gaps between a request's successive streamed outputs, over all
+    tokens (``backends.itl``; NaN where the backend saw no gaps). TPOT averages each request's
+    gaps; the ITL tail shows the stalls (a decode step that runs a prefill chunk, a preemption)."""
+    itl_p50_ms: float
+    itl_p95_ms: float
+    itl_p99_ms: float
     e2e_mean_ms: float
     e2e_p50_ms: float
     e2e_p95_ms: float
@@ -247,6 +255,7 @@ def score(result: RunResult, workload: Workload | None = None) -> Scorecard:
     good_tokens = float(out_tok[met].sum())
 
     c = tel.counters
+    itl = tel.itl
     gpu_s = c.get("gpu_seconds", 0.0) or makespan * tel.n_gpus  # a cluster counts active replica-seconds
     mfu = tel.flops / (gpu_s * tel.peak_flops_per_gpu) if tel.peak_flops_per_gpu > 0 else float("nan")
     mbu = tel.hbm_bytes / (gpu_s * tel.peak_hbm_bytes_s_per_gpu) if tel.peak_hbm_bytes_s_per_gpu > 0 else float("nan")
@@ -289,6 +298,10 @@ def score(result: RunResult, workload: Workload | None = None) -> Scorecard:
         tpot_p50_ms=_pct(tpot_d, 50),
         tpot_p95_ms=_pct(tpot_d, 95),
         tpot_p99_ms=_pct(tpot_d, 99),
+        itl_mean_ms=itl.mean_ms() if itl is not None else float("nan"),
+        itl_p50_ms=itl.percentile_ms(50) if itl is not None else float("nan"),
+        itl_p95_ms=itl.percentile_ms(95) if itl is not None else float("nan"),
+        itl_p99_ms=itl.percentile_ms(99) if itl is not None else float("nan"),
         e2e_mean_ms=_mean(e2e_d),
         e2e_p50_ms=_pct(e2e_d, 50),
         e2e_p95_ms=_pct(e2e_d, 95),

@@ -28,6 +28,7 @@ import numpy as np
 import pandas as pd
 
 from backends.base import Deployment, RunResult, Telemetry, empty_records
+from backends.itl import ITLHistogram
 from tuner.policy import Policy
 from workloads.workload import Workload
 
@@ -226,7 +227,7 @@ def merge(w: Workload, lives: list[Life], policy: Policy, dep: Deployment, notes
     rec["output_len"] = produced
     rec["rejected"], rec["failed"] = rej, fail & ~rej
     rec["preemptions"], rec["cached_tokens"], rec["replica"] = pre, cached, rep
-    tel = merge_telemetry(lives, w, rec, counters or {})
+    tel = merge_telemetry(lives, w, rec, counters or {}, handoff_gaps(lives))
     meta = {"engine": dep.engine, "model": dep.model, "gpu": dep.gpu, "tp": str(policy.tp),
             "instances": str(len(lives)), "workload": w.name}
     sources = sorted({life.result.meta["cost_model"] for life in lives if life.result is not None})
@@ -235,10 +236,30 @@ def merge(w: Workload, lives: list[Life], policy: Policy, dep: Deployment, notes
     return RunResult(records=rec, telemetry=tel, policy=policy, backend="sim", notes=notes, meta=meta)
 
 
-def merge_telemetry(lives: list[Life], w: Workload, rec: pd.DataFrame, extra: dict[str, float]) -> Telemetry:
+def handoff_gaps(lives: list[Life]) -> list[float]:
+    """Inter-token gaps across hand-offs, s: a request's piece that continues on another life
+    (a decode after its prefill elsewhere, a migrated request) counts its first token there as a
+    first token, but for the request it is the next one, due since the previous piece's last
+    token (its finish). One gap per such piece (pieces without a known last token are skipped)."""
+    by_rid: dict[int, list[Piece]] = {}
+    for life in lives:
+        for p in life.pieces:
+            if p.produced > 0 and math.isfinite(p.first):
+                by_rid.setdefault(p.rid, []).append(p)
+    gaps = []
+    for ps in by_rid.values():
+        if len(ps) > 1:
+            ps.sort(key=lambda p: p.first)
+            gaps += [b.first - a.finish for a, b in zip(ps, ps[1:], strict=False) if math.isfinite(a.finish)]
+    return gaps
+
+
+def merge_telemetry(lives: list[Life], w: Workload, rec: pd.DataFrame, extra: dict[str, float],
+                    gaps: list[float] | None = None) -> Telemetry:
     """Sum of the lives' telemetry; GPU-seconds count each life from its start (cold start
     included) to its interruption, or to the end of the run (to its last finish once retired);
-    interruptions: lives ended (spot) before the run's end."""
+    interruptions: lives ended (spot) before the run's end. ITL: the lives' histograms and the
+    ``gaps`` across hand-offs (``handoff_gaps``), s."""
     t0 = float(w.arrival_s[0]) if w.n else 0.0
     fin = rec["finish_s"].to_numpy(float)
     t_end = max([float(np.nanmax(fin)) if np.isfinite(fin).any() else t0]
@@ -276,7 +297,8 @@ def merge_telemetry(lives: list[Life], w: Workload, rec: pd.DataFrame, extra: di
         kv_capacity_tokens=sum(t.kv_capacity_tokens for t in tels),
         gpu_hour_usd=base.gpu_hour_usd if base else 0.0, spot_gpu_hour_usd=base.spot_gpu_hour_usd if base else 0.0,
         spot_fraction=spot_s / gpu_s if gpu_s > 0 else 0.0, interruptions=interruptions,
-        timeline=merge_timelines([life.result.telemetry.timeline for life in ran]), counters=counters)
+        timeline=merge_timelines([life.result.telemetry.timeline for life in ran]), counters=counters,
+        itl=ITLHistogram.merge([*(t.itl for t in tels), ITLHistogram.from_gaps(gaps or [])]))
 
 
 def merge_timelines(tls: list[pd.DataFrame | None]) -> pd.DataFrame | None:

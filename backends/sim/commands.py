@@ -79,6 +79,7 @@ SCORE_ROWS = (
     ("rejected", "n_rejected", "{:.0f}"), ("failed", "n_failed", "{:.0f}"), ("makespan s", "makespan_s", "{:.1f}"),
     ("TTFT p50/p95/p99 ms", ("ttft_p50_ms", "ttft_p95_ms", "ttft_p99_ms"), "{:.1f}"),
     ("TPOT p50/p95/p99 ms", ("tpot_p50_ms", "tpot_p95_ms", "tpot_p99_ms"), "{:.2f}"),
+    ("ITL p50/p95/p99 ms", ("itl_p50_ms", "itl_p95_ms", "itl_p99_ms"), "{:.2f}"),
     ("E2E p50/p99 ms", ("e2e_p50_ms", "e2e_p99_ms"), "{:.0f}"),
     ("throughput tok/s", "throughput_tok_s", "{:.1f}"), ("requests/s", "requests_s", "{:.3f}"),
     ("goodput tok/s", "goodput_tok_s", "{:.1f}"), ("SLO attainment", "slo_attainment", "{:.3f}"),

@@ -35,6 +35,7 @@ from backends.sim.chrome_trace import TraceWriter
 from backends.sim.costmodel import weight_bytes_per_gpu
 from backends.sim.engines import get_engine
 from backends.sim.fairness import CountingPool, TenantService, VTCQueue
+from backends.sim.itl_counter import ITLCounter
 from backends.sim.lora import AdapterSlots, LoraCost
 from backends.sim.memory import BlockManager
 from backends.sim.profiled import instance_cost_model
@@ -90,6 +91,7 @@ class Simulation(Arrivals):
         self.prefilled = prefilled if prefilled is not None and prefilled.any() else None
         self.transferred: deque[Req] = deque()  # prefilled requests waiting for KV blocks and a seat
         self._fresh: list[tuple[Req, int]] = []  # (joined the pool with gen=0, its ver): first token due
+        self._resumed: list[tuple[Req, int]] = []  # (paged back into the pool mid-decode, its ver): see _itl
         model, gpu = get_model(deployment.model), get_gpu(deployment.gpu)
         tp = policy.tp
         engine = get_engine(deployment.engine)
@@ -215,6 +217,7 @@ class Simulation(Arrivals):
         self.rejected = np.zeros(n, bool)
         self.failed = np.zeros(n, bool)
         self.tel = TelemetryRecorder(total, bs)
+        self.itl: ITLCounter = self.tel.itl  # (typed: a compiled call from the hot loop)
         self.trace = TraceWriter() if trace else None
         self.c_preempt = self.c_swapped = self.c_pq = self.c_ph = self.c_defer = 0
         self.c_prefill = 0     # prefill tokens computed (prompts, and again after a recompute preemption)
@@ -288,6 +291,9 @@ class Simulation(Arrivals):
         if req.first_token < 0:
             req.first_token = t
             self.first_tok[req.rid] = t
+        elif req.t_last >= 0:  # recomputed after a preemption: this token ends the gap across the wait
+            self.itl.add(t - req.t_last, 1.0)
+            req.t_last = -1.0
         if req.ids:
             self.mem.mark_ready(req.ids)
         self.prefilling.remove(req)
@@ -369,6 +375,10 @@ class Simulation(Arrivals):
         t = self.t = t0 + dt
         self.steps += 1
         if r:
+            if self._fresh or self._resumed:
+                self._itl(dt, r, t)
+            else:
+                self.itl.add(dt, r)
             self.mem.take(pool.advance(m))
         for req, c in chunks:
             req.computed += c
@@ -457,8 +467,8 @@ class Simulation(Arrivals):
             n = min(n, self._steps_until(self.max_t - t0 - self.pending_s, r, ctx, a, ts))
         if n > self.segment_cap:
             n = self.segment_cap
-        if self._fresh or self.n_held or self.no_admit or ((self.lagged or self.kv_lagged) and self.waiting):
-            n = 1  # a first token due / a held request's load to see finish / admission resumes next step
+        if self._fresh or self._resumed or self.n_held or self.no_admit or ((self.lagged or self.kv_lagged) and self.waiting):
+            n = 1  # a first token (or a gap across a wait) due / a held request's load to see finish / admission resumes next step
             # / a seat or KV held by a request finished in the last step frees for the next plan
         if self.prefilling or mem.cached:
             held0, used0 = self._kv_now()
@@ -480,6 +490,16 @@ class Simulation(Arrivals):
             pool.g = g + n
         csum = n * ctx + r * n * (n - 1) * 0.5
         dt = n * a + ts * csum + self.pending_s
+        if n == 1:
+            if self._fresh or self._resumed:
+                self._itl(dt, r, t0 + dt)
+            else:
+                self.itl.add(dt, r)
+        else:  # step k lasts a + ts·(ctx + r·k); the first also waits pending_s
+            e = c[6] if spec is not None else 1.0  # tokens per iteration: one stream chunk per iteration
+            itl = self.itl
+            itl.add((a + ts * ctx) * e + self.pending_s, r)
+            itl.add_steps((a + ts * (ctx + r)) * e, (a + ts * (ctx + r * (n - 1))) * e, max(n / e - 1.0, 0.0), r)
         self.pending_s = 0.0
         t = self.t = t0 + dt
         self.t_vis = t - a - ts * (ctx + r * (n - 1))  # the last step's start
@@ -499,6 +519,25 @@ class Simulation(Arrivals):
                      held0 + d1, held, used0 + r, used0 + r * n)
         if self.trace is not None:
             self.trace.iteration(t0, dt, n, r, 0, 0)
+
+    def _itl(self, dt: float, r: int, t: float) -> None:
+        """Inter-token gaps of one decode step of ``r`` sequences lasting ``dt`` s and ending at
+        ``t``: one gap of ``dt`` per sequence whose last token came out when the step began; a
+        first token (``_fresh``) is TTFT, not a gap; a sequence paged back in (``_resumed``) ends
+        a gap across its wait (from ``Req.t_last``)."""
+        skip = 0
+        for req, ver in self._fresh:
+            if req.ver == ver:
+                skip += 1
+        itl = self.itl
+        if self._resumed:
+            for req, ver in self._resumed:
+                if req.ver == ver and req.t_last >= 0:
+                    skip += 1
+                    itl.add(t - req.t_last, 1.0)
+                    req.t_last = -1.0
+            self._resumed.clear()
+        itl.add(dt, r - skip)
 
     def _first_decode_tokens(self, t: float) -> None:
         """Prefilled requests that joined the pool before this decode step sampled their first

@@ -63,6 +63,7 @@ class Scheduling:
     swapped: deque[Req]
     transferred: deque[Req]
     _fresh: list[tuple[Req, int]]
+    _resumed: list[tuple[Req, int]]  # paged-out decodes back in the pool: next token ends an ITL gap across the wait
     seat_cap: int
     reserve: bool
     watermark: int                 # blocks
@@ -245,6 +246,8 @@ class Scheduling:
                 self.pool.add(req)
                 if req.computed == req.num_tokens:
                     self._fresh.append((req, req.ver))
+                elif req.t_last >= 0:
+                    self._resumed.append((req, req.ver))
             else:
                 req.state = PREFILL
                 self.prefilling.append(req)
@@ -300,6 +303,8 @@ class Scheduling:
             self.lora.release(req.adapter)
         req.preemptions += 1
         self.c_preempt += 1
+        if req.gen and req.t_last < 0:  # its last token came out with the step that just ended (unless
+            req.t_last = self.t         # it is preempted again before its next one: the gap runs on)
         kv = self._blocks_for(req.computed)
         # Page out only while other sequences keep running: with none left, a paged-out request would
         # come straight back and be preempted again (a livelock); it recomputes instead.

@@ -15,6 +15,7 @@ import numpy as np
 import pandas as pd
 
 from backends.base import Telemetry
+from backends.sim.itl_counter import ITLCounter
 
 MAX_ROWS = 4096
 
@@ -24,7 +25,7 @@ class TelemetryRecorder:
 
     __slots__ = ("total", "bs", "busy", "flops", "bytes", "iters", "batch_sum", "alloc_ss", "used_ss",
                  "peak_used", "peak_running", "peak_waiting", "_rows",
-                 "_stride", "_skip", "t_end")
+                 "_stride", "_skip", "t_end", "itl")
 
     def __init__(self, total_blocks: int, block_size: int) -> None:
         self.total, self.bs = total_blocks, block_size
@@ -35,6 +36,7 @@ class TelemetryRecorder:
         self._rows: list[tuple[float, float, int, int, int]] = []
         self._stride, self._skip = 1, 0
         self.t_end = 0.0
+        self.itl = ITLCounter()  # the engine adds each step's token gaps (backends/itl.py)
 
     def step(self, t0: float, dt: float, flops: float, nbytes: float, iters: float, seqs: float, tokens: int,
              held_first: int, held_last: int, used_first: int, used_last: int, running: int, waiting: int) -> None:
@@ -89,7 +91,7 @@ class TelemetryRecorder:
             hbm_bytes=self.bytes * tp, peak_flops_per_gpu=peak_flops, peak_hbm_bytes_s_per_gpu=peak_bw,
             offload_bytes=offload_bytes, offload_bytes_s_capacity=offload_bw,
             kv_capacity_tokens=kv_capacity_tokens, gpu_hour_usd=price, spot_gpu_hour_usd=spot_price,
-            timeline=self.timeline(), counters=c)
+            timeline=self.timeline(), counters=c, itl=self.itl.freeze())
 
 
 def build_result(sim, policy, notes: tuple[str, ...]):

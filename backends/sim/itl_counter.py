@@ -1,0 +1,76 @@
+"""The simulator's inter-token-latency accumulator (compiled with the event loop: see setup.py).
+
+The engine adds each decode step's gap (``add``) and each closed-form decode segment's linearly
+growing gaps (``add_steps``) straight into the log-spaced bins of ``backends.itl`` (one log10 per
+call; a segment's gaps, which differ by a few per cent, spread evenly over the bins from its first
+gap's to its last's). Sums are exact. Times in seconds.
+"""
+
+from __future__ import annotations
+
+import math
+
+import numpy as np
+
+from backends.itl import EDGES_S, LOW_S, N_BINS, PER_DECADE, ITLHistogram
+
+_LOG_LOW = math.log10(LOW_S)
+_EDGES: list[float] = [float(e) for e in EDGES_S]
+
+
+def _bin(gap_s: float) -> int:
+    """The bin of a gap of ``gap_s`` seconds (clamped to the first and last bin)."""
+    if gap_s <= LOW_S:
+        return 0
+    i = int((math.log10(gap_s) - _LOG_LOW) * PER_DECADE)
+    return i if i < N_BINS else N_BINS - 1
+
+
+class ITLCounter:
+    """Accumulates ITL samples during one run (mutable; ``freeze`` gives the record)."""
+
+    def __init__(self) -> None:
+        self.counts: list[float] = [0.0] * N_BINS
+        self.total_s = 0.0
+        self.n = 0.0
+        self._lo = self._hi = 0.0  # edges of the bin of the last single gap (steady decode repeats it)
+        self._b = 0
+
+    def add(self, gap_s: float, weight: float) -> None:
+        """``weight`` samples of ``gap_s`` seconds each (a step's gap for each of its decoding
+        requests that had a token at its start)."""
+        if weight > 0:
+            if not self._lo <= gap_s < self._hi:
+                b = self._b = _bin(gap_s)
+                self._lo, self._hi = (_EDGES[b] if b else 0.0), (_EDGES[b + 1] if b < N_BINS - 1 else math.inf)
+            self.counts[self._b] += weight
+            self.total_s += gap_s * weight
+            self.n += weight
+
+    def add_steps(self, first_s: float, last_s: float, steps: float, weight: float) -> None:
+        """``steps`` consecutive steps whose gaps grow linearly from ``first_s`` to ``last_s``
+        (a decode segment: each step reads one more token of context per request), ``weight``
+        samples per step."""
+        w = steps * weight
+        if w <= 0:
+            return
+        b0, b1 = _bin(first_s), _bin(last_s)
+        if b1 < b0:
+            b0, b1 = b1, b0
+        if b0 == b1:
+            self.counts[b0] += w
+        else:
+            share = w / (b1 - b0 + 1)
+            for b in range(b0, b1 + 1):
+                self.counts[b] += share
+        self.total_s += 0.5 * (first_s + last_s) * w
+        self.n += w
+
+    def freeze(self) -> ITLHistogram | None:
+        """The record of what was added (None when nothing was)."""
+        if self.n <= 0:
+            return None
+        return ITLHistogram(np.asarray(self.counts, dtype=float), self.total_s)
+
+
+__all__ = ["ITLCounter"]
