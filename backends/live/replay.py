@@ -6,7 +6,9 @@ prompt of exactly ``prompt_len`` tokens, with ``max_tokens = output_len`` and
 token ids, so the engine's prefix cache can hit. Measured per request, in seconds from the
 replay start: the scheduled arrival, the first streamed content chunk (TTFT) and the finish;
 the output length comes from ``usage.completion_tokens`` (one SSE chunk may carry several
-tokens). Failed or timed-out requests are recorded with ``failed=True``, never dropped.
+tokens). The gaps between a successful request's successive chunks are its inter-token
+latencies (``ReplayOutput.itl``). Failed or timed-out requests are recorded with ``failed=True``,
+never dropped.
 """
 
 from __future__ import annotations
@@ -21,6 +23,7 @@ import numpy as np
 import pandas as pd
 
 from backends.base import empty_records
+from backends.itl import ITLHistogram
 from backends.live.metrics import Snapshot
 from workloads.workload import Workload
 
@@ -58,6 +61,8 @@ class ReplayOutput:
     snapshots: tuple[Snapshot, ...]
     wall_s: float
     errors: tuple[str, ...] = ()
+    itl: ITLHistogram | None = None
+    """Gaps between successive streamed content chunks of each successful request (``backends.itl``)."""
 
 
 def prompt_tokens(workload: Workload, seed: int, token_range: tuple[int, int]) -> list[list[int]]:
@@ -131,6 +136,7 @@ async def _replay(url: str, w: Workload, prompts: Sequence[list[int]], cfg: Repl
     out_len = np.zeros(n, np.int64)
     cached = np.zeros(n, np.int64)
     failed = np.zeros(n, bool)
+    gaps: list[float] = []
     errors: list[str] = []
     snaps: list[Snapshot] = []
     sem = asyncio.Semaphore(cfg.max_concurrency)
@@ -159,8 +165,8 @@ async def _replay(url: str, w: Workload, prompts: Sequence[list[int]], cfg: Repl
                 if cfg.use_priority:
                     body["priority"] = int(w.priority[i])
                 try:
-                    await asyncio.wait_for(_stream(session, url, body, i, now, first, finish, out_len, cached),
-                                           cfg.request_timeout_s)
+                    await asyncio.wait_for(_stream(session, url, body, i, now, first, finish, out_len, cached,
+                                                   gaps), cfg.request_timeout_s)
                 except (TimeoutError, aiohttp.ClientError, ValueError) as e:
                     failed[i] = True
                     finish[i] = np.nan
@@ -207,7 +213,7 @@ async def _replay(url: str, w: Workload, prompts: Sequence[list[int]], cfg: Repl
     rec["failed"] = failed
     rec["cached_tokens"] = cached
     rec["replica"] = np.where(failed & np.isnan(first), -1, 0).astype(np.int64)
-    return ReplayOutput(rec, tuple(snaps), wall, tuple(errors))
+    return ReplayOutput(rec, tuple(snaps), wall, tuple(errors), ITLHistogram.from_gaps(gaps))
 
 
 async def _gather_or_fail(tasks: list[asyncio.Task], watcher: Awaitable) -> None:
@@ -225,13 +231,16 @@ async def _gather_or_fail(tasks: list[asyncio.Task], watcher: Awaitable) -> None
 
 
 async def _stream(session, url: str, body: dict, i: int, now: Callable[[], float], first: np.ndarray,
-                  finish: np.ndarray, out_len: np.ndarray, cached: np.ndarray) -> None:
+                  finish: np.ndarray, out_len: np.ndarray, cached: np.ndarray, gaps: list[float]) -> None:
+    """Stream request ``i``: its first-content and finish times, token counts, and (once it has
+    succeeded) the gaps between its successive content chunks into ``gaps``."""
     async with session.post(url + "/v1/completions", json=body) as r:
         if r.status != 200:
             text = (await r.text())[:200]
             raise ValueError(f"HTTP {r.status}: {text}")
         buf = b""
         usage = None
+        seen: list[float] = []  # arrival of each content chunk
         async for chunk in r.content.iter_any():
             buf += chunk
             while b"\n" in buf:
@@ -245,8 +254,11 @@ async def _stream(session, url: str, body: dict, i: int, now: Callable[[], float
                 msg = json.loads(data)
                 if "error" in msg:
                     raise ValueError(f"server error: {str(msg['error'])[:200]}")
-                if msg.get("choices") and np.isnan(first[i]):
-                    first[i] = now()
+                if msg.get("choices"):  # (as vllm bench serve: every chunk with choices, text or not)
+                    t = now()
+                    seen.append(t)
+                    if np.isnan(first[i]):
+                        first[i] = t
                 if msg.get("usage"):
                     usage = msg["usage"]
         finish[i] = now()
@@ -257,3 +269,4 @@ async def _stream(session, url: str, body: dict, i: int, now: Callable[[], float
     cached[i] = int(details.get("cached_tokens") or 0)
     if out_len[i] < int(body["max_tokens"]):
         raise ValueError(f"got {out_len[i]} of {body['max_tokens']} tokens")
+    gaps.extend(b - a for a, b in zip(seen, seen[1:], strict=False))

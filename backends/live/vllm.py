@@ -214,6 +214,7 @@ class VLLMBackend:
             kv_capacity_tokens=kv_capacity_tokens(metrics_text),
             timeline=tl,
             counters=counters,
+            itl=out.itl,
             **_gpu_prices(deployment),
         )
         notes = [f"{k}={v!r} not honoured by {self.name}: {why}" for k, v, why in mapping.unsupported]

@@ -116,6 +116,14 @@ def test_preemptions_under_small_kv_budget(backend, monkeypatch):
     print(f"timeline: {len(tl)} samples, {len(busy)} with requests running, peak KV use {tl['kv_used_frac'].max():.2f}")
     sc = score(res, w)  # the same scorecard function as the simulator
     assert sc.ttft_p50_ms > 0 and sc.throughput_tok_s > 0
+    # Inter-token latency from the streamed chunks: each request's gaps span its first chunk to its
+    # last, so they add up to the records' first-token-to-finish times (the finish is stamped when
+    # the stream closes, a little after the last chunk); at most one gap per token after the first.
+    itl = res.telemetry.itl
+    assert itl is not None and 0 < itl.n <= (rec["output_len"] - 1).sum()
+    assert itl.total_s == pytest.approx((rec["finish_s"] - rec["first_token_s"]).sum(), rel=0.05)
+    assert 0 < sc.itl_p50_ms <= sc.itl_p99_ms
+    print(f"ITL p50/p99 {sc.itl_p50_ms:.1f}/{sc.itl_p99_ms:.1f} ms over {itl.n:.0f} gaps; TPOT p50 {sc.tpot_p50_ms:.1f} ms")
 
 
 def test_priority_order_holds_on_a_saturated_server(backend):
