@@ -22,6 +22,7 @@ ALIASES: dict[str, tuple[str, str]] = {
     "throughput": ("throughput_tok_s", "maximize"),
     "ttft_p99": ("ttft_p99_ms", "minimize"),
     "ttft_p95": ("ttft_p95_ms", "minimize"),
+    "ttft_p90": ("ttft_p90_ms", "minimize"),
     "tpot_p95": ("tpot_p95_ms", "minimize"),
     "tpot_p99": ("tpot_p99_ms", "minimize"),
     "itl_p99": ("itl_p99_ms", "minimize"),

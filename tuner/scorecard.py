@@ -39,10 +39,12 @@ class Scorecard:
     makespan_s: float
     ttft_mean_ms: float
     ttft_p50_ms: float
+    ttft_p90_ms: float
     ttft_p95_ms: float
     ttft_p99_ms: float
     tpot_mean_ms: float
     tpot_p50_ms: float
+    tpot_p90_ms: float
     tpot_p95_ms: float
     tpot_p99_ms: float
     itl_mean_ms: float
@@ -50,10 +52,12 @@ class Scorecard:
     tokens (``backends.itl``; NaN where the backend saw no gaps). TPOT averages each request's
     gaps; the ITL tail shows the stalls (a decode step that runs a prefill chunk, a preemption)."""
     itl_p50_ms: float
+    itl_p90_ms: float
     itl_p95_ms: float
     itl_p99_ms: float
     e2e_mean_ms: float
     e2e_p50_ms: float
+    e2e_p90_ms: float
     e2e_p95_ms: float
     e2e_p99_ms: float
     throughput_tok_s: float
@@ -292,18 +296,22 @@ def score(result: RunResult, workload: Workload | None = None) -> Scorecard:
         makespan_s=float(tel.makespan_s),
         ttft_mean_ms=_mean(ttft_d),
         ttft_p50_ms=_pct(ttft_d, 50),
+        ttft_p90_ms=_pct(ttft_d, 90),
         ttft_p95_ms=_pct(ttft_d, 95),
         ttft_p99_ms=_pct(ttft_d, 99),
         tpot_mean_ms=_mean(tpot_d),
         tpot_p50_ms=_pct(tpot_d, 50),
+        tpot_p90_ms=_pct(tpot_d, 90),
         tpot_p95_ms=_pct(tpot_d, 95),
         tpot_p99_ms=_pct(tpot_d, 99),
         itl_mean_ms=itl.mean_ms() if itl is not None else float("nan"),
         itl_p50_ms=itl.percentile_ms(50) if itl is not None else float("nan"),
+        itl_p90_ms=itl.percentile_ms(90) if itl is not None else float("nan"),
         itl_p95_ms=itl.percentile_ms(95) if itl is not None else float("nan"),
         itl_p99_ms=itl.percentile_ms(99) if itl is not None else float("nan"),
         e2e_mean_ms=_mean(e2e_d),
         e2e_p50_ms=_pct(e2e_d, 50),
+        e2e_p90_ms=_pct(e2e_d, 90),
         e2e_p95_ms=_pct(e2e_d, 95),
         e2e_p99_ms=_pct(e2e_d, 99),
         throughput_tok_s=produced / makespan,

@@ -30,7 +30,7 @@ def test_simulate_prints_scorecard_and_writes_out_and_trace(tmp_path, workload_f
                                      "--batching", "continuous", "--max-batched-tokens", "4096", "--queue", "sjf",
                                      "--no-prefix-caching", "--out", str(out), "--trace", str(trace)])
     assert r.exit_code == 0, r.output
-    assert "TTFT p50/p95/p99 ms" in r.output and "throughput tok/s" in r.output
+    assert "TTFT p50/p90/p99 ms" in r.output and "ITL p50/p90/p99 ms" in r.output and "throughput tok/s" in r.output
     doc = json.loads(out.read_text())
     assert doc["scorecard"]["n_completed"] == 80
     assert doc["policy"]["batching"] == "continuous" and doc["policy"]["max_num_batched_tokens"] == 4096
