@@ -11,6 +11,7 @@ from tuner.calibration.trainval import (
     policy_for,
     regenerate,
     run_metrics,
+    tail_metrics,
 )
 
 
@@ -73,6 +74,19 @@ def test_run_metrics_from_records():
                         "rejected": [False, False], "failed": [False, False]})
     ttft, e2e, tpot = run_metrics(rec, 11)
     assert (ttft, e2e, tpot) == pytest.approx((200.0, 1200.0, 100.0))
+    n = 101  # TTFT 0..100 ms, E2E 1000..1100 ms: p90 = 90 / 1090, p99 = 99 / 1099
+    many = pd.DataFrame({"arrival_s": np.zeros(n), "first_token_s": np.arange(n) / 1e3,
+                         "finish_s": 1.0 + np.arange(n) / 1e3, "rejected": [False] * n, "failed": [False] * n})
+    assert tail_metrics(many) == pytest.approx((90.0, 99.0, 1090.0, 1099.0))
+
+
+@pytest.mark.skipif(not TRAINVAL_CSV.is_file(), reason="shared trainval runs not present")
+def test_runs_carry_their_measured_tails():
+    """Each run's TTFT / E2E p90 and p99 come from its row (ms), ordered p90 <= p99, means below."""
+    for r in load_runs():
+        t90, t99, e90, e99 = r.tails_ms
+        assert r.ttft_ms < t90 <= t99 and r.e2e_ms < e99 and e90 <= e99
+    assert load_runs()[0].tails_ms == pytest.approx((74.0931, 106.922, 5836.32, 6001.26))
 
 
 def _row(**kw) -> dict:

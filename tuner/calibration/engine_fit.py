@@ -25,6 +25,7 @@ from tuner.calibration.trainval import (
     regenerate,
     run_metrics,
     stage_metrics,
+    tail_metrics,
 )
 
 FIT_PARAMS = ("mem", "kv_mem", "gemm", "overhead_scale", "prefill_overhead_s", "lag_steps")
@@ -77,6 +78,14 @@ class RunError:
     tpot_ms: float
     stage_ms: tuple[tuple[float, float], ...] = ()
     """Predicted (mean TTFT, mean E2E) per load stage, ms."""
+    tails_ms: tuple[float, float, float, float] = (math.nan,) * 4
+    """Predicted TTFT p90, TTFT p99, E2E p90, E2E p99, ms (``trainval.tail_metrics``)."""
+
+    def tail_errors(self) -> tuple[float, ...]:
+        """Signed errors (pred/meas − 1) × 100 of the tails (``TAIL_COLUMNS`` order), %; NaN
+        where the run does not give one."""
+        return tuple(100.0 * (p / m - 1.0) if m == m and m > 0 else math.nan
+                     for p, m in zip(self.tails_ms, self.run.tails_ms, strict=True))
 
     def errors(self) -> tuple[float, float, float]:
         """Signed errors (pred/meas − 1) × 100 of TTFT, E2E, TPOT, %."""
@@ -106,7 +115,8 @@ def simulate_run(run: TrainvalRun, cal: EngineCalibration, *, seed: int = 0, dur
     res = simulate_with(factory(run, cal), policy_for(run), w, deployment_for(run), seed=seed,
                         lag_steps=cal.lag_steps, lag_s=cal.lag_s)
     t, e, p = run_metrics(res.records, run.workload_def.max_output)
-    return RunError(run, t, e, p, stage_metrics(res.records, run.workload_def, duration_scale))
+    return RunError(run, t, e, p, stage_metrics(res.records, run.workload_def, duration_scale),
+                    tail_metrics(res.records))
 
 
 def _log_residuals(r: TrainvalRun, p: RunError, ttft_weight: float, by_stage: bool) -> list[float]:

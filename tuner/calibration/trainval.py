@@ -99,6 +99,9 @@ class TrainvalRun:
     dp: int = 1
     """vLLM's ``--data-parallel-size``: engine replicas of ``tp`` GPUs each behind the API
     server's load balancer (simulated as replicas with least-loaded routing)."""
+    tails_ms: tuple[float, float, float, float] = (math.nan,) * 4
+    """Measured TTFT p90, TTFT p99, E2E p90, E2E p99 over the whole run, ms (``TAIL_COLUMNS``; NaN
+    where the row lacks them)."""
 
     @property
     def workload_def(self) -> WorkloadDef:
@@ -114,6 +117,8 @@ class TrainvalRun:
         return f"{self.model} tp{self.tp} {self.workload}"
 
 
+TAIL_COLUMNS = ("ttft_p90_ms", "ttft_p99_ms", "e2e_p90_ms", "e2e_p99_ms")
+"""The tail percentiles a row may give (``TrainvalRun.tails_ms``, ``tail_metrics``)."""
 REQUIRED_COLUMNS = ("workload", "model_hf", "tp", "precision", "ttft_mean_ms", "e2e_mean_ms", "tpot_mean_study_ms")
 """Columns every row of a trainval runs CSV needs (the others have defaults)."""
 
@@ -159,7 +164,8 @@ def load_runs(path: str | Path = TRAINVAL_CSV) -> list[TrainvalRun]:
             ttft_ms=float(r["ttft_mean_ms"]), e2e_ms=float(r["e2e_mean_ms"]),
             tpot_study_ms=float(r["tpot_mean_study_ms"]), gpu=_gpu_of(r), wdef=wdef,
             cpu_offload_gb=_offload_gib(r), dp=max(int(num("dp", 1)), 1),
-            stage_ms=_stage_ms(r, len((wdef or WORKLOADS[wl]).stages))))
+            stage_ms=_stage_ms(r, len((wdef or WORKLOADS[wl]).stages)),
+            tails_ms=tuple(num(c, math.nan) for c in TAIL_COLUMNS)))  # type: ignore[arg-type]
     return out
 
 
@@ -297,6 +303,15 @@ def stage_metrics(records, wdef: WorkloadDef, duration_scale: float = 1.0) -> tu
     return tuple(out)
 
 
+def tail_metrics(records) -> tuple[float, float, float, float]:
+    """TTFT p90, TTFT p99, E2E p90, E2E p99 in ms of finished requests (``TAIL_COLUMNS``)."""
+    _, ttft_ms, e2e_ms = _served_ms(records)
+    if not ttft_ms.size:
+        return (math.nan,) * 4  # type: ignore[return-value]
+    return (float(np.percentile(ttft_ms, 90)), float(np.percentile(ttft_ms, 99)),
+            float(np.percentile(e2e_ms, 90)), float(np.percentile(e2e_ms, 99)))
+
+
 def run_metrics(records, max_output: int) -> tuple[float, float, float]:
     """(mean TTFT, mean E2E, TPOT) in ms of finished requests (TPOT as in the module doc)."""
     _, ttft_ms, e2e_ms = _served_ms(records)
@@ -304,5 +319,5 @@ def run_metrics(records, max_output: int) -> tuple[float, float, float]:
     return ttft, e2e, (e2e - ttft) / (max_output - 1)
 
 
-__all__ = ["TRAINVAL_CSV", "WORKLOADS", "TrainvalRun", "WorkloadDef", "deployment_for", "load_runs", "policy_for",
-           "regenerate", "run_metrics", "stage_metrics"]
+__all__ = ["TAIL_COLUMNS", "TRAINVAL_CSV", "WORKLOADS", "TrainvalRun", "WorkloadDef", "deployment_for", "load_runs", "policy_for",
+           "regenerate", "run_metrics", "stage_metrics", "tail_metrics"]
