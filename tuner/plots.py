@@ -1,4 +1,4 @@
-"""Static plots (matplotlib, Agg backend): TTFT/TPOT CDFs and optimisation history as PNG.
+"""Static plots (matplotlib, Agg backend): TTFT/TPOT/ITL CDFs and optimisation history as PNG.
 
 kaleido is not installed, so PNGs never come from plotly; the HTML report embeds these.
 """
@@ -7,9 +7,12 @@ from __future__ import annotations
 
 from collections.abc import Mapping, Sequence
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 import numpy as np
-import pandas as pd
+
+if TYPE_CHECKING:
+    from backends.base import RunResult
 
 
 def _plt():
@@ -33,22 +36,40 @@ def _save(plt, fig, path: Path) -> Path:
     return path
 
 
-def latency_cdf_png(records: Mapping[str, pd.DataFrame], path: Path, title: str = "") -> Path:
-    """Empirical CDFs of TTFT and TPOT (ms) per labelled run, side by side, saved as PNG."""
+def _plain_log_ticks(ax) -> None:
+    """Log x axis labelled 10, 20, 50, 100, ... (not 2 x 10^1, which overlap on a narrow range)."""
+    from matplotlib.ticker import FuncFormatter
+
+    ax.xaxis.set_major_formatter(FuncFormatter(lambda v, _: f"{v:g}"))
+    ax.xaxis.set_minor_formatter(FuncFormatter(lambda v, _: f"{v:g}" if f"{v:.0e}"[0] in "25" else ""))
+
+
+def latency_cdf_png(runs: Mapping[str, RunResult], path: Path, title: str = "") -> Path:
+    """CDFs per labelled run, side by side, saved as PNG: TTFT and TPOT (ms) over requests, and
+    ITL (ms) over tokens (from the run's ITL histogram, ``backends.itl``; panel empty without one)."""
+    from backends.itl import EDGES_S
     from tuner.scorecard import latencies_ms
 
     plt = _plt()
-    fig, axes = plt.subplots(1, 2, figsize=(10, 3.8))
-    for label, rec in records.items():
-        ttft, tpot, _ = latencies_ms(rec)
-        for ax, x in zip(axes, (ttft, tpot), strict=True):
+    fig, axes = plt.subplots(1, 3, figsize=(14, 3.8))
+    for label, res in runs.items():
+        ttft, tpot, _ = latencies_ms(res.records)
+        for ax, x in zip(axes, (ttft, tpot), strict=False):
             x = np.sort(x[np.isfinite(x)])
             if len(x):
                 ax.step(x, np.arange(1, len(x) + 1) / len(x), where="post", label=label)
-    for ax, name in zip(axes, ("TTFT (ms)", "TPOT (ms)"), strict=True):
+        itl = res.telemetry.itl
+        if itl is not None and itl.n > 0:
+            nz = np.flatnonzero(itl.counts)
+            lo, hi = nz[0], nz[-1] + 1
+            axes[2].step(EDGES_S[lo + 1:hi + 1] * 1e3, np.cumsum(itl.counts[lo:hi]) / itl.n, where="post",
+                         label=label)
+    for ax, name, of in zip(axes, ("TTFT (ms)", "TPOT (ms)", "ITL (ms)"), ("requests", "requests", "tokens"),
+                            strict=True):
         ax.set_xscale("log")
+        _plain_log_ticks(ax)
         ax.set_xlabel(name)
-        ax.set_ylabel("fraction of requests")
+        ax.set_ylabel(f"fraction of {of}")
         _style(ax)
     if title:
         fig.suptitle(title)

@@ -152,8 +152,8 @@ def write_report(spec: StudySpec, study: Any, out_dir: Path, *, backend: str = "
                 continue
             result, w = replay(ev, spec, t)
             runs[label] = (result, score(result, w))
-        png = latency_cdf_png({k: r.records for k, (r, _) in runs.items()}, out_dir / "latency_cdf.png",
-                              title=f"{spec.name}: TTFT / TPOT CDFs")
+        png = latency_cdf_png({k: r for k, (r, _) in runs.items()}, out_dir / "latency_cdf.png",
+                              title=f"{spec.name}: TTFT / TPOT / ITL CDFs")
         pngs.append(png)
         sections.append("<h2>Latency CDFs: best vs default</h2>" + _img(png))
         head = "".join(f"<th>{html.escape(k)}</th>" for k in runs)

@@ -164,7 +164,7 @@ def log_best_artifacts(res: TuneResult, opts: TuneOptions, backend: Any = None) 
         d.mkdir()
         rec = d / "records.parquet"
         result.records.to_parquet(rec, index=False)
-        png = latency_cdf_png({f"trial {t.number}": result.records}, d / "latency_cdf.png",
+        png = latency_cdf_png({f"trial {t.number}": result}, d / "latency_cdf.png",
                               title=f"{res.spec.name}: trial {t.number}")
         paths = [rec, png]
         if write_tenant_csv(result.records, d / "tenants.csv"):
