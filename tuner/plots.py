@@ -26,7 +26,8 @@ def _plt():
 
 def _style(ax) -> None:
     ax.grid(alpha=0.3)
-    ax.legend(fontsize=8)
+    if ax.get_legend_handles_labels()[0]:  # (an empty panel: no legend, no warning)
+        ax.legend(fontsize=8)
 
 
 def _save(plt, fig, path: Path) -> Path:
