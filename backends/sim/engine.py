@@ -375,10 +375,7 @@ class Simulation(Arrivals):
         t = self.t = t0 + dt
         self.steps += 1
         if r:
-            if self._fresh or self._resumed:
-                self._itl(dt, r, t)
-            else:
-                self.itl.add(dt, r)
+            self._itl(dt, r, t)
             self.mem.take(pool.advance(m))
         for req, c in chunks:
             req.computed += c
@@ -491,10 +488,7 @@ class Simulation(Arrivals):
         csum = n * ctx + r * n * (n - 1) * 0.5
         dt = n * a + ts * csum + self.pending_s
         if n == 1:
-            if self._fresh or self._resumed:
-                self._itl(dt, r, t0 + dt)
-            else:
-                self.itl.add(dt, r)
+            self._itl(dt, r, t0 + dt)
         else:  # step k lasts a + ts·(ctx + r·k); the first also waits pending_s
             e = c[6] if spec is not None else 1.0  # tokens per iteration: one stream chunk per iteration
             itl = self.itl
@@ -525,6 +519,9 @@ class Simulation(Arrivals):
         ``t``: one gap of ``dt`` per sequence whose last token came out when the step began; a
         first token (``_fresh``) is TTFT, not a gap; a sequence paged back in (``_resumed``) ends
         a gap across its wait (from ``Req.t_last``)."""
+        if not self._fresh and not self._resumed:
+            self.itl.add(dt, r)
+            return
         skip = 0
         for req, ver in self._fresh:
             if req.ver == ver:
