@@ -9,9 +9,10 @@ runs a prefill chunk, a preempted or paged-out request waiting to run again.
 
 The histogram has ``PER_DECADE`` log-spaced bins per decade from ``LOW_S`` to ``HIGH_S`` (gaps
 outside are counted in the end bins), weighted counts and the exact weighted sum of the gaps, so a
-run of millions of tokens costs a few kB (the simulator fills one with
-``backends.sim.itl_counter.ITLCounter``; a live replay from its measured gaps, ``from_gaps``), its mean is exact, its percentiles are within a bin
-(about 2.3 %), and instances merge by adding counts. All times in seconds unless a name says ms.
+run of millions of tokens costs a few kB, its mean is exact, its percentiles are within a bin
+(about 2.3 %), and instances merge by adding counts. The simulator fills one through
+``backends.sim.itl_counter.ITLCounter``, a live replay from its measured gaps (``from_gaps``).
+All times in seconds unless a name says ms.
 """
 
 from __future__ import annotations

@@ -19,8 +19,8 @@ from tuner.evaluate import Evaluator, Timings
 from tuner.scorecard import Scorecard, score
 from tuner.tracking import EXPERIMENT_ATTR, PARENT_ATTR, Tracker
 
-COMPARED = ("ttft_p50_ms", "ttft_p99_ms", "tpot_p50_ms", "tpot_p95_ms", "itl_p50_ms", "itl_p99_ms", "e2e_p50_ms", "e2e_p99_ms",
-            "throughput_tok_s", "goodput_tok_s", "slo_attainment")
+COMPARED = ("ttft_p50_ms", "ttft_p99_ms", "tpot_p50_ms", "tpot_p95_ms", "itl_p50_ms", "itl_p99_ms", "e2e_p50_ms",
+            "e2e_p99_ms", "throughput_tok_s", "goodput_tok_s", "slo_attainment")
 
 
 @dataclass(frozen=True, slots=True)

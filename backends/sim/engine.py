@@ -464,9 +464,11 @@ class Simulation(Arrivals):
             n = min(n, self._steps_until(self.max_t - t0 - self.pending_s, r, ctx, a, ts))
         if n > self.segment_cap:
             n = self.segment_cap
-        if self._fresh or self._resumed or self.n_held or self.no_admit or ((self.lagged or self.kv_lagged) and self.waiting):
-            n = 1  # a first token (or a gap across a wait) due / a held request's load to see finish / admission resumes next step
-            # / a seat or KV held by a request finished in the last step frees for the next plan
+        if (self._fresh or self._resumed or self.n_held or self.no_admit
+                or ((self.lagged or self.kv_lagged) and self.waiting)):
+            n = 1  # a first token (or a gap across a wait) due / a held request's load to see finish
+            # / admission resumes next step / a seat or KV held by a request finished in the last
+            # step frees for the next plan
         if self.prefilling or mem.cached:
             held0, used0 = self._kv_now()
         else:  # (inline fast path of _kv_now)
