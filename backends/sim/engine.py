@@ -375,7 +375,10 @@ class Simulation(Arrivals):
         t = self.t = t0 + dt
         self.steps += 1
         if r:
-            self._itl(dt, r, t)
+            if self._fresh or self._resumed:
+                self._itl(dt, r, t)
+            else:  # (the common case, inline: the hot loop)
+                self.itl.add(dt, r)
             self.mem.take(pool.advance(m))
         for req, c in chunks:
             req.computed += c
@@ -490,12 +493,15 @@ class Simulation(Arrivals):
         csum = n * ctx + r * n * (n - 1) * 0.5
         dt = n * a + ts * csum + self.pending_s
         if n == 1:
-            self._itl(dt, r, t0 + dt)
-        else:  # step k lasts a + ts·(ctx + r·k); the first also waits pending_s
-            e = c[6] if spec is not None else 1.0  # tokens per iteration: one stream chunk per iteration
-            itl = self.itl
-            itl.add((a + ts * ctx) * e + self.pending_s, r)
-            itl.add_steps((a + ts * (ctx + r)) * e, (a + ts * (ctx + r * (n - 1))) * e, max(n / e - 1.0, 0.0), r)
+            if self._fresh or self._resumed:
+                self._itl(dt, r, t0 + dt)
+            else:
+                self.itl.add(dt, r)
+        elif spec is None:  # step k lasts a + ts·(ctx + r·k); the first also waits pending_s
+            self.itl.add_steps(a + ts * ctx, a + ts * (ctx + r * (n - 1)), n, r, self.pending_s)
+        else:  # n token steps = n / E iterations of E × that each: one stream chunk per iteration
+            e = c[6]
+            self.itl.add_steps((a + ts * ctx) * e, (a + ts * (ctx + r * (n - 1))) * e, n / e, r, self.pending_s)
         self.pending_s = 0.0
         t = self.t = t0 + dt
         self.t_vis = t - a - ts * (ctx + r * (n - 1))  # the last step's start
@@ -520,10 +526,8 @@ class Simulation(Arrivals):
         """Inter-token gaps of one decode step of ``r`` sequences lasting ``dt`` s and ending at
         ``t``: one gap of ``dt`` per sequence whose last token came out when the step began; a
         first token (``_fresh``) is TTFT, not a gap; a sequence paged back in (``_resumed``) ends
-        a gap across its wait (from ``Req.t_last``)."""
-        if not self._fresh and not self._resumed:
-            self.itl.add(dt, r)
-            return
+        a gap across its wait (from ``Req.t_last``). (Without either, the callers add ``dt`` × r
+        themselves: the hot loop's common case.)"""
         skip = 0
         for req, ver in self._fresh:
             if req.ver == ver:

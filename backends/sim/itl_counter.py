@@ -1,9 +1,10 @@
 """The simulator's inter-token-latency accumulator (compiled with the event loop: see setup.py).
 
 The engine adds each decode step's gap (``add``) and each closed-form decode segment's linearly
-growing gaps (``add_steps``) straight into the log-spaced bins of ``backends.itl`` (one log10 per
-call; a segment's gaps, which differ by a few per cent, spread evenly over the bins from its first
-gap's to its last's). Sums are exact. Times in seconds.
+growing gaps (``add_steps``) straight into the log-spaced bins of ``backends.itl``; a segment's
+gaps, which differ by a few per cent, spread evenly over the bins from its first gap's to its
+last's. Steady decoding repeats a gap's bin, so each entry point remembers its last bin's edges
+and takes a logarithm only when a gap leaves them. Counts and sums are exact. Times in seconds.
 """
 
 from __future__ import annotations
@@ -33,8 +34,10 @@ class ITLCounter:
         self.counts: list[float] = [0.0] * N_BINS
         self.total_s = 0.0
         self.n = 0.0
-        self._lo = self._hi = 0.0  # edges of the bin of the last single gap (steady decode repeats it)
+        self._lo = self._hi = 0.0  # edges of the last single gap's bin
         self._b = 0
+        self._slo = self._shi = 0.0  # edges of the last segment's first bin
+        self._sb = 0
 
     def add(self, gap_s: float, weight: float) -> None:
         """``weight`` samples of ``gap_s`` seconds each (a step's gap for each of its decoding
@@ -47,19 +50,30 @@ class ITLCounter:
             self.total_s += gap_s * weight
             self.n += weight
 
-    def add_steps(self, first_s: float, last_s: float, steps: float, weight: float) -> None:
+    def add_steps(self, first_s: float, last_s: float, steps: float, weight: float, wait_s: float = 0.0) -> None:
         """``steps`` consecutive steps whose gaps grow linearly from ``first_s`` to ``last_s``
-        (a decode segment: each step reads one more token of context per request), ``weight``
-        samples per step."""
+        (a decode segment: each step reads one more token of context per request), the first one
+        ``wait_s`` longer (a stall before it), ``weight`` samples per step."""
+        if wait_s > 0:
+            if steps <= 1:
+                self.add(first_s + wait_s, steps * weight)
+                return
+            self.add(first_s + wait_s, weight)
+            first_s += (last_s - first_s) / (steps - 1)
+            steps -= 1
         w = steps * weight
         if w <= 0:
             return
-        b0, b1 = _bin(first_s), _bin(last_s)
-        if b1 < b0:
-            b0, b1 = b1, b0
-        if b0 == b1:
+        if first_s > last_s:
+            first_s, last_s = last_s, first_s
+        if not self._slo <= first_s < self._shi:
+            b = self._sb = _bin(first_s)
+            self._slo, self._shi = (_EDGES[b] if b else 0.0), (_EDGES[b + 1] if b < N_BINS - 1 else math.inf)
+        b0 = self._sb
+        if last_s < self._shi:
             self.counts[b0] += w
         else:
+            b1 = _bin(last_s)
             share = w / (b1 - b0 + 1)
             for b in range(b0, b1 + 1):
                 self.counts[b] += share
