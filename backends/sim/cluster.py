@@ -99,6 +99,9 @@ class Piece:
     cut: bool = False
     preemptions: int = 0
     cached: int = 0
+    last_s: float = math.nan
+    """When a cut piece (migrated away, or its life interrupted) produced its last token, s (the
+    end of its instance's last step): the start of the ITL gap its continuation ends."""
 
 
 @dataclass(slots=True)
@@ -166,6 +169,8 @@ def run_life(life: Life, pol: Policy, w: Workload, dep: Deployment, seed: int, c
         p.preemptions, p.cached = int(sim.preempts[j]), int(sim.cached[j])
         p.produced = int(sim.out_done[j]) if fin[j] else gen.get(j, 0)
         p.cut = bool(sim.stopped) and p.failed
+        if p.cut:
+            p.last_s = float(sim.t)
     life.result = build_result(sim, pol, ())
 
 
@@ -238,9 +243,10 @@ def merge(w: Workload, lives: list[Life], policy: Policy, dep: Deployment, notes
 
 def handoff_gaps(lives: list[Life]) -> list[float]:
     """Inter-token gaps across hand-offs, s: a request's piece that continues on another life
-    (a decode after its prefill elsewhere, a migrated request) counts its first token there as a
-    first token, but for the request it is the next one, due since the previous piece's last
-    token (its finish). One gap per such piece (pieces without a known last token are skipped)."""
+    (a decode after its prefill elsewhere, a migrated or restarted request) counts its first token
+    there as a first token, but for the request it is the next one, due since the previous
+    piece's last token (its finish, or ``Piece.last_s`` when it was cut). One gap per such piece
+    (pieces without a known last token are skipped)."""
     by_rid: dict[int, list[Piece]] = {}
     for life in lives:
         for p in life.pieces:
@@ -250,7 +256,10 @@ def handoff_gaps(lives: list[Life]) -> list[float]:
     for ps in by_rid.values():
         if len(ps) > 1:
             ps.sort(key=lambda p: p.first)
-            gaps += [b.first - a.finish for a, b in zip(ps, ps[1:], strict=False) if math.isfinite(a.finish)]
+            for a, b in zip(ps, ps[1:], strict=False):
+                end = a.finish if math.isfinite(a.finish) else a.last_s
+                if math.isfinite(end):
+                    gaps.append(b.first - end)
     return gaps
 
 

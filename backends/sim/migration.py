@@ -105,7 +105,7 @@ def run_live_migration(lives: list[Life], pol: Policy, w: Workload, dep: Deploym
         slots_of.append(slots)
     moved = np.zeros(w.n, bool)
     arrived: list[dict[int, Piece]] = [{} for _ in lives]   # slot row -> the piece injected there
-    departed: list[set[int]] = [set() for _ in lives]
+    departed: list[dict[int, float]] = [{} for _ in lives]  # row -> when its last token came out there, s
     t_last = float(w.arrival_s[-1]) if w.n else t0
     m_s = exp_out / drain.rate  # estimated remaining work of one running request, s
     t = t0
@@ -131,7 +131,7 @@ def run_live_migration(lives: list[Life], pol: Policy, w: Workload, dep: Deploym
                 continue
             if sims[a].depart(req.rid) is None:
                 raise RuntimeError(f"request {req.rid} picked to migrate is not decoding")
-            departed[a].add(req.rid)
+            departed[a][req.rid] = sims[a].t  # its last token: the end of the last step it ran
             rid = int(rids_of[a][req.rid])
             moved[rid] = True
             ctx, rest = req.prompt + req.gen, req.out - req.gen
@@ -151,7 +151,7 @@ def run_live_migration(lives: list[Life], pol: Policy, w: Workload, dep: Deploym
         _close(life, sims[k], arrived[k], departed[k], pol)
 
 
-def _close(life: Life, sim, arrived: dict[int, Piece], departed: set[int], pol: Policy) -> None:
+def _close(life: Life, sim, arrived: dict[int, Piece], departed: dict[int, float], pol: Policy) -> None:
     """Finish ``sim``, drop its unused slots and fill the life's pieces from its records."""
     from backends.sim.telemetry import build_result
 
@@ -168,4 +168,6 @@ def _close(life: Life, sim, arrived: dict[int, Piece], departed: set[int], pol: 
         p.preemptions, p.cached = int(sim.preempts[j]), int(sim.cached[j])
         p.produced = int(sim.out_done[j])
         p.cut = j in departed
+        if p.cut:
+            p.last_s = departed[j]
     life.result = build_result(sim, pol, ())

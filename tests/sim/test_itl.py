@@ -13,11 +13,13 @@ from simkit import poisson_workload
 from backends.base import Deployment, RunResult
 from backends.itl import N_BINS, PER_DECADE, ITLHistogram
 from backends.sim import SimBackend
+from backends.sim.cluster import simulate_cluster
 from backends.sim.engine import Simulation
 from backends.sim.itl_counter import ITLCounter
 from backends.sim.telemetry import build_result
 from tuner.policy import Policy
 from tuner.scorecard import score
+from workloads.workload import build_workload
 
 A100_40_7B = Deployment("llama-2-7b", "a100-40gb")
 H100_8B = Deployment("llama-3.1-8b", "h100")
@@ -38,6 +40,10 @@ CASES = {
     "swap preemptions": (A100_40_7B, {"gpu_memory_utilization": 0.45, "preemption_mode": "swap"}),
     "prefill/decode disaggregation": (DEP4, {"disaggregated": True, "prefill_instances": 2, "decode_instances": 2}),
     "four replicas": (DEP4, {"routing": "least_loaded"}),
+    "spot interruptions, migrate": (DEP4, {"replicas": 4, "routing": "least_loaded", "spot_fraction": 0.5,
+                                           "spot_interruptions_per_hour": 3600, "spot_recovery": "migrate"}),
+    "spot interruptions, restart": (DEP4, {"replicas": 4, "routing": "least_loaded", "spot_fraction": 0.5,
+                                           "spot_interruptions_per_hour": 3600, "spot_recovery": "restart"}),
 }
 
 
@@ -54,10 +60,27 @@ def test_one_gap_per_token_after_the_first_and_gaps_sum_to_each_requests_decode_
     assert itl is not None and tokens > 0
     assert itl.n == pytest.approx(tokens, rel=1e-12)
     assert itl.total_s == pytest.approx(decode_s, rel=1e-9)
+    if "spot" in case:
+        c = res.telemetry.counters
+        assert res.telemetry.interruptions > 0 and c["spot_migrated_requests"] + c["spot_restarted_requests"] > 0
     if "preemptions" in case:
         assert res.records["preemptions"].sum() > 0
         # a preempted request's wait is one long gap: the tail is far above the typical step
         assert itl.percentile_ms(100) > 20 * itl.percentile_ms(50)
+
+
+def test_live_migration_hands_off_a_gap_per_moved_request():
+    """Llumnix-style migration moves decoding requests with their KV: the moved request's first
+    token on its new instance is its next token, due since its last one on the old instance."""
+    rng = np.random.default_rng(7)
+    n = 400  # every even request decodes 1500-2500 tokens: round robin piles them on replica 0
+    out = np.where(np.arange(n) % 2 == 0, rng.integers(1500, 2500, n), rng.integers(20, 60, n))
+    w = build_workload("imbalanced", np.cumsum(rng.exponential(1 / 8, n)), rng.integers(500, 1000, n), out)
+    res = simulate_cluster(Policy(replicas=2, migration=True), w, Deployment("llama-3.1-8b", "h100", n_gpus=2))
+    assert res.telemetry.counters["migrated_running_requests"] >= 20
+    tokens, decode_s = _served(res)
+    assert res.telemetry.itl.n == pytest.approx(tokens, rel=1e-12)
+    assert res.telemetry.itl.total_s == pytest.approx(decode_s, rel=1e-9)
 
 
 def test_closed_form_segments_bin_like_step_by_step():
