@@ -76,6 +76,16 @@ class ITLHistogram:
         frac = min(max(frac, 0.0), 1.0)
         return float(LOW_S * 10.0 ** ((i + frac) / PER_DECADE) * 1e3)
 
+    def to_frame(self):
+        """The non-empty bins as a table: ``lo_ms``, ``hi_ms`` (bin edges), ``count`` (weighted
+        samples) and ``cum_frac`` (share of samples at or below ``hi_ms``)."""
+        import pandas as pd
+
+        nz = np.flatnonzero(self.counts)
+        cum = np.cumsum(self.counts)[nz] / self.n
+        return pd.DataFrame({"lo_ms": EDGES_S[nz] * 1e3, "hi_ms": EDGES_S[nz + 1] * 1e3,
+                             "count": self.counts[nz], "cum_frac": cum})
+
     @classmethod
     def from_gaps(cls, gaps_s: Iterable[float]) -> ITLHistogram | None:
         """The histogram of measured gaps, s (None when there are none)."""

@@ -142,8 +142,8 @@ def _interrupt(procs: list[Any], timeout_s: float = 60.0) -> None:
 
 
 def log_best_artifacts(res: TuneResult, opts: TuneOptions, backend: Any = None) -> list[Path]:
-    """Re-simulate the best/Pareto trials and log records (Parquet), CDF plots and, for a
-    multi-tenant workload, the per-tenant table (``tenants.csv``) to their runs."""
+    """Re-simulate the best/Pareto trials and log records (Parquet), CDF plots, the ITL histogram
+    (``itl.csv``) and, for a multi-tenant workload, the per-tenant table (``tenants.csv``) to their runs."""
     from backends.registry import get_backend
     from tuner.plots import latency_cdf_png
     from tuner.tenants import write_tenant_csv
@@ -169,6 +169,9 @@ def log_best_artifacts(res: TuneResult, opts: TuneOptions, backend: Any = None) 
         paths = [rec, png]
         if write_tenant_csv(result.records, d / "tenants.csv"):
             paths.append(d / "tenants.csv")
+        if result.telemetry.itl is not None:
+            result.telemetry.itl.to_frame().to_csv(d / "itl.csv", index=False, float_format="%.6g")
+            paths.append(d / "itl.csv")
         tracker.log_artifacts(run_id, paths)
         out += paths
     parent = res.study.user_attrs.get(PARENT_ATTR)

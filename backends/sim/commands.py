@@ -203,6 +203,9 @@ def _write_out(out: Path, setup, res, card, notes: tuple[str, ...]) -> str:
 
     if write_tenant_csv(res.records, out.with_name(out.stem + ".tenants.csv")):
         files.append(out.stem + ".tenants.csv")
+    if res.telemetry.itl is not None:
+        res.telemetry.itl.to_frame().to_csv(out.with_name(out.stem + ".itl.csv"), index=False, float_format="%.6g")
+        files.append(out.stem + ".itl.csv")
     doc = {"scorecard": card.as_dict(), "policy": res.policy.to_dict(), "notes": list(notes),
            "workload": {"name": w.name, "n": w.n, "hash": w.content_hash()},
            "deployment": {"model": dep.model, "gpu": dep.gpu, "n_gpus": dep.n_gpus, "engine": dep.engine,
@@ -259,7 +262,7 @@ def _signature() -> inspect.Signature:
         inspect.Parameter("seed", K, annotation=int | None, default=typer.Option(
             None, "--seed", help="Seed of the run (default: the study's with --study, else 0).")),
         inspect.Parameter("out", K, annotation=Path | None, default=typer.Option(
-            None, "--out", "-o", help="Write the scorecard JSON here, with FILE.records.parquet, FILE.policy.yaml and (several tenants) FILE.tenants.csv beside.")),
+            None, "--out", "-o", help="Write the scorecard JSON here, with FILE.records.parquet, FILE.policy.yaml, FILE.itl.csv (the inter-token latency histogram) and (several tenants) FILE.tenants.csv beside.")),
         inspect.Parameter("trace", K, annotation=Path | None, default=typer.Option(
             None, "--trace", help="Write a Chrome trace (chrome://tracing, Perfetto) JSON here.")),
     ]

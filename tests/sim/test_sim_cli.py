@@ -39,6 +39,10 @@ def test_simulate_prints_scorecard_and_writes_out_and_trace(tmp_path, workload_f
     assert len(rec) == 80 and rec["finish_s"].notna().all()
     pol = Policy.from_yaml(out.with_name("run.policy.yaml"))
     assert pol.batching == "continuous"
+    itl = pd.read_csv(out.with_name("run.itl.csv"))  # the ITL histogram's non-empty bins
+    assert itl["count"].sum() == pytest.approx((rec["output_len"] - 1).sum())
+    assert (itl["lo_ms"] < itl["hi_ms"]).all() and itl["cum_frac"].is_monotonic_increasing
+    assert itl["cum_frac"].iloc[-1] == pytest.approx(1.0)
     tr = json.loads(trace.read_text())
     names = {e["name"] for e in tr["traceEvents"] if e.get("ph") == "X"}
     assert names & {"prefill", "decode", "prefill+decode"} and any(e.get("ph") == "b" for e in tr["traceEvents"])

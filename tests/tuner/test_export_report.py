@@ -82,4 +82,4 @@ def test_best_trial_run_gets_records_and_plots(tuned, project, stored):
                          filter_string=f"tags.`optuna.trial` = '{best.number}'")
     assert len(runs) == 1
     names = {a.path for a in c.list_artifacts(runs[0].info.run_id)}
-    assert {"records.parquet", "latency_cdf.png"} <= names
+    assert {"records.parquet", "latency_cdf.png", "itl.csv"} <= names
