@@ -104,5 +104,13 @@ class ITLHistogram:
         return cls(np.sum([h.counts for h in hs], axis=0), float(sum(h.total_s for h in hs)))
 
 
+def write_itl_csv(itl: ITLHistogram | None, path) -> bool:
+    """Write ``itl.to_frame()`` to ``path`` (CSV) when the run has an ITL histogram; whether it did."""
+    if itl is None:
+        return False
+    itl.to_frame().to_csv(path, index=False, float_format="%.6g")
+    return True
+
+
 __all__ = ["DECADES", "EDGES_S", "HIGH_S", "ITLHistogram", "LOW_S", "N_BINS", "PER_DECADE",
-           "bins_of"]
+           "bins_of", "write_itl_csv"]

@@ -48,7 +48,6 @@ def _plain_log_ticks(ax) -> None:
 def latency_cdf_png(runs: Mapping[str, RunResult], path: Path, title: str = "") -> Path:
     """CDFs per labelled run, side by side, saved as PNG: TTFT and TPOT (ms) over requests, and
     ITL (ms) over tokens (from the run's ITL histogram, ``backends.itl``; panel empty without one)."""
-    from backends.itl import EDGES_S
     from tuner.scorecard import latencies_ms
 
     plt = _plt()
@@ -61,10 +60,8 @@ def latency_cdf_png(runs: Mapping[str, RunResult], path: Path, title: str = "") 
                 ax.step(x, np.arange(1, len(x) + 1) / len(x), where="post", label=label)
         itl = res.telemetry.itl
         if itl is not None and itl.n > 0:
-            nz = np.flatnonzero(itl.counts)
-            lo, hi = nz[0], nz[-1] + 1
-            axes[2].step(EDGES_S[lo + 1:hi + 1] * 1e3, np.cumsum(itl.counts[lo:hi]) / itl.n, where="post",
-                         label=label)
+            bins = itl.to_frame()  # the non-empty bins: share at or below each upper edge
+            axes[2].step(bins["hi_ms"], bins["cum_frac"], where="post", label=label)
     for ax, name, of in zip(axes, ("TTFT (ms)", "TPOT (ms)", "ITL (ms)"), ("requests", "requests", "tokens"),
                             strict=True):
         ax.set_xscale("log")

@@ -144,6 +144,7 @@ def _interrupt(procs: list[Any], timeout_s: float = 60.0) -> None:
 def log_best_artifacts(res: TuneResult, opts: TuneOptions, backend: Any = None) -> list[Path]:
     """Re-simulate the best/Pareto trials and log records (Parquet), CDF plots, the ITL histogram
     (``itl.csv``) and, for a multi-tenant workload, the per-tenant table (``tenants.csv``) to their runs."""
+    from backends.itl import write_itl_csv
     from backends.registry import get_backend
     from tuner.plots import latency_cdf_png
     from tuner.tenants import write_tenant_csv
@@ -169,8 +170,7 @@ def log_best_artifacts(res: TuneResult, opts: TuneOptions, backend: Any = None) 
         paths = [rec, png]
         if write_tenant_csv(result.records, d / "tenants.csv"):
             paths.append(d / "tenants.csv")
-        if result.telemetry.itl is not None:
-            result.telemetry.itl.to_frame().to_csv(d / "itl.csv", index=False, float_format="%.6g")
+        if write_itl_csv(result.telemetry.itl, d / "itl.csv"):
             paths.append(d / "itl.csv")
         tracker.log_artifacts(run_id, paths)
         out += paths

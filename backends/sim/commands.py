@@ -199,12 +199,12 @@ def _write_out(out: Path, setup, res, card, notes: tuple[str, ...]) -> str:
     res.records.to_parquet(rec_path, index=False)
     res.policy.to_yaml(pol_path)
     files = [rec_path.name, pol_path.name]
+    from backends.itl import write_itl_csv
     from tuner.tenants import write_tenant_csv
 
     if write_tenant_csv(res.records, out.with_name(out.stem + ".tenants.csv")):
         files.append(out.stem + ".tenants.csv")
-    if res.telemetry.itl is not None:
-        res.telemetry.itl.to_frame().to_csv(out.with_name(out.stem + ".itl.csv"), index=False, float_format="%.6g")
+    if write_itl_csv(res.telemetry.itl, out.with_name(out.stem + ".itl.csv")):
         files.append(out.stem + ".itl.csv")
     doc = {"scorecard": card.as_dict(), "policy": res.policy.to_dict(), "notes": list(notes),
            "workload": {"name": w.name, "n": w.n, "hash": w.content_hash()},
