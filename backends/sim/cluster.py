@@ -264,7 +264,7 @@ def handoff_gaps(lives: list[Life]) -> list[float]:
 
 
 def merge_telemetry(lives: list[Life], w: Workload, rec: pd.DataFrame, extra: dict[str, float],
-                    gaps: list[float] | None = None) -> Telemetry:
+                    gaps: list[float]) -> Telemetry:
     """Sum of the lives' telemetry; GPU-seconds count each life from its start (cold start
     included) to its interruption, or to the end of the run (to its last finish once retired);
     interruptions: lives ended (spot) before the run's end. ITL: the lives' histograms and the
@@ -307,7 +307,7 @@ def merge_telemetry(lives: list[Life], w: Workload, rec: pd.DataFrame, extra: di
         gpu_hour_usd=base.gpu_hour_usd if base else 0.0, spot_gpu_hour_usd=base.spot_gpu_hour_usd if base else 0.0,
         spot_fraction=spot_s / gpu_s if gpu_s > 0 else 0.0, interruptions=interruptions,
         timeline=merge_timelines([life.result.telemetry.timeline for life in ran]), counters=counters,
-        itl=ITLHistogram.merge([*(t.itl for t in tels), ITLHistogram.from_gaps(gaps or [])]))
+        itl=ITLHistogram.merge([*(t.itl for t in tels), ITLHistogram.from_gaps(gaps)]))
 
 
 def merge_timelines(tls: list[pd.DataFrame | None]) -> pd.DataFrame | None:

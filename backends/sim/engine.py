@@ -497,10 +497,9 @@ class Simulation(Arrivals):
                 self._itl(dt, r, t0 + dt)
             else:
                 self.itl.add(dt, r)
-        elif spec is None:  # step k lasts a + ts·(ctx + r·k); the first also waits pending_s
-            self.itl.add_steps(a + ts * ctx, a + ts * (ctx + r * (n - 1)), n, r, self.pending_s)
-        else:  # n token steps = n / E iterations of E × that each: one stream chunk per iteration
-            e = c[6]
+        else:  # token step k lasts a + ts·(ctx + r·k), the first also waits pending_s; with speculation
+            # n token steps are n / E iterations of E × that each (one stream chunk per iteration)
+            e = c[6] if spec is not None else 1.0
             self.itl.add_steps((a + ts * ctx) * e, (a + ts * (ctx + r * (n - 1))) * e, n / e, r, self.pending_s)
         self.pending_s = 0.0
         t = self.t = t0 + dt

@@ -27,6 +27,11 @@ def _bin(gap_s: float) -> int:
     return i if i < N_BINS else N_BINS - 1
 
 
+def _edges(b: int) -> tuple[float, float]:
+    """The gaps bin ``b`` holds, s: [lo, hi) (the end bins open-ended, as ``_bin`` clamps)."""
+    return (_EDGES[b] if b else 0.0), (_EDGES[b + 1] if b < N_BINS - 1 else math.inf)
+
+
 class ITLCounter:
     """Accumulates ITL samples during one run (mutable; ``freeze`` gives the record)."""
 
@@ -44,8 +49,8 @@ class ITLCounter:
         requests that had a token at its start)."""
         if weight > 0:
             if not self._lo <= gap_s < self._hi:
-                b = self._b = _bin(gap_s)
-                self._lo, self._hi = (_EDGES[b] if b else 0.0), (_EDGES[b + 1] if b < N_BINS - 1 else math.inf)
+                self._b = _bin(gap_s)
+                self._lo, self._hi = _edges(self._b)
             self.counts[self._b] += weight
             self.total_s += gap_s * weight
             self.n += weight
@@ -67,8 +72,8 @@ class ITLCounter:
         if first_s > last_s:
             first_s, last_s = last_s, first_s
         if not self._slo <= first_s < self._shi:
-            b = self._sb = _bin(first_s)
-            self._slo, self._shi = (_EDGES[b] if b else 0.0), (_EDGES[b + 1] if b < N_BINS - 1 else math.inf)
+            self._sb = _bin(first_s)
+            self._slo, self._shi = _edges(self._sb)
         b0 = self._sb
         if last_s < self._shi:
             self.counts[b0] += w
