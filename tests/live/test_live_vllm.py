@@ -76,11 +76,15 @@ def peak_kv_blocks(rec, block):
     return peak
 
 
-def burst(rec, within_s=0.05):
-    """Reason when every response reached the client within ``within_s`` (a host stall), else None."""
-    f = rec["finish_s"].to_numpy()
-    span = float(f.max() - f.min())
-    return f"all {len(f)} responses reached the client within {span * 1e3:.0f} ms" if span < within_s else None
+def burst(rec, within_s=0.05, share=0.75):
+    """Reason when at least ``share`` of the responses reached the client within ``within_s`` (a
+    host stall released them together: served one by one, 32 responses of 120 tokens on 4 seats
+    spread over seconds), else None. (A CI run delivered 3 of 32 at 2.96 s and the other 29 within
+    8 ms at 3.01 s, so "every response within 50 ms" missed it.)"""
+    f = np.sort(rec["finish_s"].to_numpy())
+    k = max(int(np.ceil(share * len(f))), 1)
+    span = float((f[k - 1:] - f[:len(f) - k + 1]).min())  # tightest window holding k responses
+    return f"{k} of {len(f)} responses reached the client within {span * 1e3:.0f} ms" if span < within_s else None
 
 
 def test_preemptions_under_small_kv_budget(backend, monkeypatch):
