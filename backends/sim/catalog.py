@@ -365,10 +365,11 @@ def default_activation_reserve(model: ModelSpec, tp: int = 1, max_batched_tokens
 
 def kv_budget(model: ModelSpec, gpu: GPUSpec, tp: int = 1, gpu_memory_utilization: float = 0.9,
               weight_dtype: str = "bf16", kv_dtype: str = "bf16", block_size: int = 16,
-              activation_reserve: float | None = None) -> int:
+              activation_reserve: float | None = None, expert_shards: int = 1) -> int:
     """KV blocks per instance: (memory × util − weights/tp − activation reserve) / block bytes per GPU.
 
-    ``activation_reserve`` in bytes per GPU (None = ``default_activation_reserve``). Raises
+    ``activation_reserve`` in bytes per GPU (None = ``default_activation_reserve``);
+    ``expert_shards``: data-parallel ranks sharing an MoE model's experts (``weight_bytes_per_gpu``). Raises
     ValueError("infeasible: ...") when the weights and reserve leave no room for one block.
     """
     from backends.sim.costmodel import weight_bytes_per_gpu  # one source for weight bytes
@@ -379,7 +380,7 @@ def kv_budget(model: ModelSpec, gpu: GPUSpec, tp: int = 1, gpu_memory_utilizatio
         raise ValueError(f"tp={tp}, block_size={block_size}: must be >= 1")
     reserve = default_activation_reserve(model, tp) if activation_reserve is None else float(activation_reserve)
     usable = gpu.memory_bytes * gpu_memory_utilization
-    w = weight_bytes_per_gpu(model, tp, weight_dtype)
+    w = weight_bytes_per_gpu(model, tp, weight_dtype, expert_shards)
     block = block_size * kv_bytes_per_token_per_gpu(model, tp, kv_dtype)
     free = usable - w - reserve
     blocks = math.floor(free / block) if free > 0 else 0

@@ -45,6 +45,22 @@ def resolved_replicas(policy: Policy, deployment: Deployment) -> int:
     return policy.replicas or max(deployment.n_gpus // policy.tp, 1)
 
 
+def expert_sharing_ranks(policy: Policy, deployment: Deployment) -> int:
+    """Replicas that share an MoE model's expert layers (``EnginePreset.dp_shares_experts``):
+    all of them when they are one server's data-parallel ranks (fixed replicas: no autoscaling,
+    spot instances, migration or disaggregation, which stand for separate servers) under an
+    engine whose ranks share experts (vLLM V1's ``--data-parallel-size``); else 1."""
+    from backends.sim.catalog import get_model
+    from backends.sim.engines import get_engine
+
+    if policy.autoscale or policy.spot_fraction > 0 or policy.migration or policy.disaggregated:
+        return 1
+    n = resolved_replicas(policy, deployment)
+    if n < 2 or not get_engine(deployment.engine).dp_shares_experts or not get_model(deployment.model).is_moe:
+        return 1
+    return n
+
+
 def needs_cluster(policy: Policy, deployment: Deployment) -> bool:
     """True when the policy needs more than one instance (or scaling/spot machinery)."""
     return (resolved_replicas(policy, deployment) > 1 or policy.disaggregated or policy.autoscale
@@ -142,9 +158,11 @@ def in_force(policy: Policy, inst: Policy, **reset: object) -> Policy:
     return inst.replace(tp=policy.tp, **{**{k: getattr(policy, k) for k in CLUSTER_KNOBS}, **reset})
 
 
-def run_life(life: Life, pol: Policy, w: Workload, dep: Deployment, seed: int, cost_model=None) -> None:
+def run_life(life: Life, pol: Policy, w: Workload, dep: Deployment, seed: int, cost_model=None,
+             expert_dp: int = 1) -> None:
     """Simulate ``life`` over its pieces (exactly, one ``Simulation``) and fill their results
-    (``cost_model``: price its steps with this one, ``Simulation.use_cost_model``)."""
+    (``cost_model``: price its steps with this one, ``Simulation.use_cost_model``; ``expert_dp``:
+    data-parallel ranks sharing the experts, ``expert_sharing_ranks``)."""
     from backends.sim.engine import Simulation
     from backends.sim.telemetry import build_result
 
@@ -157,7 +175,7 @@ def run_life(life: Life, pol: Policy, w: Workload, dep: Deployment, seed: int, c
                        np.array([max(p.max_out, p.out) for p in pcs]))
     pre = np.array([p.prefilled for p in pcs], bool)
     sim = Simulation(pol, sub, dep, seed=seed, max_sim_time_s=None if math.isinf(life.end_s) else life.end_s,
-                     prefilled=pre if pre.any() else None)
+                     prefilled=pre if pre.any() else None, expert_dp=expert_dp)
     if cost_model is not None:
         sim.use_cost_model(cost_model)
     sim.run()

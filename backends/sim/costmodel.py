@@ -111,11 +111,23 @@ def quantized_params(model: ModelSpec, weight_dtype: str) -> int:
     return n
 
 
-def weight_bytes_per_gpu(model: ModelSpec, tp: int = 1, weight_dtype: str = "bf16") -> float:
+def weight_bytes_per_gpu(model: ModelSpec, tp: int = 1, weight_dtype: str = "bf16", expert_shards: int = 1) -> float:
     """Weight bytes on one GPU: block linear layers in ``weight_dtype`` (see ``quantized_params``);
-    embeddings, LM head and norms stay 16-bit (as in FP8 checkpoints); everything is split over tp."""
+    embeddings, LM head and norms stay 16-bit (as in FP8 checkpoints); everything is split over tp,
+    the routed experts of an MoE model over tp × ``expert_shards`` (data-parallel ranks sharing
+    the expert layers, ``EnginePreset.dp_shares_experts``)."""
+    if expert_shards < 1:
+        raise ValueError(f"expert_shards={expert_shards}: must be >= 1")
     q = quantized_params(model, weight_dtype)
-    return (q * dtype_bytes(weight_dtype) + (model.params - q) * 2.0) / tp
+    w = (q * dtype_bytes(weight_dtype) + (model.params - q) * 2.0) / tp
+    if expert_shards > 1 and model.is_moe:
+        w -= expert_weight_bytes(model, weight_dtype) / tp * (1.0 - 1.0 / expert_shards)
+    return w
+
+
+def expert_weight_bytes(model: ModelSpec, weight_dtype: str = "bf16") -> float:
+    """Bytes of all routed experts' weights, whole model (always stored in ``weight_dtype``)."""
+    return model.layers * model.n_experts * model.expert_params * dtype_bytes(weight_dtype)
 
 
 class CostModel:
@@ -167,6 +179,9 @@ class CostModel:
             self._moe_a = L * m.experts_per_token * (2 * h + 2 * m.moe_ffn) * ACT_BYTES / tp
             self._moe_miss = 1.0 - m.experts_per_token / m.n_experts
             self._moe_router = 2.0 * L * h * m.n_experts  # replicated router GEMM FLOPs/token
+        self.expert_dp = 1
+        """Data-parallel ranks sharing the expert layers (``sharing_experts``; 1 = this instance alone)."""
+        self._ep_fixed = self._ep_tok = 0.0  # their gather / reduce-scatter per step: s, s per token
         # Attention: causal prefill FLOPs per query-key pair (QK^T and PV), decode per context token.
         self._attn_f_pair = 4.0 * L * m.heads * m.head_dim / tp
         self._attn_pf_a = L * (2 * q / tp) * ACT_BYTES + self.kv_bytes_per_token  # q,o + KV write, per token
@@ -254,17 +269,50 @@ class CostModel:
         for fo, wo, ao, _ in self._ops:
             f += fo * T
             b += wo + ao * T
-        if self._moe:
-            touched = self.model.n_experts * (1.0 - self._moe_miss ** Tg)
+        if self._moe:  # (with ranks sharing the experts: their Tg rows each, this GPU's 1/dp of every expert)
+            touched = self.model.n_experts * (1.0 - self._moe_miss ** (Tg * self.expert_dp))
             fl = self._moe_f * T + self._moe_router * T
             by = self._moe_w * touched + self._moe_a * T
             tc, tm = fl * inv_pc, by * inv_bw
-            t += (tc ** p + tm ** p) ** ip
+            t += (tc ** p + tm ** p) ** ip + self._ep_fixed + self._ep_tok * Tg
             f += fl
             b += by
         by = self._elem_a * T  # elementwise (memory-bound)
         t += by * inv_bw + self._ar_fixed + self._ar_tok * T
         return t, f, b + by
+
+    def sharing_experts(self, dp: int) -> CostModel:
+        """This cost model for one of ``dp`` data-parallel ranks that share an MoE model's expert
+        layers (``EnginePreset.dp_shares_experts``, vLLM V1): a copy (``self`` is unchanged; a
+        dense model or ``dp`` = 1 returns ``self``).
+
+        Per expert layer the ranks gather every rank's tokens, each GPU runs its 1/(dp·tp) slice
+        of every expert on all of them, and a reduce-scatter returns each rank its tokens. The
+        ranks step in lockstep, each padded to the largest rank's token count; the copy prices a
+        step of ``T`` tokens as the largest rank's (the others' then match it: dp·T rows reach
+        the experts). So per GPU: expert weight bytes read ÷ dp (fewer experts held), expert
+        FLOPs unchanged (dp × the rows, 1/dp of each expert), experts touched counted over dp·T
+        rows, plus an all-gather and a reduce-scatter of (dp − 1)·T hidden states over the
+        GPU's link. Ranks less loaded than the largest are not priced apart (balanced routing)."""
+        if dp < 1:
+            raise ValueError(f"sharing_experts: dp={dp} must be >= 1")
+        if dp == 1 or not self._moe:
+            return self
+        if self.expert_dp != 1:
+            raise ValueError(f"sharing_experts: already shared by {self.expert_dp} ranks")
+        import copy
+
+        cm = copy.copy(self)
+        m, L = self.model, self.model.layers
+        cm.expert_dp = dp
+        cm._moe_w = self._moe_w / dp
+        cm.weight_bytes = weight_bytes_per_gpu(m, self.tp, self.weight_dtype, dp)
+        bw = self.gpu.interconnect_bytes_s * self.eff.comm
+        cm._ep_fixed = 2 * L * (self.eff.allreduce_base_s + self.eff.allreduce_latency_s * math.log2(dp))
+        cm._ep_tok = 2 * L * (dp - 1) * m.hidden * ACT_BYTES / bw if bw > 0 else 0.0
+        cm._memo, cm._dense_memo, cm._lm_memo = {}, {}, {}
+        cm.source = f"{self.source}; experts shared by {dp} data-parallel ranks"
+        return cm
 
     # ------------------------------------------------------------ operator-time hooks
     # The three operator groups a calibration profile can measure. ``_fixed`` asks these for

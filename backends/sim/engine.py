@@ -68,7 +68,8 @@ class Simulation(Arrivals):
 
     def __init__(self, policy: Policy, workload: Workload, deployment: Deployment, *, seed: int = 0,
                  check: bool = False, trace: bool = False, max_sim_time_s: float | None = None,
-                 segment_cap: int = 0, prefilled: np.ndarray | None = None, n_stream: int | None = None) -> None:
+                 segment_cap: int = 0, prefilled: np.ndarray | None = None, n_stream: int | None = None,
+                 expert_dp: int = 1) -> None:
         """``segment_cap`` (tests): most decode iterations per segment (1 = step every iteration,
         the brute-force reference for the closed-form skipping; 0 = no cap).
         ``prefilled`` (bool per request, or None): requests whose prompt KV was computed
@@ -79,7 +80,10 @@ class Simulation(Arrivals):
         queue (they hold no prefill work); a prefilled request preempted by recompute
         prefills normally afterwards.
         ``n_stream`` (default: all): only the first n_stream rows arrive by themselves; the
-        others are slots that ``inject`` fills (live migration into this instance)."""
+        others are slots that ``inject`` fills (live migration into this instance).
+        ``expert_dp``: data-parallel ranks this instance is one of; with an engine whose ranks
+        share an MoE model's experts (``EnginePreset.dp_shares_experts``) its steps and weights
+        are those of one such rank (``CostModel.sharing_experts``); otherwise ignored."""
         self.policy, self.w, self.dep = policy, workload, deployment
         self.segment_cap = segment_cap or (1 << 62)
         self.check_full = check
@@ -97,10 +101,16 @@ class Simulation(Arrivals):
         engine = get_engine(deployment.engine)
         self.cm = cm = instance_cost_model(model, gpu, tp, deployment.weight_dtype, deployment.kv_dtype, engine,
                                            deployment.profile, deployment.cost_model, calibration_of(deployment))
+        if expert_dp < 1:
+            raise ValueError(f"expert_dp={expert_dp}: must be >= 1")
+        self.expert_dp = expert_dp if model.is_moe and engine.dp_shares_experts else 1
+        if self.expert_dp > 1:
+            cm = self.cm = cm.sharing_experts(self.expert_dp)
         bs = self.bs = policy.block_size
         B = policy.max_num_batched_tokens
         total = kv_budget(model, gpu, tp, policy.gpu_memory_utilization, deployment.weight_dtype,
-                          deployment.kv_dtype, bs, activation_reserve=default_activation_reserve(model, tp, B))
+                          deployment.kv_dtype, bs, activation_reserve=default_activation_reserve(model, tp, B),
+                          expert_shards=self.expert_dp)
         self.spec: Speculator | None = None
         if policy.speculation != "off":
             draft = None
@@ -672,6 +682,8 @@ class Simulation(Arrivals):
         Before ``run``."""
         if self._ran:
             raise RuntimeError("use_cost_model: the simulation has run")
+        if self.expert_dp > 1 and cm.expert_dp == 1:
+            cm = cm.sharing_experts(self.expert_dp)
         self.cm = cm
         self.admission = AdmissionControl(self.policy, cm, self.mem.total)
         self._coef.clear()

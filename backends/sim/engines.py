@@ -73,6 +73,13 @@ class EnginePreset:
     detokenisation and streaming; the step async scheduling adds is ``schedule_ahead``, in the
     loop), in units of the request's own time per output token; added to the records'
     first-token and finish times (``client_lag``). 0: not measured for this engine."""
+    dp_shares_experts: bool = False
+    """Data-parallel replicas of an MoE model share its expert layers (vLLM V1's
+    ``--data-parallel-size``): the routed experts are split over DP × TP GPUs (one
+    tensor-parallel group per expert layer, its weights 1/(DP·TP) per GPU), every rank's tokens
+    are gathered into each expert layer and its outputs reduce-scattered back, and the ranks
+    step in lockstep, padded to the largest rank's token count (idle ranks run dummy steps).
+    False: replicas are independent engines (SGLang's ``--dp-size`` without DP attention)."""
     description: str = ""
 
     def batch_defaults(self, gpu: object = None) -> tuple[int, int]:
@@ -97,7 +104,7 @@ ENGINES: dict[str, EnginePreset] = {
             "vllm-v1", iteration_overhead_s=0.6e-3, per_seq_overhead_s=30e-6, batching="chunked",
             chunked_prefill=True, prefix_caching=True, max_num_batched_tokens=2048, max_num_seqs=256,
             eager_launch_overhead_s=0.5e-3, client_lag_steps=0.65, kv_tier_async=True, schedule_ahead=True, large_gpu_batch=(8192, 1024),
-            prefix_cache_at_schedule=True,
+            prefix_cache_at_schedule=True, dp_shares_experts=True,
             description="vLLM >= 0.8 (V1): chunked prefill + prefix caching on, token budget per step"),
         EnginePreset(
             "vllm-v0", iteration_overhead_s=3.0e-3, per_seq_overhead_s=60e-6, batching="continuous",

@@ -54,7 +54,8 @@ def instance_drain(policy: Policy, cm: CostModel, w: Workload, *, output_tokens:
     model, gpu = cm.model, cm.gpu
     bs = policy.block_size
     blocks = kv_budget(model, gpu, cm.tp, policy.gpu_memory_utilization, cm.weight_dtype, cm.kv_dtype, bs,
-                       activation_reserve=default_activation_reserve(model, cm.tp, policy.max_num_batched_tokens))
+                       activation_reserve=default_activation_reserve(model, cm.tp, policy.max_num_batched_tokens),
+                       expert_shards=cm.expert_dp)
     mp = float(w.prompt_len.mean()) if w.n else 1.0
     mo = float(w.output_len.mean()) if w.n else 1.0
     return drain_rate(cm, policy, mp, mo if output_tokens is None else output_tokens, blocks * bs)

@@ -30,7 +30,16 @@ import math
 import numpy as np
 
 from backends.base import Deployment, RunResult
-from backends.sim.cluster import Life, Piece, in_force, instance_policy, merge, resolved_replicas, run_life
+from backends.sim.cluster import (
+    Life,
+    Piece,
+    expert_sharing_ranks,
+    in_force,
+    instance_policy,
+    merge,
+    resolved_replicas,
+    run_life,
+)
 from backends.sim.costmodel import CostModel
 from backends.sim.router import MIGRATION_MARGIN_S, FluidRouter, instance_drain
 from tuner.policy import Policy
@@ -74,13 +83,17 @@ def simulate_replicated(policy: Policy, w: Workload, dep: Deployment, *, seed: i
     steps with it (a fitted cost model under evaluation, ``tuner.calibration.simrun``)."""
     tp = policy.tp
     pol, inst_notes = instance_policy(policy, tp, w)
-    cm = CostModel.for_deployment(dep, tp)
+    dp = expert_sharing_ranks(policy, dep)
+    cm = CostModel.for_deployment(dep, tp).sharing_experts(dp)
     drain = instance_drain(pol, cm, w)
     rng = np.random.default_rng([seed, 0x5C1])
     t0 = float(w.arrival_s[0]) if w.n else 0.0
     horizon = (float(w.arrival_s[-1]) if w.n else 0.0) + SPOT_HORIZON_S
     lives: list[Life] = []
     notes = list(inst_notes)
+    if dp > 1:
+        notes.append(f"data parallel: the {dp} replicas share the MoE expert layers ({dep.engine}: experts split over "
+                     f"{dp}×{tp} GPUs, ranks step together)")
 
     def new_life(start: float, ready: float, end: float = math.inf, spot: bool = False) -> Life:
         life = Life(idx=len(lives), tp=tp, start_s=start, ready_s=ready, end_s=end, spot=spot)
@@ -145,7 +158,7 @@ def simulate_replicated(policy: Policy, w: Workload, dep: Deployment, *, seed: i
             stats["migrated_queued_requests"] += _migrate_queued(router, lives, placed, pieces, up, t)
     for life in lives:  # keep only pieces still placed there (migration moved some)
         life.pieces = [pieces[i] for i in placed[life.idx] if pieces[i].t >= 0]
-    _run_all(policy, pol, w, dep, seed, lives, cm, stats, router, cost_model)
+    _run_all(policy, pol, w, dep, seed, lives, cm, stats, router, cost_model, dp)
     if policy.migration:
         notes.append(f"migration: queued requests re-routed by the router's estimate; "
                      f"{int(stats.get('migrated_running_requests', 0))} running requests live-migrated "
@@ -176,9 +189,10 @@ def _migrate_queued(router: FluidRouter, lives: list[Life], placed: list[list[in
 
 
 def _run_all(policy: Policy, pol: Policy, w: Workload, dep: Deployment, seed: int, lives: list[Life],
-             cm: CostModel, stats: dict[str, float], router: FluidRouter, cost_model=None) -> None:
+             cm: CostModel, stats: dict[str, float], router: FluidRouter, cost_model=None, expert_dp: int = 1) -> None:
     """Simulate every life; interrupted ones first, in time order, re-routing their cut pieces;
-    with ``migration`` the others together, live-migrating running requests (``migration.py``)."""
+    with ``migration`` the others together, live-migrating running requests (``migration.py``);
+    ``expert_dp``: data-parallel ranks sharing the experts (``cluster.expert_sharing_ranks``)."""
     order = sorted(range(len(lives)), key=lambda k: (lives[k].end_s, k))
     link = link_bytes_s(policy, cm)
     for k in order:
@@ -189,7 +203,7 @@ def _run_all(policy: Policy, pol: Policy, w: Workload, dep: Deployment, seed: in
             rest = [lives[j] for j in order if math.isinf(lives[j].end_s)]
             run_live_migration(rest, pol, w, dep, seed, router.drains[0], router.exp_out, cm, link, stats)
             return
-        run_life(life, pol, w, dep, seed * 1000003 + k, cost_model)
+        run_life(life, pol, w, dep, seed * 1000003 + k, cost_model, expert_dp)
         if math.isfinite(life.end_s):
             _reroute_cut(policy, life, lives, cm, link, stats)
 
