@@ -194,6 +194,8 @@ class Simulation(Arrivals):
         self.t = 0.0
         self.pending_s = 0.0        # KV tier transfer time to add to the next iteration, s
         self.steps = 0              # iterations so far (asynchronous tier loads count them)
+        self._pf_steps = 0          # iterations that ran a prefill chunk, and their summed time, s
+        self._pf_time = 0.0         # (the lockstep of data-parallel ranks sharing experts: _lockstep_wait)
         self._stall = 0             # iterations in a row that sampled no token
         self.stall_limit = STALL_ITERATIONS
         self.n_held = 0             # admitted requests whose prefix KV still loads (Req.hold)
@@ -379,6 +381,12 @@ class Simulation(Arrivals):
         if self.lora is not None:  # (with speculation: one token per decoding sequence)
             lt, lf, lb = self._lora_extra(chunks, 1 if r else 0)
             dt, flops, nbytes = dt + lt, flops + lf, nbytes + lb
+        if self.expert_dp > 1:
+            if chunks:
+                self._pf_steps += 1
+                self._pf_time += dt
+            else:
+                dt += self._lockstep_wait(dt)
         t0 = self.t_vis = self.t
         dt += self.pending_s
         self.pending_s = 0.0
@@ -445,6 +453,8 @@ class Simulation(Arrivals):
         if self.lora is not None:  # a fixed batch: the same LoRA cost every iteration
             lt, lf, lb = self._lora_extra([], 1)
             a += lt
+        if self.expert_dp > 1:  # (the same expected wait every step of the segment)
+            a += self._lockstep_wait(a + ts * ctx)
         heap = pool.heap
         while heap[0][2] != heap[0][3].ver:  # drop entries of members that left
             heapq.heappop(heap)
@@ -530,6 +540,21 @@ class Simulation(Arrivals):
                      held0 + d1, held, used0 + r, used0 + r * n)
         if self.trace is not None:
             self.trace.iteration(t0, dt, n, r, 0, 0)
+
+    def _lockstep_wait(self, dt: float) -> float:
+        """Expected extra time of a decode-only step of ``dt`` s on one of ``expert_dp`` ranks that
+        step together (``EnginePreset.dp_shares_experts``): the step lasts as long as the longest
+        rank's, so it waits out another rank's prefill step whenever one of the other
+        ``expert_dp − 1`` ranks runs one. Mean field over balanced ranks: each runs a prefill chunk
+        in this rank's share q of its steps, lasting this rank's mean prefill step T, so the
+        wait is (1 − (1 − q)^(dp − 1)) × (T − dt) when T > dt, s."""
+        if self._pf_steps == 0 or self.steps == 0:
+            return 0.0
+        mean = self._pf_time / self._pf_steps
+        if mean <= dt:
+            return 0.0
+        q = self._pf_steps / self.steps
+        return (1.0 - (1.0 - q) ** (self.expert_dp - 1)) * (mean - dt)
 
     def _itl(self, dt: float, r: int, t: float) -> None:
         """Inter-token gaps of one decode step of ``r`` sequences lasting ``dt`` s and ending at

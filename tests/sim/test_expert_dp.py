@@ -101,3 +101,17 @@ def test_cluster_runs_vllm_data_parallel_ranks_sharing_experts():
     apart = simulate_cluster(Policy(tp=2, replicas=2, migration=True), w, MIXTRAL4)
     assert not any("share the MoE" in n for n in apart.notes)
     assert apart.telemetry.kv_capacity_tokens < 0.6 * res.telemetry.kv_capacity_tokens
+
+
+def test_lockstep_wait_is_the_chance_another_rank_prefills_times_its_longer_step():
+    w = poisson_workload(10, 1.0, 300, 20, seed=2)
+    dep = Deployment("mixtral-8x7b", "h100", n_gpus=2)
+    sim = Simulation(Policy(tp=2), w, dep, expert_dp=3)
+    assert sim._lockstep_wait(0.01) == 0.0  # no prefill step seen yet
+    sim.steps, sim._pf_steps, sim._pf_time = 10, 2, 0.1  # q = 0.2, mean prefill step 50 ms
+    assert sim._lockstep_wait(0.01) == pytest.approx((1 - 0.8 ** 2) * 0.04)
+    assert sim._lockstep_wait(0.06) == 0.0  # a decode step longer than a prefill step waits for nothing
+    # a rank counts its prefill steps; a lone instance does not (it waits for no one)
+    runs = {dp: Simulation(Policy(tp=2), poisson_workload(120, 3.0, (200, 1200), (100, 300), seed=4), dep,
+                           expert_dp=dp).run() for dp in (1, 2)}
+    assert runs[1]._pf_steps == 0 and runs[2]._pf_steps > 0

@@ -40,6 +40,8 @@ CASES = {
     "swap preemptions": (A100_40_7B, {"gpu_memory_utilization": 0.45, "preemption_mode": "swap"}),
     "prefill/decode disaggregation": (DEP4, {"disaggregated": True, "prefill_instances": 2, "decode_instances": 2}),
     "four replicas": (DEP4, {"routing": "least_loaded"}),
+    "MoE data-parallel ranks in lockstep": (Deployment("mixtral-8x7b", "h100", n_gpus=4),
+                                            {"tp": 2, "replicas": 2, "routing": "least_loaded"}),
     "spot interruptions, migrate": (DEP4, {"replicas": 4, "routing": "least_loaded", "spot_fraction": 0.5,
                                            "spot_interruptions_per_hour": 3600, "spot_recovery": "migrate"}),
     "spot interruptions, restart": (DEP4, {"replicas": 4, "routing": "least_loaded", "spot_fraction": 0.5,
