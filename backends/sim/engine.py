@@ -381,12 +381,9 @@ class Simulation(Arrivals):
         if self.lora is not None:  # (with speculation: one token per decoding sequence)
             lt, lf, lb = self._lora_extra(chunks, 1 if r else 0)
             dt, flops, nbytes = dt + lt, flops + lf, nbytes + lb
-        if self.expert_dp > 1:
-            if chunks:
-                self._pf_steps += 1
-                self._pf_time += dt
-            else:
-                dt += self._lockstep_wait(dt)
+        if self.expert_dp > 1:  # (a step with a prefill chunk: _lockstep_wait's statistics; decode-only
+            self._pf_steps += 1  # steps run in _segment)
+            self._pf_time += dt
         t0 = self.t_vis = self.t
         dt += self.pending_s
         self.pending_s = 0.0
