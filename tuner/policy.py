@@ -133,7 +133,8 @@ class Policy:
 
     # ---- placement and scaling -------------------------------------------
     replicas: int = 0
-    """Instances behind the router (0 = as many as the deployment's GPUs allow at this TP)."""
+    """Instances behind the router (0 = as many as the deployment's GPUs allow at this TP); vLLM's
+    ``--data-parallel-size``, whose ranks share an MoE model's experts (``cluster.expert_sharing_ranks``)."""
     routing: Routing = "round_robin"
     """Router: round_robin, least_loaded (fewest outstanding tokens), prefix_affinity."""
     migration: bool = False
