@@ -310,9 +310,14 @@ class CostModel:
         bw = self.gpu.interconnect_bytes_s * self.eff.comm
         cm._ep_fixed = 2 * L * (self.eff.allreduce_base_s + self.eff.allreduce_latency_s * math.log2(dp))
         cm._ep_tok = 2 * L * (dp - 1) * m.hidden * ACT_BYTES / bw if bw > 0 else 0.0
-        cm._memo, cm._dense_memo, cm._lm_memo = {}, {}, {}
+        cm._fresh_memos()
         cm.source = f"{self.source}; experts shared by {dp} data-parallel ranks"
         return cm
+
+    def _fresh_memos(self) -> None:
+        """Give this object empty memo tables of its own (a ``sharing_experts`` copy prices
+        differently from the object it was copied from)."""
+        self._memo, self._dense_memo, self._lm_memo = {}, {}, {}
 
     # ------------------------------------------------------------ operator-time hooks
     # The three operator groups a calibration profile can measure. ``_fixed`` asks these for

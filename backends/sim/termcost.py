@@ -36,6 +36,10 @@ class TermsCostModel(CostModel):
         self.source = "fitted operator-class terms"
         self._dense_terms: dict[int, tuple[float, float, float, float, float, float]] = {}
 
+    def _fresh_memos(self) -> None:
+        super()._fresh_memos()
+        self._dense_terms = {}
+
     def _parts(self, prefill_tokens: int, pairs: float, decode_seqs: int, decode_tokens: int,
                prefill_seqs: int) -> tuple[float, float, float]:
         """(work at zero context s, work per context token s, floor s) of one step."""

@@ -136,12 +136,14 @@ def _unit_cm(model: str, gpu: str, tp: int, weight_dtype: str) -> CostModel:
 def dense_features(cm: CostModel, tokens: int) -> tuple[float, float, float, float, float, float]:
     """The ideal times that depend only on a step's token count (s): GEMM max and ridge terms of
     the linear operators (MoE experts included), elementwise, activation spill, all-reduce bytes,
-    and the all-reduce hop count."""
+    and the all-reduce hop count. Data-parallel ranks sharing the experts (``cm.expert_dp``,
+    ``CostModel.sharing_experts``): experts touched by all ranks' rows, and their gather and
+    reduce-scatter counted with the all-reduces."""
     m, gpu, tp, L, T = cm.model, cm.gpu, cm.tp, cm.model.layers, tokens
     bw, eff_gemm = gpu.hbm_bytes_s, cm.eff.gemm
     shapes = [(fo * T, wo + ao * T, 1.0 / (ipc * eff_gemm)) for fo, wo, ao, ipc in cm._ops]
     if cm._moe:
-        touched = m.n_experts * (1.0 - cm._moe_miss ** T)
+        touched = m.n_experts * (1.0 - cm._moe_miss ** (T * cm.expert_dp))
         shapes.append(((cm._moe_f + cm._moe_router) * T, cm._moe_w * touched + cm._moe_a * T,
                        gpu.peak_flops(cm.weight_dtype)))
     big = small = 0.0
@@ -156,6 +158,10 @@ def dense_features(cm: CostModel, tokens: int) -> tuple[float, float, float, flo
         ar_h = 2 * L * math.log2(tp)
     else:
         ar_b = ar_h = 0.0
+    if cm.expert_dp > 1:
+        dp = cm.expert_dp
+        ar_b += 2 * L * (dp - 1) * m.hidden * ACT_BYTES * T / gpu.interconnect_bytes_s
+        ar_h += 2 * L * math.log2(dp)
     return big, small, (cm._elem_a + cm._attn_pf_a) * T / bw, spill, ar_b, ar_h
 
 

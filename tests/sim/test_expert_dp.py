@@ -115,3 +115,19 @@ def test_lockstep_wait_is_the_chance_another_rank_prefills_times_its_longer_step
     runs = {dp: Simulation(Policy(tp=2), poisson_workload(120, 3.0, (200, 1200), (100, 300), seed=4), dep,
                            expert_dp=dp).run() for dp in (1, 2)}
     assert runs[1]._pf_steps == 0 and runs[2]._pf_steps > 0
+
+
+def test_fitted_terms_price_shared_experts_with_their_own_memo():
+    """``cost_model: terms`` reads the shared copy's expert bytes, experts touched and gather; the
+    copy's memo tables are its own, so neither model answers with the other's prices."""
+    from backends.sim.profiled import instance_cost_model
+
+    m, g = get_model("mixtral-8x7b"), get_gpu("h100")
+    terms = instance_cost_model(m, g, 2, cost_model="terms")
+    a = terms.iteration(0, 0, 64, 64, 64 * 1000).time_s  # fills the original's memo first
+    two = terms.sharing_experts(2)
+    b = two.iteration(0, 0, 64, 64, 64 * 1000).time_s
+    assert b < 0.97 * a and two._dense_terms is not terms._dense_terms  # (its fitted launch floor stays)
+    assert terms.iteration(0, 0, 64, 64, 64 * 1000).time_s == a
+    p = 4096 * 4097 / 2
+    assert two.iteration(4096, p, 0, 0, 0).time_s > terms.iteration(4096, p, 0, 0, 0).time_s  # + the gather
