@@ -7,6 +7,7 @@ priority scheduling, prefix caching and n-gram speculation all on.
 
 from __future__ import annotations
 
+import math
 import os
 
 import numpy as np
@@ -87,6 +88,20 @@ def burst(rec, within_s=0.05, share=0.75):
     return f"{k} of {len(f)} responses reached the client within {span * 1e3:.0f} ms" if span < within_s else None
 
 
+def clumped(rec, until_s=math.inf, seats=POLICY.max_num_seqs, within_s=0.01):
+    """Reason when more than twice ``seats`` of the responses that ended by ``until_s`` reached the
+    client within ``within_s``, else None. Requests running together on ``seats`` seats finish
+    together and the next ones need all their decode steps, so the engine ends at most ``seats``
+    requests in such a window: more mean the API server (or the client) stalled and released them
+    at once, and the order in which it admitted requests meanwhile says nothing. (A CI run
+    delivered 8 lows within 2 ms, then 14 within 5 ms, and admitted the highs after 22 lows. A
+    stall after the last high has finished is harmless: local runs released 8 at once then.)"""
+    f = np.sort(rec["finish_s"].to_numpy())
+    f = f[f <= until_s]
+    most = int((np.searchsorted(f, f + within_s, side="right") - np.arange(len(f))).max()) if len(f) else 0
+    return f"{most} responses reached the client within {within_s * 1e3:.0f} ms" if most > 2 * seats else None
+
+
 def test_preemptions_under_small_kv_budget(backend, monkeypatch):
     # The run lasts ~2-3 s: sample /metrics every 0.1 s, not 0.5 s. Only here: scrapes load the API
     # server, and the priority test needs it quick to admit its late requests.
@@ -139,7 +154,11 @@ def test_priority_order_holds_on_a_saturated_server(backend):
     prio = np.r_[np.full(n_low, 10), np.zeros(n_high, int)]
     n = n_low + n_high
     w = build_workload("priority", arrival, np.full(n, 32), np.full(n, 120), priority=prio)
-    rec = run_observed(backend, w, lambda res: burst(res.records)).records
+    def invalid(res):
+        r = res.records
+        return burst(r) or clumped(r, until_s=float(r["finish_s"][prio == 0].max()))
+
+    rec = run_observed(backend, w, invalid).records
     assert not rec["failed"].any()
     high = rec["finish_s"][prio == 0].to_numpy()
     low = rec["finish_s"][prio == 10].to_numpy()
