@@ -103,9 +103,9 @@ class Simulation(Arrivals):
                                            deployment.profile, deployment.cost_model, calibration_of(deployment))
         if expert_dp < 1:
             raise ValueError(f"expert_dp={expert_dp}: must be >= 1")
-        self.expert_dp = expert_dp if model.is_moe and engine.dp_shares_experts else 1
-        if self.expert_dp > 1:
-            cm = self.cm = cm.sharing_experts(self.expert_dp)
+        if engine.dp_shares_experts:  # (a dense model's cost model stays as it is)
+            cm = self.cm = cm.sharing_experts(expert_dp)
+        self.expert_dp = cm.expert_dp
         bs = self.bs = policy.block_size
         B = policy.max_num_batched_tokens
         total = kv_budget(model, gpu, tp, policy.gpu_memory_utilization, deployment.weight_dtype,
@@ -545,7 +545,7 @@ class Simulation(Arrivals):
         ``expert_dp − 1`` ranks runs one. Mean field over balanced ranks: each runs a prefill chunk
         in this rank's share q of its steps, lasting this rank's mean prefill step T, so the
         wait is (1 − (1 − q)^(dp − 1)) × (T − dt) when T > dt, s."""
-        if self._pf_steps == 0 or self.steps == 0:
+        if self._pf_steps == 0:  # (else steps >= _pf_steps > 0)
             return 0.0
         mean = self._pf_time / self._pf_steps
         if mean <= dt:

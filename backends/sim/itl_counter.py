@@ -38,7 +38,6 @@ class ITLCounter:
     def __init__(self) -> None:
         self.counts: list[float] = [0.0] * N_BINS
         self.total_s = 0.0
-        self.n = 0.0
         self._lo = self._hi = 0.0  # edges of the last single gap's bin
         self._b = 0
         self._slo = self._shi = 0.0  # edges of the last segment's first bin
@@ -53,7 +52,6 @@ class ITLCounter:
                 self._lo, self._hi = _edges(self._b)
             self.counts[self._b] += weight
             self.total_s += gap_s * weight
-            self.n += weight
 
     def add_steps(self, first_s: float, last_s: float, steps: float, weight: float, wait_s: float = 0.0) -> None:
         """``steps`` consecutive steps whose gaps grow linearly from ``first_s`` to ``last_s``
@@ -83,11 +81,10 @@ class ITLCounter:
             for b in range(b0, b1 + 1):
                 self.counts[b] += share
         self.total_s += 0.5 * (first_s + last_s) * w
-        self.n += w
 
     def freeze(self) -> ITLHistogram | None:
         """The record of what was added (None when nothing was)."""
-        if self.n <= 0:
+        if not any(self.counts):  # (every sample adds a positive weight to a bin)
             return None
         return ITLHistogram(np.asarray(self.counts, dtype=float), self.total_s)
 

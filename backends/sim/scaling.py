@@ -158,7 +158,7 @@ def simulate_replicated(policy: Policy, w: Workload, dep: Deployment, *, seed: i
             stats["migrated_queued_requests"] += _migrate_queued(router, lives, placed, pieces, up, t)
     for life in lives:  # keep only pieces still placed there (migration moved some)
         life.pieces = [pieces[i] for i in placed[life.idx] if pieces[i].t >= 0]
-    _run_all(policy, pol, w, dep, seed, lives, cm, stats, router, cost_model, dp)
+    _run_all(policy, pol, w, dep, seed, lives, cm, stats, router, cost_model)
     if policy.migration:
         notes.append(f"migration: queued requests re-routed by the router's estimate; "
                      f"{int(stats.get('migrated_running_requests', 0))} running requests live-migrated "
@@ -189,10 +189,10 @@ def _migrate_queued(router: FluidRouter, lives: list[Life], placed: list[list[in
 
 
 def _run_all(policy: Policy, pol: Policy, w: Workload, dep: Deployment, seed: int, lives: list[Life],
-             cm: CostModel, stats: dict[str, float], router: FluidRouter, cost_model=None, expert_dp: int = 1) -> None:
+             cm: CostModel, stats: dict[str, float], router: FluidRouter, cost_model=None) -> None:
     """Simulate every life; interrupted ones first, in time order, re-routing their cut pieces;
     with ``migration`` the others together, live-migrating running requests (``migration.py``);
-    ``expert_dp``: data-parallel ranks sharing the experts (``cluster.expert_sharing_ranks``)."""
+    each life shares its experts with as many ranks as ``cm`` does (``CostModel.expert_dp``)."""
     order = sorted(range(len(lives)), key=lambda k: (lives[k].end_s, k))
     link = link_bytes_s(policy, cm)
     for k in order:
@@ -203,7 +203,7 @@ def _run_all(policy: Policy, pol: Policy, w: Workload, dep: Deployment, seed: in
             rest = [lives[j] for j in order if math.isinf(lives[j].end_s)]
             run_live_migration(rest, pol, w, dep, seed, router.drains[0], router.exp_out, cm, link, stats)
             return
-        run_life(life, pol, w, dep, seed * 1000003 + k, cost_model, expert_dp)
+        run_life(life, pol, w, dep, seed * 1000003 + k, cost_model, cm.expert_dp)
         if math.isfinite(life.end_s):
             _reroute_cut(policy, life, lives, cm, link, stats)
 
