@@ -62,8 +62,9 @@ class Policy:
     prefix_caching: bool = True
     """Reuse KV blocks of identical prompt prefixes (hash of block contents), LRU eviction."""
     cpu_offload_gb: float = 0.0
-    """CPU KV tier per instance, GiB (0 = none): preemption victims page out to it instead of
-    recomputing (whatever preemption_mode), evicted prefix-cache entries are kept and loaded back."""
+    """CPU KV tier per instance, GiB (0 = none): evicted prefix-cache entries are kept and loaded
+    back; preemption victims page out to it instead of recomputing (whatever preemption_mode),
+    except under vLLM V1, which recomputes them and loads back from the tier what the GPU evicted."""
     ssd_offload_gb: float = 0.0
     """SSD KV tier per instance, GiB (0 = none); needs a CPU tier."""
     offload_threshold: float = 0.9

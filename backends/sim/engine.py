@@ -151,7 +151,6 @@ class Simulation(Arrivals):
             cpu_offload_gb=policy.cpu_offload_gb, ssd_offload_gb=policy.ssd_offload_gb,
             swap=policy.preemption_mode == "swap" and not self.reserve, tp=tp,
             block_bytes_gpu=bs * cm.kv_bytes_per_token, pcie_bytes_s=gpu.pcie_bytes_s, entry_blocks=self.mem.entry_blocks)
-        self.page_victims = tiers is not None and not self.reserve  # victims' KV moves down, not dropped
         self.keep_victim_kv = self.pbt > 0 and not self.reserve  # else a recompute victim's KV is dropped
         # paging threshold: above it cold prefix entries move down; paged-out sequences come back
         # only while GPU KV use stays below it (hysteresis: no page-in/page-out ping-pong)
@@ -161,6 +160,10 @@ class Simulation(Arrivals):
         self.tier_hits = tiers is not None and tiers.caching  # hit runs continue into the tiers
         # such loads run beside the batch (vLLM V1: token-budget steps only)
         self.async_loads = self.tier_hits and engine.kv_tier_async and policy.batching in ("chunked", "decode_maximal")
+        # victims' KV moves down a tier instead of being dropped; not with the asynchronous loads of
+        # vLLM V1's offloading connector: V1 always preempts by recompute, and the victim's blocks come
+        # back as prefix hits, from the GPU cache or from the connector's CPU copy of them
+        self.page_victims = tiers is not None and not self.reserve and not self.async_loads
         self.idle_step_s = engine.iteration_overhead_s  # an engine step with nothing to compute, s
         # the next step is planned when this one starts; not with n-gram or draft-model speculation,
         # which turn vLLM's async scheduling off (only EAGLE-style and GPU n-gram drafts keep it) and

@@ -15,7 +15,9 @@ caching they are dropped. A step that preempted admits no waiting request (vLLM 
 rejoins from the next step at the earliest; ``no_admit``). With one (the
 ``preemption_mode=swap`` swap space, or the CPU/SSD offload tiers) its KV is paged out (CPU, else
 SSD; transfer time added to the next iteration) and paged back in, before new requests are
-admitted, once the GPU has room below the paging threshold. With prefix caching and offload
+admitted, once the GPU has room below the paging threshold; not with asynchronous tier loads
+(vLLM V1's offloading connector: V1 always recomputes a victim, whose blocks the GPU evicted come
+back from the CPU tier as prefix hits). With prefix caching and offload
 tiers, an admission's prefix hit run continues through entries held in a tier: they are loaded
 (transfer time) instead of recomputed. With the engine's asynchronous tier loads
 (``EnginePreset.kv_tier_async``, vLLM V1) the batch does not wait for such a load: the admitted

@@ -19,6 +19,9 @@ from tuner.study_spec import load_study
 from workloads.workload import build_workload
 
 A100_40_8B = Deployment("llama-3.1-8b", "a100-40gb")   # 0.5 × 40 GiB: ~31k KV tokens
+A100_40_8B_V0 = Deployment("llama-3.1-8b", "a100-40gb", engine="vllm-v0")
+"""An engine without vLLM V1's asynchronous tier loads: its preemption victims page out to the
+tiers (with prefix caching too; vLLM V1 recomputes them: ``test_vllm_v1_victims_recompute_...``)."""
 MEM = 0.5
 KV_BYTES_8B = 32 * 8 * 128 * 2 * 2
 """Llama-3.1-8B KV bytes per token: 32 layers × 8 KV heads × 128 dims × (K, V) × 2 bytes."""
@@ -62,9 +65,26 @@ def test_cpu_tier_pages_victims_out_instead_of_recomputing():
     assert 0 < on.offload_bw_util < 1 and off.offload_bw_util == 0
 
 
+def test_vllm_v1_victims_recompute_and_reload_their_blocks_from_the_tier():
+    """vLLM V1 has no swap: with its offloading connector a victim is preempted by recompute, its
+    blocks stay in the GPU prefix cache, and those the GPU evicts before it resumes come back from
+    the connector's CPU copy (loads beside the batch) instead of being recomputed. Another engine
+    (here vLLM V0) pages the victims out and back in whole."""
+    w = long_workload()
+    res0, off = run(w, A100_40_8B, gpu_memory_utilization=MEM)
+    res1, on = run(w, A100_40_8B, gpu_memory_utilization=MEM, cpu_offload_gb=32)
+    c0, c1 = res0.telemetry.counters, res1.telemetry.counters
+    assert c1["preemptions"] > 50 and c1["paged_out_preemptions"] == 0
+    assert c1["offload_hit_tokens"] > 0.1 * w.prompt_len.sum()
+    assert c1["prefill_tokens"] < 0.95 * c0["prefill_tokens"]
+    assert on.throughput_tok_s >= off.throughput_tok_s and on.n_completed == w.n
+    res_v0, _ = run(w, A100_40_8B_V0, gpu_memory_utilization=MEM, cpu_offload_gb=32)
+    assert res_v0.telemetry.counters["paged_out_preemptions"] > 0
+
+
 def test_paged_out_bytes_are_conserved_and_counted():
     w = long_workload()
-    sim = Simulation(Policy(gpu_memory_utilization=MEM, cpu_offload_gb=32), w, A100_40_8B, check=True).run()
+    sim = Simulation(Policy(gpu_memory_utilization=MEM, cpu_offload_gb=32), w, A100_40_8B_V0, check=True).run()
     cpu = sim.tiers.tiers[0]
     assert cpu.used == cpu.seq == 0 and not sim.swapped     # every paged-out block came back
     assert cpu.moved == sim.c_swapped > 0 and cpu.moved % 2 == 0   # out and in, block for block
@@ -218,7 +238,7 @@ def test_a_paged_out_request_comes_back_when_the_last_running_one_leaves_in_the_
                  cpu_offload_gb=16.0, offload_threshold=0.85, queue="priority", disaggregated=True,
                  prefill_instances=2, disagg_min_prompt=1024, disagg_min_queue=4, routing="prefix_affinity",
                  max_loras=46, prefix_caching=True)
-    res = SimBackend(check=True).run(pol, w, Deployment("llama-3.1-8b", "a100-40gb", n_gpus=4), seed=89)
+    res = SimBackend(check=True).run(pol, w, Deployment("llama-3.1-8b", "a100-40gb", n_gpus=4, engine="vllm-v0"), seed=89)
     rec = res.records
     assert res.telemetry.counters["paged_out_preemptions"] > 0
     assert (np.isfinite(rec.finish_s) | rec.failed).all() and rec.failed.sum() < 0.1 * len(rec)
