@@ -64,7 +64,8 @@ class Policy:
     cpu_offload_gb: float = 0.0
     """CPU KV tier per instance, GiB (0 = none): evicted prefix-cache entries are kept and loaded
     back; preemption victims page out to it instead of recomputing (whatever preemption_mode),
-    except under vLLM V1, which recomputes them and loads back from the tier what the GPU evicted."""
+    except under vLLM V1 (unless preemption_mode is swap), which recomputes them and loads back from
+    the tier what the GPU evicted."""
     ssd_offload_gb: float = 0.0
     """SSD KV tier per instance, GiB (0 = none); needs a CPU tier."""
     offload_threshold: float = 0.9

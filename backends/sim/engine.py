@@ -161,9 +161,10 @@ class Simulation(Arrivals):
         # such loads run beside the batch (vLLM V1: token-budget steps only)
         self.async_loads = self.tier_hits and engine.kv_tier_async and policy.batching in ("chunked", "decode_maximal")
         # victims' KV moves down a tier instead of being dropped; not with the asynchronous loads of
-        # vLLM V1's offloading connector: V1 always preempts by recompute, and the victim's blocks come
-        # back as prefix hits, from the GPU cache or from the connector's CPU copy of them
-        self.page_victims = tiers is not None and not self.reserve and not self.async_loads
+        # vLLM V1's offloading connector unless swap is asked for (V1 preempts by recompute, and the
+        # victim's blocks come back as prefix hits, from the GPU cache or the connector's CPU copy)
+        self.page_victims = tiers is not None and not self.reserve and (
+            not self.async_loads or policy.preemption_mode == "swap")
         self.idle_step_s = engine.iteration_overhead_s  # an engine step with nothing to compute, s
         # the next step is planned when this one starts; not with n-gram or draft-model speculation,
         # which turn vLLM's async scheduling off (only EAGLE-style and GPU n-gram drafts keep it) and

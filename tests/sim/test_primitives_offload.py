@@ -69,7 +69,7 @@ def test_vllm_v1_victims_recompute_and_reload_their_blocks_from_the_tier():
     """vLLM V1 has no swap: with its offloading connector a victim is preempted by recompute, its
     blocks stay in the GPU prefix cache, and those the GPU evicts before it resumes come back from
     the connector's CPU copy (loads beside the batch) instead of being recomputed. Another engine
-    (here vLLM V0) pages the victims out and back in whole."""
+    (here vLLM V0), or a policy asking for swap, pages the victims out and back in whole."""
     w = long_workload()
     res0, off = run(w, A100_40_8B, gpu_memory_utilization=MEM)
     res1, on = run(w, A100_40_8B, gpu_memory_utilization=MEM, cpu_offload_gb=32)
@@ -80,6 +80,9 @@ def test_vllm_v1_victims_recompute_and_reload_their_blocks_from_the_tier():
     assert on.throughput_tok_s >= off.throughput_tok_s and on.n_completed == w.n
     res_v0, _ = run(w, A100_40_8B_V0, gpu_memory_utilization=MEM, cpu_offload_gb=32)
     assert res_v0.telemetry.counters["paged_out_preemptions"] > 0
+    # a policy that asks for swap still pages out (servetune export refuses it for vLLM V1)
+    res_swap, _ = run(w, A100_40_8B, gpu_memory_utilization=MEM, cpu_offload_gb=32, preemption_mode="swap")
+    assert res_swap.telemetry.counters["paged_out_preemptions"] > 0
 
 
 def test_paged_out_bytes_are_conserved_and_counted():
