@@ -70,7 +70,8 @@ class Policy:
     """SSD KV tier per instance, GiB (0 = none); needs a CPU tier."""
     offload_threshold: float = 0.9
     """Paging threshold, fraction of GPU KV blocks: above it cold prefix-cache entries move down a
-    tier; paged-out sequences come back only while use stays below it (0.1..1)."""
+    tier; paged-out sequences come back only while use stays below it (0.1..1). vLLM V1 has none
+    (its offloading connector leaves the GPU prefix cache's LRU alone): there it is 1."""
 
     # ---- queue manager and admission -------------------------------------
     queue: QueueOrder = "fcfs"

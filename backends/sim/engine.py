@@ -152,14 +152,15 @@ class Simulation(Arrivals):
             swap=policy.preemption_mode == "swap" and not self.reserve, tp=tp,
             block_bytes_gpu=bs * cm.kv_bytes_per_token, pcie_bytes_s=gpu.pcie_bytes_s, entry_blocks=self.mem.entry_blocks)
         self.keep_victim_kv = self.pbt > 0 and not self.reserve  # else a recompute victim's KV is dropped
-        # paging threshold: above it cold prefix entries move down; paged-out sequences come back
-        # only while GPU KV use stays below it (hysteresis: no page-in/page-out ping-pong)
-        thr = policy.offload_threshold if policy.cpu_offload_gb > 0 else 1.0
-        self.page_above = int(thr * total) if tiers is not None and tiers.caching else total  # blocks
-        self.headroom = total - int(thr * total)  # free blocks a page-in leaves (0 at threshold 1)
         self.tier_hits = tiers is not None and tiers.caching  # hit runs continue into the tiers
         # such loads run beside the batch (vLLM V1: token-budget steps only)
         self.async_loads = self.tier_hits and engine.kv_tier_async and policy.batching in ("chunked", "decode_maximal")
+        # paging threshold: above it cold prefix entries move down; paged-out sequences come back
+        # only while GPU KV use stays below it (hysteresis: no page-in/page-out ping-pong). vLLM V1's
+        # offloading connector has none: the GPU prefix cache keeps its own LRU (threshold 1)
+        thr = policy.offload_threshold if policy.cpu_offload_gb > 0 and not self.async_loads else 1.0
+        self.page_above = int(thr * total) if self.tier_hits else total  # blocks
+        self.headroom = total - int(thr * total)  # free blocks a page-in leaves (0 at threshold 1)
         # victims' KV moves down a tier instead of being dropped; not with the asynchronous loads of
         # vLLM V1's offloading connector unless swap is asked for (V1 preempts by recompute, and the
         # victim's blocks come back as prefix hits, from the GPU cache or the connector's CPU copy)

@@ -16,6 +16,9 @@ import pandas as pd
 
 from backends.base import Telemetry
 from backends.sim.itl_counter import ITLCounter
+from tuner.policy import Policy
+
+DEFAULT_THRESHOLD = Policy().offload_threshold
 
 MAX_ROWS = 4096
 
@@ -138,6 +141,9 @@ def build_result(sim, policy, notes: tuple[str, ...]):
         counters=counters)
     if sim.stopped:
         notes = (*notes, f"stopped at max_sim_time_s={sim.max_t:g}: {sim.stopped} unfinished requests marked failed")
+    if sim.async_loads and policy.offload_threshold not in (1.0, DEFAULT_THRESHOLD):  # a value the user set
+        notes = (*notes, f"offload_threshold={policy.offload_threshold:g}: {sim.dep.engine}'s offloading connector has no "
+                         "paging threshold (the GPU prefix cache keeps its LRU); ran with 1")
     source = getattr(cm, "source", "roofline")
     meta = {"engine": sim.dep.engine, "model": cm.model.name, "gpu": gpu.name, "tp": str(cm.tp),
             "kv_blocks": str(sim.mem.total), "workload": sim.w.name, "cost_model": source}

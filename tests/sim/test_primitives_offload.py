@@ -85,6 +85,19 @@ def test_vllm_v1_victims_recompute_and_reload_their_blocks_from_the_tier():
     assert res_swap.telemetry.counters["paged_out_preemptions"] > 0
 
 
+def test_vllm_v1_has_no_paging_threshold():
+    """vLLM V1's offloading connector pages nothing out early: offload_threshold changes nothing
+    there, while an engine with a paging threshold (vLLM V0 here) pages cold entries out early."""
+    w = shared_prefix_workload()
+    a, _ = run(w, A100_40_8B, gpu_memory_utilization=MEM, cpu_offload_gb=2)
+    b, _ = run(w, A100_40_8B, gpu_memory_utilization=MEM, cpu_offload_gb=2, offload_threshold=0.7)
+    assert _same(a, b) and a.telemetry.offload_bytes == b.telemetry.offload_bytes > 0
+    assert any("no paging threshold" in n for n in b.notes) and not any("paging threshold" in n for n in a.notes)
+    c, _ = run(w, A100_40_8B_V0, gpu_memory_utilization=MEM, cpu_offload_gb=2)
+    d, _ = run(w, A100_40_8B_V0, gpu_memory_utilization=MEM, cpu_offload_gb=2, offload_threshold=0.7)
+    assert not _same(c, d)
+
+
 def test_paged_out_bytes_are_conserved_and_counted():
     w = long_workload()
     sim = Simulation(Policy(gpu_memory_utilization=MEM, cpu_offload_gb=32), w, A100_40_8B_V0, check=True).run()
@@ -209,7 +222,8 @@ def test_vllm_v1_loads_tier_hits_beside_the_batch(monkeypatch, decoder):
     rule, kept for engines without ``kv_tier_async``) that batch stalls for the transfer."""
     from backends.sim import simulate
 
-    w, pol = _tier_hit_workload(decoder), Policy(gpu_memory_utilization=MEM, cpu_offload_gb=64)
+    # threshold 1 for both engines (vLLM V1 has no paging threshold): the same hits, other timing
+    w, pol = _tier_hit_workload(decoder), Policy(gpu_memory_utilization=MEM, cpu_offload_gb=64, offload_threshold=1.0)
     a = simulate(pol, w, A100_40_8B, check=True, client_lag=False)
     _sync_tier_engine(monkeypatch)
     s = simulate(pol, w, A100_40_8B, check=True, client_lag=False)
