@@ -63,9 +63,11 @@ class Policy:
     """Reuse KV blocks of identical prompt prefixes (hash of block contents), LRU eviction."""
     cpu_offload_gb: float = 0.0
     """CPU KV tier per instance, GiB (0 = none): evicted prefix-cache entries are kept and loaded
-    back; preemption victims page out to it instead of recomputing (whatever preemption_mode),
-    except under vLLM V1 (unless preemption_mode is swap), which recomputes them and loads back from
-    the tier what the GPU evicted."""
+    back; preemption victims page out to it instead of recomputing (whatever preemption_mode).
+    Under vLLM V1 (its offloading connector, ``--kv-offloading-size``) every computed block is
+    written through to it instead, so a tier smaller than the GPU's prefix cache mostly copies it;
+    victims recompute (unless preemption_mode is swap) and load back from the tier what the GPU
+    evicted and the tier still holds."""
     ssd_offload_gb: float = 0.0
     """SSD KV tier per instance, GiB (0 = none); needs a CPU tier."""
     offload_threshold: float = 0.9

@@ -147,25 +147,30 @@ class Simulation(Arrivals):
         self.mem = BlockManager(total, bs, self.pbt)
         self.reserve = policy.preemption == "request" or policy.batching == "static"
         # lower KV tiers (tiers.py): swap_space for preemption_mode=swap, or the CPU/SSD offload tiers
+        # the CPU tier is vLLM V1's offloading connector (EnginePreset.kv_tier_async), whatever the
+        # batching: stores written through as blocks are computed (tiers.py), no swap (victims
+        # recompute), no paging threshold (the GPU prefix cache keeps its own LRU)
+        self.connector = policy.cpu_offload_gb > 0 and engine.kv_tier_async
         self.tiers = tiers = make_tiers(
             cpu_offload_gb=policy.cpu_offload_gb, ssd_offload_gb=policy.ssd_offload_gb,
             swap=policy.preemption_mode == "swap" and not self.reserve, tp=tp,
-            block_bytes_gpu=bs * cm.kv_bytes_per_token, pcie_bytes_s=gpu.pcie_bytes_s, entry_blocks=self.mem.entry_blocks)
+            block_bytes_gpu=bs * cm.kv_bytes_per_token, pcie_bytes_s=gpu.pcie_bytes_s, entry_blocks=self.mem.entry_blocks,
+            write_through=self.connector)
+        self.wt = tiers if tiers is not None and tiers.write_through else None  # (write-through stores)
         self.keep_victim_kv = self.pbt > 0 and not self.reserve  # else a recompute victim's KV is dropped
         self.tier_hits = tiers is not None and tiers.caching  # hit runs continue into the tiers
-        # such loads run beside the batch (vLLM V1: token-budget steps only)
+        # the connector's loads run beside the batch (token-budget steps only, with tier prefix entries)
         self.async_loads = self.tier_hits and engine.kv_tier_async and policy.batching in ("chunked", "decode_maximal")
         # paging threshold: above it cold prefix entries move down; paged-out sequences come back
-        # only while GPU KV use stays below it (hysteresis: no page-in/page-out ping-pong). vLLM V1's
-        # offloading connector has none: the GPU prefix cache keeps its own LRU (threshold 1)
-        thr = policy.offload_threshold if policy.cpu_offload_gb > 0 and not self.async_loads else 1.0
+        # only while GPU KV use stays below it (hysteresis: no page-in/page-out ping-pong)
+        thr = policy.offload_threshold if policy.cpu_offload_gb > 0 and not self.connector else 1.0
         self.page_above = int(thr * total) if self.tier_hits else total  # blocks
         self.headroom = total - int(thr * total)  # free blocks a page-in leaves (0 at threshold 1)
-        # victims' KV moves down a tier instead of being dropped; not with the asynchronous loads of
-        # vLLM V1's offloading connector unless swap is asked for (V1 preempts by recompute, and the
-        # victim's blocks come back as prefix hits, from the GPU cache or the connector's CPU copy)
+        # victims' KV moves down a tier instead of being dropped; not through vLLM V1's connector
+        # unless swap is asked for (V1 preempts by recompute; the victim's blocks come back as
+        # prefix hits, from the GPU cache or the connector's CPU copy)
         self.page_victims = tiers is not None and not self.reserve and (
-            not self.async_loads or policy.preemption_mode == "swap")
+            not self.connector or policy.preemption_mode == "swap")
         self.idle_step_s = engine.iteration_overhead_s  # an engine step with nothing to compute, s
         # the next step is planned when this one starts; not with n-gram or draft-model speculation,
         # which turn vLLM's async scheduling off (only EAGLE-style and GPU n-gram drafts keep it) and
@@ -173,7 +178,7 @@ class Simulation(Arrivals):
         self.ahead = engine.schedule_ahead and policy.speculation == "off"
         self.cache_at_schedule = engine.prefix_cache_at_schedule and self.pbt > 0
         self.t_vis = 0.0  # arrivals up to this time are visible to the scheduler now, s
-        if self.tier_hits:
+        if self.tier_hits and self.wt is None:  # (written through: what the GPU evicts is there, or LRU-dropped)
             self.mem.demote = self._demote
         self.c_tier_hit = self.c_paged = 0  # prefix tokens loaded from a tier; preemptions paged out
         self._tier_busy = 0.0  # tiers.busy_s at the last step check
@@ -287,6 +292,8 @@ class Simulation(Arrivals):
         self._served[rid] = 1
         if req.ids:
             self.mem.release(req.ids)
+            if self.wt is not None:  # (its blocks were refreshed with its last store: most recent as it leaves)
+                self.wt.touch(req.ids)
         if self.lora is not None:
             self.lora.release(req.adapter)
         self.finish[rid] = t
@@ -399,7 +406,10 @@ class Simulation(Arrivals):
                 self._itl(dt, r, t)
             else:  # (the common case, inline: the hot loop)
                 self.itl.add(dt, r)
-            self.mem.take(pool.advance(m))
+            d = pool.advance(m)
+            self.mem.take(d)
+            if self.wt is not None:
+                self.wt.write_anon(d)
         for req, c in chunks:
             req.computed += c
             if req.ids:  # the entries this chunk completed (all engines; vLLM V1 had them at scheduling)
@@ -510,6 +520,8 @@ class Simulation(Arrivals):
                 mem.free -= d
             else:
                 mem.take(d)
+            if self.wt is not None:
+                self.wt.write_anon(d)
         else:
             pool.g = g + n
         csum = n * ctx + r * n * (n - 1) * 0.5

@@ -15,9 +15,12 @@ caching they are dropped. A step that preempted admits no waiting request (vLLM 
 rejoins from the next step at the earliest; ``no_admit``). With one (the
 ``preemption_mode=swap`` swap space, or the CPU/SSD offload tiers) its KV is paged out (CPU, else
 SSD; transfer time added to the next iteration) and paged back in, before new requests are
-admitted, once the GPU has room below the paging threshold; not with asynchronous tier loads
-(vLLM V1's offloading connector: V1 always recomputes a victim, whose blocks the GPU evicted come
-back from the CPU tier as prefix hits). With prefix caching and offload
+admitted, once the GPU has room below the paging threshold; not through vLLM V1's offloading
+connector (``connector``): V1 always recomputes a victim, whose blocks the GPU evicted come back
+from the CPU tier as prefix hits while the tier holds them. That tier is written through
+(``wt``, tiers.py): an admitted request stores the entries it hits or computes and refreshes them,
+its private blocks pass through as anonymous runs as they are allocated, and a request leaving
+(finished or preempted) refreshes its entries. With prefix caching and offload
 tiers, an admission's prefix hit run continues through entries held in a tier: they are loaded
 (transfer time) instead of recomputed. With the engine's asynchronous tier loads
 (``EnginePreset.kv_tier_async``, vLLM V1) the batch does not wait for such a load: the admitted
@@ -60,6 +63,8 @@ class Scheduling:
     pool: DecodePool
     lora: AdapterSlots | None
     tiers: KVTiers | None
+    wt: KVTiers | None             # the tiers when they are written through (vLLM V1's connector), else None
+    connector: bool                # the CPU tier is vLLM V1's offloading connector
     waiting: Any                   # the waiting queue (queue.py / fairness.VTCQueue)
     prefilling: list[Req]
     swapped: deque[Req]
@@ -172,6 +177,10 @@ class Scheduling:
                 mem.mark_ready(load)
             if self.cache_at_schedule and not held:
                 self.publish(req, cached + c)
+            if self.wt is not None:  # stores its entries as it computes them, refreshes its hits
+                self.wt.write_entries(ids)
+        if self.wt is not None:
+            self.wt.write_anon(self._blocks_for(cached + c - req.shared))
         if self.pbt and not req.preemptions:  # hit rate of new requests (vLLM counts preempted ones apart)
             self.c_pq += req.prompt
             self.c_ph += cached
@@ -219,6 +228,8 @@ class Scheduling:
             mem.take(d)
             req.priv = new
             self.priv_explicit += d
+            if self.wt is not None:
+                self.wt.write_anon(d)
         return c
 
     def swap_in(self) -> None:
@@ -313,6 +324,10 @@ class Scheduling:
         tier = self.tiers.store_seq(kv) if self.page_victims and kv and self.pool.n else -1  # type: ignore[union-attr]
         if tier < 0 and self.keep_victim_kv:
             self._cache_victim(req, blocks)
+        if self.wt is not None and req.ids:
+            # refreshed each time the request stored a block (vLLM then touches all its blocks):
+            # most recent in the tier as it leaves
+            self.wt.touch(req.ids)
         if req.ids:
             mem.release(req.ids)
         if tier >= 0:
@@ -345,6 +360,8 @@ class Scheduling:
         own = tuple(range(base, base + n))
         mem.acquire(own)  # (out of the blocks just given back: evicts nothing)
         mem.mark_ready(own)
+        if self.wt is not None:  # (written through as they were computed: named here)
+            self.wt.write_entries(own)
         req.ids = req.ids + own
         req.shared += n * self.pbt
 

@@ -141,7 +141,7 @@ def build_result(sim, policy, notes: tuple[str, ...]):
         counters=counters)
     if sim.stopped:
         notes = (*notes, f"stopped at max_sim_time_s={sim.max_t:g}: {sim.stopped} unfinished requests marked failed")
-    if sim.async_loads and policy.offload_threshold not in (1.0, DEFAULT_THRESHOLD):  # a value the user set
+    if sim.connector and policy.offload_threshold not in (1.0, DEFAULT_THRESHOLD):  # a value the user set
         notes = (*notes, f"offload_threshold={policy.offload_threshold:g}: {sim.dep.engine}'s offloading connector has no "
                          "paging threshold (the GPU prefix cache keeps its LRU); ran with 1")
     source = getattr(cm, "source", "roofline")

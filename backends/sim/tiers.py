@@ -11,6 +11,15 @@ LMCache / vLLM KV-offloading-connector semantics, simplified. Two kinds of KV li
   continues into an entry held here loads it (bytes / bandwidth) instead of recomputing it.
   The tiers are a cache: a loaded entry keeps its copy here (LRU refreshed), so evicting the GPU
   copy again moves nothing.
+* **write-through** (``write_through``: vLLM V1's offloading connector): instead of taking what
+  the GPU evicts, the CPU tier stores every full block a request computes, as it is computed
+  (``OffloadingConnectorScheduler._get_reqs_to_store``: blocks already held are skipped), and
+  every lookup of a request refreshes all of its blocks held here, its first block most recent
+  (``manager.touch``). The tier is then an LRU over the blocks most recently computed or
+  referenced, largely a copy of what the GPU holds: it serves a hit only for a block the GPU has
+  evicted while its copy here is still among the tier's most recent. Blocks no prefix entry names
+  (a request's own prompt tail and its generated tokens) pass through it as anonymous runs
+  (``write_anon``): they are never hit, but they push older entries out.
 
 Placement: CPU first, then SSD. To make room in a tier its least recently used entries spill
 down (CPU → SSD: host-side, off the GPU's critical path) or are dropped (SSD); a sequence never
@@ -18,7 +27,8 @@ moves once placed and displaces entries, never other sequences.
 
 Timing (who waits for a move) is the engine's: ``EnginePreset.kv_tier_async`` (vLLM V1) loads
 entries beside the running batch while the request that needs them waits (``scheduler``), and
-stores evicted entries without a stall; otherwise a move's seconds go to the next iteration.
+writes stores through on their own stream without a stall; otherwise a move's seconds go to the
+next iteration.
 
 Units: blocks (the GPU pool's block size); bytes and bytes/s for the whole instance (the tp
 GPUs move their shards over their own PCIe links in parallel: CPU bandwidth = tp × PCIe). The
@@ -37,6 +47,9 @@ SSD_BYTES_S = 6.0e9
 """NVMe bandwidth per instance, bytes/s, both directions. A PCIe 4.0 x4 datacenter drive reads
 6.8-7 GB/s and writes 4-5.3 GB/s sequentially (Micron 7450 PRO, Samsung PM1733 datasheets);
 ~6 GB/s is LMCache's local-disk ballpark for large KV chunks."""
+ANON_KEYS = 1 << 100
+"""LRU keys of anonymous block runs (write-through stores of blocks no prefix entry names) start
+here: past every prefix entry id (workload ids are int64, preemption victims' ids start at 2**64)."""
 
 
 class Tier:
@@ -50,23 +63,28 @@ class Tier:
         self.bytes_s = bytes_s          # GPU <-> tier, bytes/s (instance)
         self.used = 0
         self.seq = 0
-        self.lru: OrderedDict[int, None] = OrderedDict()  # prefix entries, oldest first
+        # key -> blocks, oldest first: prefix entries (entry_blocks each) and anonymous runs
+        self.lru: OrderedDict[int, int] = OrderedDict()
         self.moved = 0                  # blocks moved to or from the GPU
 
 
 class KVTiers:
     """The lower tiers of one instance (see module doc). Mutators return GPU-side seconds."""
 
-    __slots__ = ("tiers", "block_bytes", "entry_blocks", "caching", "where", "busy_s", "spilled")
+    __slots__ = ("tiers", "block_bytes", "entry_blocks", "caching", "write_through", "where", "busy_s",
+                 "spilled", "_anon")
 
-    def __init__(self, tiers: list[Tier], block_bytes: float, entry_blocks: int, caching: bool) -> None:
+    def __init__(self, tiers: list[Tier], block_bytes: float, entry_blocks: int, caching: bool,
+                 write_through: bool = False) -> None:
         self.tiers = tiers
         self.block_bytes = block_bytes  # one KV block, all tp shards, bytes
         self.entry_blocks = entry_blocks
         self.caching = caching and entry_blocks > 0
+        self.write_through = write_through and self.caching  # (see module doc)
         self.where: dict[int, int] = {}  # prefix entry id -> tier index
         self.busy_s = 0.0               # GPU-side transfer time so far, s
         self.spilled = 0                # blocks spilled CPU -> SSD (host side)
+        self._anon = ANON_KEYS          # next anonymous run's key
 
     # -------------------------------------------------------------- queries
     def seconds(self, t: int, blocks: int) -> float:
@@ -116,8 +134,49 @@ class KVTiers:
         if t is not None:               # a copy is here already: refresh it, move nothing
             self.tiers[t].lru.move_to_end(i)
             return 0.0
-        t = self._place(i, 0)
+        t = self._place(i, self.entry_blocks, 0)
         return self.move_s(t, self.entry_blocks) if t >= 0 else 0.0
+
+    def write_entries(self, ids: tuple[int, ...]) -> None:
+        """Write-through: a request is scheduled with prefix entries ``ids`` (its hits and the
+        entries it computes). Its lookup refreshes those held here, the first most recent
+        (``touch``); those not held are stored (host-side seconds, no GPU stall), after which all
+        are refreshed again (vLLM touches a request's blocks after storing new ones)."""
+        where, eb = self.where, self.entry_blocks
+        self.touch(ids)
+        stored = False
+        for i in ids:
+            if i not in where:
+                t = self._place(i, eb, 0)
+                if t >= 0:
+                    self.move_s(t, eb)
+                    stored = True
+        if stored:
+            self.touch(ids)
+
+    def touch(self, ids: tuple[int, ...]) -> None:
+        """Refresh the entries of ``ids`` held here, the first most recent; store nothing."""
+        where, tiers = self.where, self.tiers
+        for i in reversed(ids):
+            t = where.get(i)
+            if t is not None:
+                tiers[t].lru.move_to_end(i)
+
+    def write_anon(self, blocks: int) -> None:
+        """Write-through of ``blocks`` full blocks no prefix entry names: an anonymous run at the
+        CPU tier's most recent end (merged with the run there, if any)."""
+        if blocks <= 0 or not self._room(0, blocks):
+            return
+        tier = self.tiers[0]
+        lru = tier.lru
+        last = next(reversed(lru), -1) if lru else -1
+        if last >= ANON_KEYS:
+            lru[last] += blocks
+        else:
+            lru[self._anon] = blocks
+            self._anon += 1
+        tier.used += blocks
+        self.move_s(0, blocks)
 
     def load_entry(self, i: int) -> float:
         """A request hits entry ``i`` here: its KV is copied to the GPU (the copy stays)."""
@@ -125,30 +184,42 @@ class KVTiers:
         self.tiers[t].lru.move_to_end(i)
         return self.move_s(t, self.entry_blocks)
 
-    def _place(self, i: int, t0: int) -> int:
-        eb = self.entry_blocks
+    def _place(self, i: int, blocks: int, t0: int) -> int:
+        """Put item ``i`` (a prefix entry, or an anonymous run of ``blocks``) in the first tier
+        from ``t0`` that can make room; its index, or -1."""
         for k in range(t0, len(self.tiers)):
-            if self._room(k, eb):
+            if self._room(k, blocks):
                 tier = self.tiers[k]
-                tier.used += eb
-                tier.lru[i] = None
-                self.where[i] = k
+                tier.used += blocks
+                tier.lru[i] = blocks
+                if i < ANON_KEYS:
+                    self.where[i] = k
                 return k
         return -1
 
     def _room(self, t: int, need: int) -> bool:
-        """Free ``need`` blocks in tier ``t`` by spilling its oldest entries down (or dropping
-        them from the last tier); False (nothing changed) when even that cannot."""
+        """Free ``need`` blocks in tier ``t`` by spilling its oldest items down (or dropping them
+        from the last tier; an anonymous run only as far as needed); False (nothing changed) when
+        even that cannot."""
         tier = self.tiers[t]
         if tier.capacity - tier.seq < need:
             return False
-        eb, lru = self.entry_blocks, tier.lru
+        lru = tier.lru
         while tier.capacity - tier.used < need:
-            i, _ = lru.popitem(last=False)
-            tier.used -= eb
-            del self.where[i]
-            if t + 1 < len(self.tiers) and self._place(i, t + 1) >= 0:
-                self.spilled += eb
+            i, b = lru.popitem(last=False)
+            short = need - (tier.capacity - tier.used)
+            if i >= ANON_KEYS and b > short:  # keep the run's newer part
+                lru[i] = b - short
+                lru.move_to_end(i, last=False)
+                b = short
+            tier.used -= b
+            if i < ANON_KEYS:
+                del self.where[i]
+            elif t + 1 < len(self.tiers):
+                i = self._anon
+                self._anon += 1
+            if t + 1 < len(self.tiers) and self._place(i, b, t + 1) >= 0:
+                self.spilled += b
         return True
 
     # -------------------------------------------------------------- checks
@@ -159,25 +230,33 @@ class KVTiers:
     def check(self, seq_blocks: list[int]) -> None:
         """Full recount; ``seq_blocks[k]``: blocks the engine's paged-out sequences hold in tier k."""
         eb = self.entry_blocks
+        named = 0
         for k, t in enumerate(self.tiers):
-            if t.used != t.seq + eb * len(t.lru) or not 0 <= t.used <= t.capacity:
-                raise AssertionError(f"{t.name} tier: used {t.used} != {t.seq} sequence + {eb} × {len(t.lru)} "
-                                     f"entry blocks, or outside 0..{t.capacity}")
+            items = sum(t.lru.values())
+            if t.used != t.seq + items or not 0 <= t.used <= t.capacity:
+                raise AssertionError(f"{t.name} tier: used {t.used} != {t.seq} sequence + {items} entry and "
+                                     f"anonymous blocks, or outside 0..{t.capacity}")
             if t.seq != seq_blocks[k]:
                 raise AssertionError(f"{t.name} tier holds {t.seq} sequence blocks, paged-out requests {seq_blocks[k]}")
-            if any(self.where.get(i) != k for i in t.lru):
-                raise AssertionError(f"{t.name} tier: entry locations disagree")
-        if len(self.where) != sum(len(t.lru) for t in self.tiers):
+            for i, b in t.lru.items():
+                if i < ANON_KEYS:
+                    named += 1
+                    if self.where.get(i) != k or b != eb:
+                        raise AssertionError(f"{t.name} tier: entry {i} misplaced or of {b} != {eb} blocks")
+                elif b <= 0 or not self.write_through:
+                    raise AssertionError(f"{t.name} tier: anonymous run of {b} blocks (write-through {self.write_through})")
+        if len(self.where) != named:
             raise AssertionError("tier entry index disagrees with the tiers' entries")
 
 
 def make_tiers(*, cpu_offload_gb: float, ssd_offload_gb: float, swap: bool, tp: int, block_bytes_gpu: float,
-               pcie_bytes_s: float, entry_blocks: int) -> KVTiers | None:
+               pcie_bytes_s: float, entry_blocks: int, write_through: bool = False) -> KVTiers | None:
     """The tiers of one instance, or None (no CPU tier: victims recompute, entries are dropped).
     ``cpu_offload_gb`` > 0: a CPU tier of that size (GiB per instance) that also caches prefix
     entries, plus the SSD tier when ``ssd_offload_gb`` > 0. Otherwise ``swap``: a CPU tier of
     ``SWAP_SPACE_BYTES`` per GPU for paged-out sequences only. ``block_bytes_gpu``: one GPU's
-    shard of a KV block, bytes."""
+    shard of a KV block, bytes. ``write_through``: the CPU tier stores blocks as they are computed
+    (vLLM V1's offloading connector), not as the GPU evicts them."""
     if cpu_offload_gb > 0:
         cpu_blocks = int(cpu_offload_gb * GIB // (block_bytes_gpu * tp))
     elif swap:
@@ -187,4 +266,5 @@ def make_tiers(*, cpu_offload_gb: float, ssd_offload_gb: float, swap: bool, tp: 
     tiers = [Tier("cpu", cpu_blocks, pcie_bytes_s * tp)]
     if cpu_offload_gb > 0 and ssd_offload_gb > 0:
         tiers.append(Tier("ssd", int(ssd_offload_gb * GIB // (block_bytes_gpu * tp)), SSD_BYTES_S))
-    return KVTiers(tiers, block_bytes_gpu * tp, entry_blocks, caching=cpu_offload_gb > 0)
+    return KVTiers(tiers, block_bytes_gpu * tp, entry_blocks, caching=cpu_offload_gb > 0,
+                   write_through=write_through and cpu_offload_gb > 0)

@@ -12,7 +12,7 @@ from backends.base import Deployment
 from backends.sim import effective_policy
 from backends.sim.catalog import get_gpu
 from backends.sim.engine import Simulation
-from backends.sim.tiers import SSD_BYTES_S
+from backends.sim.tiers import GIB, SSD_BYTES_S, make_tiers
 from tuner.policy import Policy
 from tuner.space import parse_range, sample
 from tuner.study_spec import load_study
@@ -51,9 +51,10 @@ def _recomputes(res) -> float:
 def test_cpu_tier_pages_victims_out_instead_of_recomputing():
     # without prefix caching a recompute victim's KV is dropped (with it, its blocks stay cached:
     # test_primitives_preemption.py)
+    # (an engine with swap: vLLM V1 recomputes, test_vllm_v1_victims_recompute_...)
     w = long_workload()
-    res0, off = run(w, A100_40_8B, gpu_memory_utilization=MEM, prefix_caching=False)
-    res1, on = run(w, A100_40_8B, gpu_memory_utilization=MEM, cpu_offload_gb=32, prefix_caching=False)
+    res0, off = run(w, A100_40_8B_V0, gpu_memory_utilization=MEM, prefix_caching=False)
+    res1, on = run(w, A100_40_8B_V0, gpu_memory_utilization=MEM, cpu_offload_gb=32, prefix_caching=False)
     assert _recomputes(res0) > 50
     assert _recomputes(res1) == 0 and res1.telemetry.counters["paged_out_preemptions"] > 0
     # paged back in instead of recomputed: less prefill work, sooner first tokens
@@ -80,6 +81,11 @@ def test_vllm_v1_victims_recompute_and_reload_their_blocks_from_the_tier():
     assert on.throughput_tok_s >= off.throughput_tok_s and on.n_completed == w.n
     res_v0, _ = run(w, A100_40_8B_V0, gpu_memory_utilization=MEM, cpu_offload_gb=32)
     assert res_v0.telemetry.counters["paged_out_preemptions"] > 0
+    # the engine decides, not the batching or the cache: V1 without prefix caching, or under the
+    # simulator's continuous batching, still recomputes its victims (nothing to reload then)
+    for kw in ({"prefix_caching": False}, {"batching": "continuous"}):
+        r, _ = run(w, A100_40_8B, gpu_memory_utilization=MEM, cpu_offload_gb=32, **kw)
+        assert r.telemetry.counters["preemptions"] > 0 and r.telemetry.counters["paged_out_preemptions"] == 0, kw
     # a policy that asks for swap still pages out (servetune export refuses it for vLLM V1)
     res_swap, _ = run(w, A100_40_8B, gpu_memory_utilization=MEM, cpu_offload_gb=32, preemption_mode="swap")
     assert res_swap.telemetry.counters["paged_out_preemptions"] > 0
@@ -160,9 +166,10 @@ def test_small_tiers_spill_and_drop_with_invariants_checked():
 
 def test_swap_is_a_cpu_tier_of_swap_space():
     w = long_workload()
-    # without prefix caching (with it, the CPU tier also keeps cache entries evicted from the GPU)
-    res_swap, _ = run(w, A100_40_8B, gpu_memory_utilization=MEM, preemption_mode="swap", prefix_caching=False)
-    res_tier, _ = run(w, A100_40_8B, gpu_memory_utilization=MEM, cpu_offload_gb=4.0, offload_threshold=1.0,
+    # without prefix caching (with it, the CPU tier also keeps cache entries evicted from the GPU), on
+    # an engine whose tier pages victims out (vLLM V1's connector recomputes them)
+    res_swap, _ = run(w, A100_40_8B_V0, gpu_memory_utilization=MEM, preemption_mode="swap", prefix_caching=False)
+    res_tier, _ = run(w, A100_40_8B_V0, gpu_memory_utilization=MEM, cpu_offload_gb=4.0, offload_threshold=1.0,
                       prefix_caching=False)
     assert _same(res_swap, res_tier)                  # 4 GiB per GPU, tp=1, no prefix entries to keep
     assert res_swap.telemetry.offload_bytes == res_tier.telemetry.offload_bytes > 0
@@ -259,3 +266,48 @@ def test_a_paged_out_request_comes_back_when_the_last_running_one_leaves_in_the_
     rec = res.records
     assert res.telemetry.counters["paged_out_preemptions"] > 0
     assert (np.isfinite(rec.finish_s) | rec.failed).all() and rec.failed.sum() < 0.1 * len(rec)
+
+
+def test_written_through_tier_books():
+    """The write-through CPU tier (vLLM V1's connector): entries stored once and refreshed by every
+    lookup, first block most recent; anonymous runs merge, are dropped only as far as needed, and
+    push entries out like any other blocks; a run larger than the tier is not stored."""
+    tiers = make_tiers(cpu_offload_gb=10 / 1024, ssd_offload_gb=0.0, swap=False, tp=1, block_bytes_gpu=GIB / 1024,
+                       pcie_bytes_s=1e9, entry_blocks=2, write_through=True)
+    cpu = tiers.tiers[0]
+    assert tiers.write_through and cpu.capacity == 10
+    tiers.write_entries((1, 2))
+    tiers.write_anon(3)
+    tiers.write_anon(2)                      # merges with the run just written
+    assert list(cpu.lru.values()) == [2, 2, 5] and cpu.used == 9 and cpu.moved == 9
+    tiers.write_entries((1, 2, 3))           # lookup touches 1, 2 (saving 1 from eviction), stores 3
+    assert list(cpu.lru.values()) == [4, 2, 2, 2] and list(cpu.lru)[1:] == [3, 2, 1] and cpu.moved == 11
+    tiers.write_anon(6)                      # the rest of the old run, then entry 3, go
+    assert list(cpu.lru)[:2] == [2, 1] and list(cpu.lru.values()) == [2, 2, 6] and set(tiers.where) == {1, 2}
+    tiers.write_anon(11)                     # larger than the tier: not stored
+    assert cpu.used == 10 and cpu.moved == 17
+    tiers.check([0])
+
+
+def test_vllm_v1_tier_is_written_through():
+    """vLLM V1's offloading connector stores every block as it is computed, and its lookups refresh
+    the blocks they find: a CPU tier smaller than the GPU's prefix cache holds the most recent
+    blocks, which the GPU holds too, so it serves (almost) no hits, while a tier filled by what the
+    GPU evicts (vLLM V0 here) adds its size to the cache. A tier larger than the working set serves
+    both alike. Every computed block crosses PCIe (offload bytes)."""
+    w = shared_prefix_workload()                       # GPU cache ~31k tokens: ~3.9 GiB
+    none, s0 = run(w, A100_40_8B, gpu_memory_utilization=MEM)
+    v1, s1 = run(w, A100_40_8B, gpu_memory_utilization=MEM, cpu_offload_gb=2, check=True)
+    v0, s0v = run(w, A100_40_8B_V0, gpu_memory_utilization=MEM, cpu_offload_gb=2, offload_threshold=1.0,
+                  prefix_caching=True, batching="chunked", check=True)
+    q = v1.telemetry.counters["prefix_query_tokens"]
+    assert v1.telemetry.counters["offload_hit_tokens"] < 0.01 * q and abs(s1.prefix_hit_rate - s0.prefix_hit_rate) < 0.01
+    assert v0.telemetry.counters["offload_hit_tokens"] > 0.05 * q and s0v.prefix_hit_rate > s1.prefix_hit_rate + 0.04
+    c = v1.telemetry.counters
+    computed = c["prefill_tokens"] + w.output_len.sum()
+    # (plus GPU hits whose copy the tier had dropped: stored again, as vLLM does)
+    assert 0.9 * computed * KV_BYTES_8B < v1.telemetry.offload_bytes <= (computed + q) * KV_BYTES_8B
+    big1, b1 = run(w, A100_40_8B, gpu_memory_utilization=MEM, cpu_offload_gb=64)
+    big0, b0 = run(w, A100_40_8B_V0, gpu_memory_utilization=MEM, cpu_offload_gb=64, offload_threshold=1.0,
+                   prefix_caching=True, batching="chunked")
+    assert b1.prefix_hit_rate > 0.8 and abs(b1.prefix_hit_rate - b0.prefix_hit_rate) < 0.02
