@@ -267,7 +267,9 @@ def policy_for(run: TrainvalRun):
     eviction and serves evicted blocks from the CPU copy. A run with ``dp`` > 1 gets ``dp``
     replicas with least-loaded routing (vLLM's API server sends each request to the engine with
     the fewest waiting and running requests). For an MoE model vLLM also shards the experts over
-    all dp × tp GPUs and steps the replicas together; that coupling is not modelled."""
+    all dp × tp GPUs and steps the replicas together: the cluster shares the expert layers
+    (``cluster.expert_sharing_ranks``) and each rank waits out the others' prefill steps in mean
+    field (``Simulation._lockstep_wait``), not step by step."""
     from tuner.policy import Policy
 
     off = {"cpu_offload_gb": run.cpu_offload_gb, "offload_threshold": 1.0} if run.cpu_offload_gb else {}
