@@ -64,16 +64,16 @@ class Policy:
     cpu_offload_gb: float = 0.0
     """CPU KV tier per instance, GiB (0 = none): evicted prefix-cache entries are kept and loaded
     back; preemption victims page out to it instead of recomputing (whatever preemption_mode).
-    Under vLLM V1 (its offloading connector, ``--kv-offloading-size``) every computed block is
-    written through to it instead, so a tier smaller than the GPU's prefix cache mostly copies it;
-    victims recompute (unless preemption_mode is swap) and load back from the tier what the GPU
-    evicted and the tier still holds."""
+    Under vLLM V1 (its offloading connector, ``--kv-offloading-size``) and SGLang (HiCache) every
+    computed block is written through to it instead, so a tier smaller than the GPU's prefix cache
+    mostly copies it; vLLM V1's victims recompute (unless preemption_mode is swap) and load back
+    from the tier what the GPU evicted and the tier still holds."""
     ssd_offload_gb: float = 0.0
     """SSD KV tier per instance, GiB (0 = none); needs a CPU tier."""
     offload_threshold: float = 0.9
     """Paging threshold, fraction of GPU KV blocks: above it cold prefix-cache entries move down a
-    tier; paged-out sequences come back only while use stays below it (0.1..1). vLLM V1 has none
-    (its offloading connector leaves the GPU prefix cache's LRU alone): there it is 1."""
+    tier; paged-out sequences come back only while use stays below it (0.1..1). A tier written
+    through (vLLM V1, SGLang) has none (the GPU prefix cache keeps its own LRU): there it is 1."""
 
     # ---- queue manager and admission -------------------------------------
     queue: QueueOrder = "fcfs"

@@ -148,22 +148,22 @@ class Simulation(Arrivals):
         self.reserve = policy.preemption == "request" or policy.batching == "static"
         # lower KV tiers (tiers.py): swap_space for preemption_mode=swap, or the CPU/SSD offload tiers
         # the CPU tier is vLLM V1's offloading connector (EnginePreset.kv_tier_async), whatever the
-        # batching: stores written through as blocks are computed (tiers.py), no swap (victims
-        # recompute), no paging threshold (the GPU prefix cache keeps its own LRU)
+        # batching: no swap (victims recompute)
         self.connector = policy.cpu_offload_gb > 0 and engine.kv_tier_async
         self.tiers = tiers = make_tiers(
             cpu_offload_gb=policy.cpu_offload_gb, ssd_offload_gb=policy.ssd_offload_gb,
             swap=policy.preemption_mode == "swap" and not self.reserve, tp=tp,
             block_bytes_gpu=bs * cm.kv_bytes_per_token, pcie_bytes_s=gpu.pcie_bytes_s, entry_blocks=self.mem.entry_blocks,
-            write_through=self.connector)
+            write_through=engine.kv_tier_write_through)
         self.wt = tiers if tiers is not None and tiers.write_through else None  # (write-through stores)
         self.keep_victim_kv = self.pbt > 0 and not self.reserve  # else a recompute victim's KV is dropped
         self.tier_hits = tiers is not None and tiers.caching  # hit runs continue into the tiers
         # the connector's loads run beside the batch (token-budget steps only, with tier prefix entries)
         self.async_loads = self.tier_hits and engine.kv_tier_async and policy.batching in ("chunked", "decode_maximal")
         # paging threshold: above it cold prefix entries move down; paged-out sequences come back
-        # only while GPU KV use stays below it (hysteresis: no page-in/page-out ping-pong)
-        thr = policy.offload_threshold if policy.cpu_offload_gb > 0 and not self.connector else 1.0
+        # only while GPU KV use stays below it (hysteresis: no page-in/page-out ping-pong). A tier
+        # written through has none: the GPU prefix cache keeps its own LRU
+        thr = policy.offload_threshold if policy.cpu_offload_gb > 0 and self.wt is None else 1.0
         self.page_above = int(thr * total) if self.tier_hits else total  # blocks
         self.headroom = total - int(thr * total)  # free blocks a page-in leaves (0 at threshold 1)
         # victims' KV moves down a tier instead of being dropped; not through vLLM V1's connector

@@ -51,6 +51,13 @@ class EnginePreset:
     processed and, with async scheduling (the next step is already planned), computes in the step
     after that: at least two steps after the one that issued the load. Stores are write-through
     on their own stream, off the critical path."""
+    kv_tier_write_through: bool = False
+    """How the CPU KV tier is filled. True: every block is stored as it is computed and lookups
+    refresh the blocks they find (vLLM V1's offloading connector; SGLang's HiCache under its
+    default ``--hicache-write-policy write_through``, which backs a radix node up when it is
+    inserted): the tier is an LRU over recent blocks, largely a copy of the GPU cache, and it has
+    no paging threshold. False: it takes what the GPU evicts (LMCache-style, TensorRT-LLM's
+    secondary offload), adding its size to the cache (``tiers.py``)."""
     schedule_ahead: bool = False
     """The engine plans step k+1 while step k runs (vLLM V1's async scheduling, on by default
     since v0.11 for the ``mp`` / ``uni`` executors; SGLang's overlap scheduler): step k+1's batch
@@ -103,7 +110,8 @@ ENGINES: dict[str, EnginePreset] = {
         EnginePreset(
             "vllm-v1", iteration_overhead_s=0.6e-3, per_seq_overhead_s=30e-6, batching="chunked",
             chunked_prefill=True, prefix_caching=True, max_num_batched_tokens=2048, max_num_seqs=256,
-            eager_launch_overhead_s=0.5e-3, client_lag_steps=0.65, kv_tier_async=True, schedule_ahead=True, large_gpu_batch=(8192, 1024),
+            eager_launch_overhead_s=0.5e-3, client_lag_steps=0.65, kv_tier_async=True, kv_tier_write_through=True,
+            schedule_ahead=True, large_gpu_batch=(8192, 1024),
             prefix_cache_at_schedule=True, dp_shares_experts=True,
             description="vLLM >= 0.8 (V1): chunked prefill + prefix caching on, token budget per step"),
         EnginePreset(
@@ -114,7 +122,7 @@ ENGINES: dict[str, EnginePreset] = {
         EnginePreset(
             "sglang", iteration_overhead_s=0.5e-3, per_seq_overhead_s=20e-6, batching="chunked",
             chunked_prefill=True, prefix_caching=True, max_num_batched_tokens=8192, max_num_seqs=1024,
-            block_size=1, eager_launch_overhead_s=0.5e-3, schedule_ahead=True,
+            block_size=1, eager_launch_overhead_s=0.5e-3, schedule_ahead=True, kv_tier_write_through=True,
             description="SGLang: RadixAttention prefix cache, chunked prefill, overlapped scheduler"),
         EnginePreset(
             "tensorrt-llm", iteration_overhead_s=0.3e-3, per_seq_overhead_s=10e-6, batching="chunked",

@@ -11,7 +11,8 @@ LMCache / vLLM KV-offloading-connector semantics, simplified. Two kinds of KV li
   continues into an entry held here loads it (bytes / bandwidth) instead of recomputing it.
   The tiers are a cache: a loaded entry keeps its copy here (LRU refreshed), so evicting the GPU
   copy again moves nothing.
-* **write-through** (``write_through``: vLLM V1's offloading connector): instead of taking what
+* **write-through** (``write_through``: vLLM V1's offloading connector, SGLang's HiCache under
+  its default write policy; ``EnginePreset.kv_tier_write_through``): instead of taking what
   the GPU evicts, the CPU tier stores every full block a request computes, as it is computed
   (``OffloadingConnectorScheduler._get_reqs_to_store``: blocks already held are skipped), and
   every lookup of a request refreshes all of its blocks held here, its first block most recent
@@ -256,7 +257,7 @@ def make_tiers(*, cpu_offload_gb: float, ssd_offload_gb: float, swap: bool, tp: 
     entries, plus the SSD tier when ``ssd_offload_gb`` > 0. Otherwise ``swap``: a CPU tier of
     ``SWAP_SPACE_BYTES`` per GPU for paged-out sequences only. ``block_bytes_gpu``: one GPU's
     shard of a KV block, bytes. ``write_through``: the CPU tier stores blocks as they are computed
-    (vLLM V1's offloading connector), not as the GPU evicts them."""
+    (``EnginePreset.kv_tier_write_through``), not as the GPU evicts them."""
     if cpu_offload_gb > 0:
         cpu_blocks = int(cpu_offload_gb * GIB // (block_bytes_gpu * tp))
     elif swap:

@@ -311,3 +311,18 @@ def test_vllm_v1_tier_is_written_through():
     big0, b0 = run(w, A100_40_8B_V0, gpu_memory_utilization=MEM, cpu_offload_gb=64, offload_threshold=1.0,
                    prefix_caching=True, batching="chunked")
     assert b1.prefix_hit_rate > 0.8 and abs(b1.prefix_hit_rate - b0.prefix_hit_rate) < 0.02
+
+
+@pytest.mark.parametrize("engine, through", [("sglang", True), ("tensorrt-llm", False)])
+def test_engines_fill_their_tier_their_way(engine, through):
+    """SGLang's HiCache backs radix nodes up as they are inserted (its default write policy,
+    write_through): a 2 GiB host pool smaller than the GPU cache serves (almost) no hit, and it has
+    no paging threshold. TensorRT-LLM offloads the blocks the GPU evicts: the same pool serves hits."""
+    w = shared_prefix_workload()
+    dep = Deployment("llama-3.1-8b", "a100-40gb", engine=engine)
+    res, _ = run(w, dep, gpu_memory_utilization=MEM, cpu_offload_gb=2, offload_threshold=1.0, check=True)
+    hits = res.telemetry.counters["offload_hit_tokens"] / res.telemetry.counters["prefix_query_tokens"]
+    assert (hits < 0.01) if through else (hits > 0.05)
+    res7, _ = run(w, dep, gpu_memory_utilization=MEM, cpu_offload_gb=2, offload_threshold=0.7)
+    assert _same(res, res7) == through
+    assert any("no paging threshold" in n for n in res7.notes) == through
