@@ -43,7 +43,7 @@ from backends.sim.queue import make_queue
 from backends.sim.request_state import DecodePool, Req
 from backends.sim.speculation import Speculator
 from backends.sim.telemetry import TelemetryRecorder
-from backends.sim.tiers import make_tiers
+from backends.sim.tiers import tier_rules
 from tuner.policy import Policy
 from workloads.adapters import adapter_rank, uses_adapters
 from workloads.workload import Workload
@@ -146,31 +146,17 @@ class Simulation(Arrivals):
             if policy.prefix_caching else 0
         self.mem = BlockManager(total, bs, self.pbt)
         self.reserve = policy.preemption == "request" or policy.batching == "static"
-        # lower KV tiers (tiers.py): swap_space for preemption_mode=swap, or the CPU/SSD offload tiers
-        # the CPU tier is vLLM V1's offloading connector (EnginePreset.kv_tier_async), whatever the
-        # batching: no swap (victims recompute)
-        self.connector = policy.cpu_offload_gb > 0 and engine.kv_tier_async
-        self.tiers = tiers = make_tiers(
-            cpu_offload_gb=policy.cpu_offload_gb, ssd_offload_gb=policy.ssd_offload_gb,
-            swap=policy.preemption_mode == "swap" and not self.reserve, tp=tp,
-            block_bytes_gpu=bs * cm.kv_bytes_per_token, pcie_bytes_s=gpu.pcie_bytes_s, entry_blocks=self.mem.entry_blocks,
-            write_through=engine.kv_tier_write_through)
+        # lower KV tiers and how this engine uses them (tiers.tier_rules)
+        rules = tier_rules(policy, engine, total_blocks=total, tp=tp, block_bytes_gpu=bs * cm.kv_bytes_per_token,
+                           pcie_bytes_s=gpu.pcie_bytes_s, entry_blocks=self.mem.entry_blocks, reserve=self.reserve)
+        self.tiers = tiers = rules.tiers
         self.wt = tiers if tiers is not None and tiers.write_through else None  # (write-through stores)
-        self.keep_victim_kv = self.pbt > 0 and not self.reserve  # else a recompute victim's KV is dropped
+        self.connector = rules.connector
         self.tier_hits = tiers is not None and tiers.caching  # hit runs continue into the tiers
-        # the connector's loads run beside the batch (token-budget steps only, with tier prefix entries)
-        self.async_loads = self.tier_hits and engine.kv_tier_async and policy.batching in ("chunked", "decode_maximal")
-        # paging threshold: above it cold prefix entries move down; paged-out sequences come back
-        # only while GPU KV use stays below it (hysteresis: no page-in/page-out ping-pong). A tier
-        # written through has none: the GPU prefix cache keeps its own LRU
-        thr = policy.offload_threshold if policy.cpu_offload_gb > 0 and self.wt is None else 1.0
-        self.page_above = int(thr * total) if self.tier_hits else total  # blocks
-        self.headroom = total - int(thr * total)  # free blocks a page-in leaves (0 at threshold 1)
-        # victims' KV moves down a tier instead of being dropped; not through vLLM V1's connector
-        # unless swap is asked for (V1 preempts by recompute; the victim's blocks come back as
-        # prefix hits, from the GPU cache or the connector's CPU copy)
-        self.page_victims = tiers is not None and not self.reserve and (
-            not self.connector or policy.preemption_mode == "swap")
+        self.async_loads = rules.async_loads
+        self.page_above, self.headroom = rules.page_above, rules.headroom
+        self.page_victims = rules.page_victims
+        self.keep_victim_kv = self.pbt > 0 and not self.reserve  # else a recompute victim's KV is dropped
         self.idle_step_s = engine.iteration_overhead_s  # an engine step with nothing to compute, s
         # the next step is planned when this one starts; not with n-gram or draft-model speculation,
         # which turn vLLM's async scheduling off (only EAGLE-style and GPU n-gram drafts keep it) and
@@ -886,6 +872,8 @@ class Simulation(Arrivals):
 
     def _finish_run(self) -> None:
         """Mark what never finished (time limit) and check that nothing was lost."""
+        if self.wt is not None:
+            self.wt.flush()  # (anonymous write-through blocks still pending)
         fin = np.isfinite(self.finish)
         if self.t >= self.max_t:
             lost = ~fin & ~self.rejected & ~self.failed

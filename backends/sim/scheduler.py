@@ -136,6 +136,7 @@ class Scheduling:
         if ids:
             h = mem.hits(ids)
             if self.tier_hits and h < len(ids):
+                self.tiers.flush()  # type: ignore[union-attr]
                 h, load = mem.hits_through(ids, h, self.tiers.where)  # type: ignore[union-attr]
             cached = min(h * self.pbt, (req.num_tokens - 1) // self.bs * self.bs)  # whole blocks; >= 1 token computed
         held = bool(load) and self.async_loads

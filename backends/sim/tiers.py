@@ -40,6 +40,12 @@ bound by the drive; its PCIe hop is pipelined under it).
 from __future__ import annotations
 
 from collections import OrderedDict
+from dataclasses import dataclass
+from typing import TYPE_CHECKING
+
+if TYPE_CHECKING:
+    from backends.sim.engines import EnginePreset
+    from tuner.policy import Policy
 
 GIB = 1 << 30
 SWAP_SPACE_BYTES = 4 * GIB
@@ -73,7 +79,7 @@ class KVTiers:
     """The lower tiers of one instance (see module doc). Mutators return GPU-side seconds."""
 
     __slots__ = ("tiers", "block_bytes", "entry_blocks", "caching", "write_through", "where", "busy_s",
-                 "spilled", "_anon")
+                 "spilled", "_anon", "_pending")
 
     def __init__(self, tiers: list[Tier], block_bytes: float, entry_blocks: int, caching: bool,
                  write_through: bool = False) -> None:
@@ -86,6 +92,7 @@ class KVTiers:
         self.busy_s = 0.0               # GPU-side transfer time so far, s
         self.spilled = 0                # blocks spilled CPU -> SSD (host side)
         self._anon = ANON_KEYS          # next anonymous run's key
+        self._pending = 0               # anonymous blocks written since the last LRU operation (flush)
 
     # -------------------------------------------------------------- queries
     def seconds(self, t: int, blocks: int) -> float:
@@ -111,6 +118,7 @@ class KVTiers:
     def store_seq(self, blocks: int) -> int:
         """Place a paged-out sequence's ``blocks`` in the first tier that can hold them (its
         entries make room); the tier index, or -1 (nowhere: the victim recomputes)."""
+        self.flush()
         for k in range(len(self.tiers)):
             if self._room(k, blocks):
                 tier = self.tiers[k]
@@ -131,6 +139,7 @@ class KVTiers:
 
     def store_entry(self, i: int) -> float:
         """The GPU drops prefix entry ``i`` (ready KV): keep it here if room can be made."""
+        self.flush()
         t = self.where.get(i)
         if t is not None:               # a copy is here already: refresh it, move nothing
             self.tiers[t].lru.move_to_end(i)
@@ -144,7 +153,7 @@ class KVTiers:
         (``touch``); those not held are stored (host-side seconds, no GPU stall), after which all
         are refreshed again (vLLM touches a request's blocks after storing new ones)."""
         where, eb = self.where, self.entry_blocks
-        self.touch(ids)
+        self.touch(ids)  # (flushes)
         stored = False
         for i in ids:
             if i not in where:
@@ -157,6 +166,7 @@ class KVTiers:
 
     def touch(self, ids: tuple[int, ...]) -> None:
         """Refresh the entries of ``ids`` held here, the first most recent; store nothing."""
+        self.flush()
         where, tiers = self.where, self.tiers
         for i in reversed(ids):
             t = where.get(i)
@@ -165,8 +175,19 @@ class KVTiers:
 
     def write_anon(self, blocks: int) -> None:
         """Write-through of ``blocks`` full blocks no prefix entry names: an anonymous run at the
-        CPU tier's most recent end (merged with the run there, if any)."""
-        if blocks <= 0 or not self._room(0, blocks):
+        CPU tier's most recent end (merged with the run there, if any). Placed lazily: consecutive
+        writes with no other tier operation between them form one run (``flush``)."""
+        self._pending += blocks
+
+    def flush(self) -> None:
+        """Place the anonymous blocks written since the last tier operation (every other operation,
+        and the engine at the end of a run, calls this first: the LRU order is the same as if each
+        write had been placed at once)."""
+        blocks = self._pending
+        if blocks <= 0:
+            return
+        self._pending = 0
+        if not self._room(0, blocks):
             return
         tier = self.tiers[0]
         lru = tier.lru
@@ -181,6 +202,7 @@ class KVTiers:
 
     def load_entry(self, i: int) -> float:
         """A request hits entry ``i`` here: its KV is copied to the GPU (the copy stays)."""
+        self.flush()
         t = self.where[i]
         self.tiers[t].lru.move_to_end(i)
         return self.move_s(t, self.entry_blocks)
@@ -230,6 +252,7 @@ class KVTiers:
 
     def check(self, seq_blocks: list[int]) -> None:
         """Full recount; ``seq_blocks[k]``: blocks the engine's paged-out sequences hold in tier k."""
+        self.flush()
         eb = self.entry_blocks
         named = 0
         for k, t in enumerate(self.tiers):
@@ -269,3 +292,50 @@ def make_tiers(*, cpu_offload_gb: float, ssd_offload_gb: float, swap: bool, tp: 
         tiers.append(Tier("ssd", int(ssd_offload_gb * GIB // (block_bytes_gpu * tp)), SSD_BYTES_S))
     return KVTiers(tiers, block_bytes_gpu * tp, entry_blocks, caching=cpu_offload_gb > 0,
                    write_through=write_through and cpu_offload_gb > 0)
+
+
+@dataclass(frozen=True, slots=True)
+class TierRules:
+    """How one engine uses its lower KV tiers under one policy (``tier_rules``). Units: blocks."""
+
+    tiers: KVTiers | None
+    connector: bool
+    """The CPU tier is vLLM V1's offloading connector (``EnginePreset.kv_tier_async``), whatever
+    the batching: V1 has no swap, its preemption victims recompute."""
+    async_loads: bool
+    """Prefix loads from a tier run beside the batch (the connector, token-budget steps only)."""
+    page_above: int
+    """GPU KV blocks in use above which cold prefix entries are paged out (the paging threshold)."""
+    headroom: int
+    """Free blocks a page-in leaves (0 at threshold 1)."""
+    page_victims: bool
+    """A preemption victim's KV moves down a tier instead of being recomputed."""
+
+
+def tier_rules(policy: Policy, engine: EnginePreset, *, total_blocks: int, tp: int, block_bytes_gpu: float,
+               pcie_bytes_s: float, entry_blocks: int, reserve: bool) -> TierRules:
+    """The tiers of one instance (``make_tiers``: swap space for ``preemption_mode=swap``, or the
+    CPU/SSD offload tiers) and the engine's rules for them:
+
+    * the paging threshold (``offload_threshold``): above it cold prefix entries move down, and
+      paged-out sequences come back only while GPU KV use stays below it (hysteresis against
+      page-in / page-out ping-pong); a tier written through has none (the GPU prefix cache keeps its
+      own LRU);
+    * victims page out instead of being recomputed, except through vLLM V1's connector unless swap
+      is asked for (V1 preempts by recompute; the victim's blocks come back as prefix hits, from the
+      GPU cache or the connector's CPU copy), and never under request-level reservation
+      (``reserve``: nothing is preempted)."""
+    tiers = make_tiers(cpu_offload_gb=policy.cpu_offload_gb, ssd_offload_gb=policy.ssd_offload_gb,
+                       swap=policy.preemption_mode == "swap" and not reserve, tp=tp, block_bytes_gpu=block_bytes_gpu,
+                       pcie_bytes_s=pcie_bytes_s, entry_blocks=entry_blocks,
+                       write_through=engine.kv_tier_write_through)
+    connector = policy.cpu_offload_gb > 0 and engine.kv_tier_async
+    caching = tiers is not None and tiers.caching
+    written_through = tiers is not None and tiers.write_through
+    thr = policy.offload_threshold if policy.cpu_offload_gb > 0 and not written_through else 1.0
+    return TierRules(
+        tiers=tiers, connector=connector,
+        async_loads=caching and engine.kv_tier_async and policy.batching in ("chunked", "decode_maximal"),
+        page_above=int(thr * total_blocks) if caching else total_blocks,
+        headroom=total_blocks - int(thr * total_blocks),
+        page_victims=tiers is not None and not reserve and (not connector or policy.preemption_mode == "swap"))

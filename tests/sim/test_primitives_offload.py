@@ -278,13 +278,17 @@ def test_written_through_tier_books():
     assert tiers.write_through and cpu.capacity == 10
     tiers.write_entries((1, 2))
     tiers.write_anon(3)
-    tiers.write_anon(2)                      # merges with the run just written
+    tiers.write_anon(2)                      # one run with the blocks just written
+    assert cpu.used == 4 and cpu.moved == 4  # (placed lazily: by the next tier operation)
+    tiers.flush()
     assert list(cpu.lru.values()) == [2, 2, 5] and cpu.used == 9 and cpu.moved == 9
     tiers.write_entries((1, 2, 3))           # lookup touches 1, 2 (saving 1 from eviction), stores 3
     assert list(cpu.lru.values()) == [4, 2, 2, 2] and list(cpu.lru)[1:] == [3, 2, 1] and cpu.moved == 11
     tiers.write_anon(6)                      # the rest of the old run, then entry 3, go
+    tiers.flush()
     assert list(cpu.lru)[:2] == [2, 1] and list(cpu.lru.values()) == [2, 2, 6] and set(tiers.where) == {1, 2}
     tiers.write_anon(11)                     # larger than the tier: not stored
+    tiers.flush()
     assert cpu.used == 10 and cpu.moved == 17
     tiers.check([0])
 
