@@ -29,7 +29,8 @@ moves once placed and displaces entries, never other sequences.
 Timing (who waits for a move) is the engine's: ``EnginePreset.kv_tier_async`` (vLLM V1) loads
 entries beside the running batch while the request that needs them waits (``scheduler``), and
 writes stores through on their own stream without a stall; otherwise a move's seconds go to the
-next iteration.
+next iteration. ``tier_rules`` gathers what an engine does with its tiers (paging threshold,
+victims paged out or recomputed, loads beside the batch).
 
 Units: blocks (the GPU pool's block size); bytes and bytes/s for the whole instance (the tp
 GPUs move their shards over their own PCIe links in parallel: CPU bandwidth = tp × PCIe). The
