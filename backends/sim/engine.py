@@ -151,12 +151,12 @@ class Simulation(Arrivals):
                            pcie_bytes_s=gpu.pcie_bytes_s, entry_blocks=self.mem.entry_blocks, reserve=self.reserve)
         self.tiers = tiers = rules.tiers
         self.wt = tiers if tiers is not None and tiers.write_through else None  # (write-through stores)
-        self.connector = rules.connector
         self.tier_hits = tiers is not None and tiers.caching  # hit runs continue into the tiers
         self.async_loads = rules.async_loads
         self.page_above, self.headroom = rules.page_above, rules.headroom
         self.page_victims = rules.page_victims
         self.keep_victim_kv = self.pbt > 0 and not self.reserve  # else a recompute victim's KV is dropped
+        self.victim_prompt_only = not engine.victim_keeps_output  # (SGLang: its decoded tokens are freed)
         self.idle_step_s = engine.iteration_overhead_s  # an engine step with nothing to compute, s
         # the next step is planned when this one starts; not with n-gram or draft-model speculation,
         # which turn vLLM's async scheduling off (only EAGLE-style and GPU n-gram drafts keep it) and

@@ -51,6 +51,16 @@ class EnginePreset:
     processed and, with async scheduling (the next step is already planned), computes in the step
     after that: at least two steps after the one that issued the load. Stores are write-through
     on their own stream, off the critical path."""
+    victims_to_tier: bool = True
+    """With a CPU KV tier, a preemption victim's KV pages out to it and comes back whole instead
+    of being recomputed (the simulator's KV paging; vLLM V0's swap; TensorRT-LLM: ASSUMED). False:
+    the engine has no swap and its victims recompute whatever tier it has (vLLM V1; SGLang, which
+    retracts); ``preemption_mode: swap`` still pages them out."""
+    victim_keeps_output: bool = True
+    """A recompute victim's generated tokens stay in the prefix cache beside its prompt (vLLM hashes
+    and keeps every full block a request computed). False: only what its last prefill computed
+    stays (SGLang inserts a request's prompt into its radix tree after the prefill, and retraction
+    frees the tokens decoded since, ``ScheduleBatch.release_req``)."""
     kv_tier_write_through: bool = False
     """How the CPU KV tier is filled. True: every block is stored as it is computed and lookups
     refresh the blocks they find (vLLM V1's offloading connector; SGLang's HiCache under its
@@ -110,7 +120,7 @@ ENGINES: dict[str, EnginePreset] = {
         EnginePreset(
             "vllm-v1", iteration_overhead_s=0.6e-3, per_seq_overhead_s=30e-6, batching="chunked",
             chunked_prefill=True, prefix_caching=True, max_num_batched_tokens=2048, max_num_seqs=256,
-            eager_launch_overhead_s=0.5e-3, client_lag_steps=0.65, kv_tier_async=True, kv_tier_write_through=True,
+            eager_launch_overhead_s=0.5e-3, client_lag_steps=0.65, kv_tier_async=True, kv_tier_write_through=True, victims_to_tier=False,
             schedule_ahead=True, large_gpu_batch=(8192, 1024),
             prefix_cache_at_schedule=True, dp_shares_experts=True,
             description="vLLM >= 0.8 (V1): chunked prefill + prefix caching on, token budget per step"),
@@ -123,6 +133,7 @@ ENGINES: dict[str, EnginePreset] = {
             "sglang", iteration_overhead_s=0.5e-3, per_seq_overhead_s=20e-6, batching="chunked",
             chunked_prefill=True, prefix_caching=True, max_num_batched_tokens=8192, max_num_seqs=1024,
             block_size=1, eager_launch_overhead_s=0.5e-3, schedule_ahead=True, kv_tier_write_through=True,
+            victims_to_tier=False, victim_keeps_output=False,
             description="SGLang: RadixAttention prefix cache, chunked prefill, overlapped scheduler"),
         EnginePreset(
             "tensorrt-llm", iteration_overhead_s=0.3e-3, per_seq_overhead_s=10e-6, batching="chunked",

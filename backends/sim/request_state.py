@@ -26,7 +26,7 @@ class Req:
     __slots__ = (
         "rid", "arrival", "prompt", "out", "max_out", "prio", "ttft_slo_s", "num_tokens", "computed",
         "gen", "first_token", "preemptions", "ids", "shared", "priv", "state", "b", "q", "r",
-        "fin_g", "ver", "retries", "adm", "tier", "adapter", "hold", "hold_t", "t_last",
+        "fin_g", "ver", "retries", "adm", "tier", "adapter", "hold", "hold_t", "t_last", "pre",
     )
 
     def __init__(self, rid: int, arrival: float, prompt: int, out: int, max_out: int, prio: int,
@@ -59,6 +59,7 @@ class Req:
         self.hold_t = 0.0               # s, when that load finishes
         self.t_last = -1.0              # s, its last token before a preemption (its next one is an ITL
         #                                 sample across the wait); -1: none pending
+        self.pre = prompt               # tokens its last prefill covers (prompt + tokens generated before it)
 
     @property
     def victim_key(self) -> tuple[int, float, int]:

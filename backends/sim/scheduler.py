@@ -10,14 +10,14 @@ running set in order of (priority value, arrival) descending (vLLM: the last of 
 list). Without a lower KV tier (``tiers.py``) the victim goes to the FRONT of the waiting queue to
 prefill prompt + generated tokens again (recompute); with prefix caching its computed full blocks
 stay in the prefix cache as its own evictable entries (``_cache_victim``: vLLM hashes and keeps
-every full block), so the recompute hits what eviction has not taken since, and without prefix
-caching they are dropped. A step that preempted admits no waiting request (vLLM V1: the victim
+every full block; SGLang keeps only what the victim's last prefill computed), so the recompute
+hits what eviction has not taken since, and without prefix caching they are dropped. A step that preempted admits no waiting request (vLLM V1: the victim
 rejoins from the next step at the earliest; ``no_admit``). With one (the
 ``preemption_mode=swap`` swap space, or the CPU/SSD offload tiers) its KV is paged out (CPU, else
 SSD; transfer time added to the next iteration) and paged back in, before new requests are
-admitted, once the GPU has room below the paging threshold; not through vLLM V1's offloading
-connector (``connector``): V1 always recomputes a victim, whose blocks the GPU evicted come back
-from the CPU tier as prefix hits while the tier holds them. That tier is written through
+admitted, once the GPU has room below the paging threshold; not on an engine without swap
+(``EnginePreset.victims_to_tier``: vLLM V1, SGLang), whose victims recompute, their blocks the GPU
+evicted coming back from the CPU tier as prefix hits while the tier holds them. That tier is written through
 (``wt``, tiers.py): an admitted request stores the entries it hits or computes and refreshes them,
 its private blocks pass through as anonymous runs as they are allocated, and a request leaving
 (finished or preempted) refreshes its entries. With prefix caching and offload
@@ -64,7 +64,7 @@ class Scheduling:
     lora: AdapterSlots | None
     tiers: KVTiers | None
     wt: KVTiers | None             # the tiers when they are written through (vLLM V1's connector), else None
-    connector: bool                # the CPU tier is vLLM V1's offloading connector
+    victim_prompt_only: bool       # a recompute victim keeps only what its last prefill computed (SGLang)
     waiting: Any                   # the waiting queue (queue.py / fairness.VTCQueue)
     prefilling: list[Req]
     swapped: deque[Req]
@@ -189,6 +189,7 @@ class Scheduling:
         req.priv = priv
         self.priv_explicit += priv
         req.computed = cached
+        req.pre = req.num_tokens
         if not req.preemptions:
             self.cached[req.rid] = cached
         req.state = PREFILL
@@ -350,10 +351,12 @@ class Scheduling:
         prefix entries (prompt and generated tokens) become prefix-cache entries of its own, ready
         and unreferenced (evictable), so that its recompute hits whatever LRU eviction has not taken
         by then. vLLM's automatic prefix caching hashes every full block a request computes and keeps
-        it on free; SGLang's radix cache keeps a retracted request's prefix. ``blocks``: the private
-        blocks it just gave back (the entries take at most those)."""
+        it on free; SGLang's radix cache keeps only what the request's last prefill computed
+        (``victim_prompt_only``, ``EnginePreset.victim_keeps_output``: the tokens decoded since are
+        freed). ``blocks``: the private blocks it just gave back (the entries take at most those)."""
         mem = self.mem
-        n = min((req.computed - req.shared) // self.pbt, blocks // mem.entry_blocks)
+        keep = min(req.computed, req.pre) if self.victim_prompt_only else req.computed
+        n = min((keep - req.shared) // self.pbt, blocks // mem.entry_blocks)
         if n <= 0:
             return
         k = len(req.ids)

@@ -300,9 +300,6 @@ class TierRules:
     """How one engine uses its lower KV tiers under one policy (``tier_rules``). Units: blocks."""
 
     tiers: KVTiers | None
-    connector: bool
-    """The CPU tier is vLLM V1's offloading connector (``EnginePreset.kv_tier_async``), whatever
-    the batching: V1 has no swap, its preemption victims recompute."""
     async_loads: bool
     """Prefix loads from a tier run beside the batch (the connector, token-budget steps only)."""
     page_above: int
@@ -322,21 +319,20 @@ def tier_rules(policy: Policy, engine: EnginePreset, *, total_blocks: int, tp: i
       paged-out sequences come back only while GPU KV use stays below it (hysteresis against
       page-in / page-out ping-pong); a tier written through has none (the GPU prefix cache keeps its
       own LRU);
-    * victims page out instead of being recomputed, except through vLLM V1's connector unless swap
-      is asked for (V1 preempts by recompute; the victim's blocks come back as prefix hits, from the
-      GPU cache or the connector's CPU copy), and never under request-level reservation
-      (``reserve``: nothing is preempted)."""
+    * victims page out instead of being recomputed on an engine that does so
+      (``EnginePreset.victims_to_tier``) or when swap is asked for; vLLM V1 and SGLang have no swap:
+      their victims recompute, the victim's blocks coming back as prefix hits, from the GPU cache or
+      the tier's copy; never under request-level reservation (``reserve``: nothing is preempted)."""
     tiers = make_tiers(cpu_offload_gb=policy.cpu_offload_gb, ssd_offload_gb=policy.ssd_offload_gb,
                        swap=policy.preemption_mode == "swap" and not reserve, tp=tp, block_bytes_gpu=block_bytes_gpu,
                        pcie_bytes_s=pcie_bytes_s, entry_blocks=entry_blocks,
                        write_through=engine.kv_tier_write_through)
-    connector = policy.cpu_offload_gb > 0 and engine.kv_tier_async
     caching = tiers is not None and tiers.caching
     written_through = tiers is not None and tiers.write_through
     thr = policy.offload_threshold if policy.cpu_offload_gb > 0 and not written_through else 1.0
     return TierRules(
-        tiers=tiers, connector=connector,
+        tiers=tiers,
         async_loads=caching and engine.kv_tier_async and policy.batching in ("chunked", "decode_maximal"),
         page_above=int(thr * total_blocks) if caching else total_blocks,
         headroom=total_blocks - int(thr * total_blocks),
-        page_victims=tiers is not None and not reserve and (not connector or policy.preemption_mode == "swap"))
+        page_victims=tiers is not None and not reserve and (engine.victims_to_tier or policy.preemption_mode == "swap"))

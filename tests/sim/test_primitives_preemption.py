@@ -73,3 +73,40 @@ def test_without_preemption_nothing_changes():
     res_off, off = run(w, A100_40_8B, prefix_caching=False)
     assert res_on.telemetry.counters["preemptions"] == 0
     assert _same(res_on, res_off)
+
+
+def test_sglang_victims_keep_only_their_prefill(monkeypatch):
+    """SGLang's radix tree holds a request's prompt (inserted after its prefill); retraction frees
+    the tokens decoded since, so a retracted request recomputes them. vLLM keeps them too. With the
+    same engine otherwise, keeping only the prefill recomputes more."""
+    from dataclasses import replace
+
+    from backends.sim import engines
+
+    w = poisson_workload(80, 20.0, (100, 300), (1500, 2500), seed=3)  # decodes outgrow the KV pool
+    dep = Deployment("llama-3.1-8b", "a100-40gb", engine="sglang")
+    sim = Simulation(Policy(gpu_memory_utilization=MEM), w, dep, check=True).run()
+    assert sim.c_preempt > 50
+    per_req: dict[int, int] = {}
+    for i in sim.mem._lru:
+        if i >= VICTIM_IDS:
+            rid = (i - VICTIM_IDS) // VICTIM_ID_SPAN
+            per_req[rid] = per_req.get(rid, 0) + 1
+    # a first-time victim's own entries cover its prompt (whole blocks), never its output
+    assert per_req and all(n * sim.pbt <= w.prompt_len[rid] for rid, n in per_req.items()
+                           if sim.preempts[rid] == 1)
+    res_sg, _ = run(w, dep, gpu_memory_utilization=MEM)
+    monkeypatch.setitem(engines.ENGINES, "sglang", replace(engines.ENGINES["sglang"], victim_keeps_output=True))
+    res_all, _ = run(w, dep, gpu_memory_utilization=MEM)
+    assert res_sg.telemetry.counters["prefill_tokens"] > res_all.telemetry.counters["prefill_tokens"]
+
+
+def test_engines_without_swap_recompute_whatever_their_tier():
+    """vLLM V1 and SGLang have no swap: with a CPU tier their victims still recompute (and reload
+    from the tier what it holds); vLLM V0 pages them out."""
+    w = long_workload()
+    for engine, paged in (("vllm-v1", False), ("sglang", False), ("vllm-v0", True)):
+        res, _ = run(w, Deployment("llama-3.1-8b", "a100-40gb", engine=engine), gpu_memory_utilization=MEM,
+                     cpu_offload_gb=32)
+        c = res.telemetry.counters
+        assert c["preemptions"] > 0 and (c["paged_out_preemptions"] > 0) == paged, engine
