@@ -157,6 +157,8 @@ class Simulation(Arrivals):
         self.page_victims = rules.page_victims
         self.keep_victim_kv = self.pbt > 0 and not self.reserve  # else a recompute victim's KV is dropped
         self.victim_prompt_only = not engine.victim_keeps_output  # (SGLang: its decoded tokens are freed)
+        self.dres = engine.decode_reserve  # (SGLang's admission: KV set aside for future decode tokens)
+        self.ratio = self.dres.init if self.dres is not None else 0.0
         self.idle_step_s = engine.iteration_overhead_s  # an engine step with nothing to compute, s
         # the next step is planned when this one starts; not with n-gram or draft-model speculation,
         # which turn vLLM's async scheduling off (only EAGLE-style and GPU n-gram drafts keep it) and
@@ -353,6 +355,8 @@ class Simulation(Arrivals):
         if pf + r > self.budget and self.chunked:
             raise SimInvariantError(f"token budget exceeded: {pf + r} > {self.budget}")
         self.c_prefill += pf
+        if r and self.dres is not None:  # (SGLang's new_token_ratio decays every decode step)
+            self.ratio = max(self.dres.floor, self.ratio - self.dres.decay)
         spec, m = self.spec, 1
         if spec is not None and r:
             ctx = pool.ctx()
@@ -512,6 +516,8 @@ class Simulation(Arrivals):
             pool.g = g + n
         csum = n * ctx + r * n * (n - 1) * 0.5
         dt = n * a + ts * csum + self.pending_s
+        if self.dres is not None:
+            self.ratio = max(self.dres.floor, self.ratio - n * self.dres.decay)
         if n == 1:
             if self._fresh or self._resumed:
                 self._itl(dt, r, t0 + dt)
@@ -658,6 +664,9 @@ class Simulation(Arrivals):
         members = pool.members()
         if len(members) != pool.n:
             raise SimInvariantError(f"decode pool holds {len(members)} members, counts {pool.n}")
+        left = sum(m.max_out - (m.out - (m.fin_g - pool.g)) for m in members)
+        if left != pool.left_tokens() or sum(m.max_out for m in members) != pool.sum_max or left < 0:
+            raise SimInvariantError(f"decode pool: tokens left to generate {pool.left_tokens()} != recount {left}")
         priv = sum(r.priv for r in self.prefilling) + (sum(r.priv for r in members) if self.reserve else 0)
         if priv != self.priv_explicit:
             raise SimInvariantError(f"explicit private blocks {priv} != counter {self.priv_explicit}")
@@ -867,6 +876,8 @@ class Simulation(Arrivals):
                 self.t_vis = t
                 continue
             te = min(te, self.max_t)
+            if self.dres is not None:  # (SGLang resets its new_token_ratio when idle)
+                self.ratio = self.dres.init
             self.tel.idle(self.t, te - self.t, *self._kv_now())
             self.t = self.t_vis = te
 

@@ -16,6 +16,35 @@ from dataclasses import dataclass
 
 
 @dataclass(frozen=True, slots=True)
+class DecodeReserve:
+    """SGLang's admission rule (``PrefillAdder``): a waiting request is admitted only if the free
+    and evictable KV tokens cover its prefill plus its whole ``max_tokens`` after setting aside,
+    for every running request, ``ratio`` × the tokens it may still generate (``max_tokens`` −
+    generated). The ratio (``new_token_ratio``) starts at ``init``, falls by
+    (``init`` − ``init`` × ``min_factor``) / ``decay_steps`` every decode step down to
+    ``init`` × ``min_factor``, is re-estimated after a retraction as (Σ generated +
+    ``retract_steps`` × running) / Σ ``max_tokens`` (at most 1), and starts over when the engine
+    idles. Defaults: SGLang's (``SGLANG_INIT_NEW_TOKEN_RATIO`` 0.7,
+    ``SGLANG_MIN_NEW_TOKEN_RATIO_FACTOR`` 0.14, ``SGLANG_NEW_TOKEN_RATIO_DECAY_STEPS`` 600,
+    ``retract_decode_steps`` 20). SGLang clips each request's remaining tokens at 4,096
+    (``CLIP_MAX_NEW_TOKENS``); not here."""
+
+    init: float = 0.7
+    min_factor: float = 0.14
+    decay_steps: int = 600
+    retract_steps: int = 20
+
+    @property
+    def floor(self) -> float:
+        return self.init * self.min_factor
+
+    @property
+    def decay(self) -> float:
+        """Fall of the ratio per decode step."""
+        return (self.init - self.floor) / self.decay_steps
+
+
+@dataclass(frozen=True, slots=True)
 class EnginePreset:
     """One engine's per-iteration behaviour."""
 
@@ -61,6 +90,9 @@ class EnginePreset:
     and keeps every full block a request computed). False: only what its last prefill computed
     stays (SGLang inserts a request's prompt into its radix tree after the prefill, and retraction
     frees the tokens decoded since, ``ScheduleBatch.release_req``)."""
+    decode_reserve: DecodeReserve | None = None
+    """Admission sets KV aside for the running requests' future tokens (SGLang, ``DecodeReserve``).
+    None: a request is admitted when the blocks its prefill needs are free now (vLLM)."""
     kv_tier_write_through: bool = False
     """How the CPU KV tier is filled. True: every block is stored as it is computed and lookups
     refresh the blocks they find (vLLM V1's offloading connector; SGLang's HiCache under its
@@ -133,7 +165,7 @@ ENGINES: dict[str, EnginePreset] = {
             "sglang", iteration_overhead_s=0.5e-3, per_seq_overhead_s=20e-6, batching="chunked",
             chunked_prefill=True, prefix_caching=True, max_num_batched_tokens=8192, max_num_seqs=1024,
             block_size=1, eager_launch_overhead_s=0.5e-3, schedule_ahead=True, kv_tier_write_through=True,
-            victims_to_tier=False, victim_keeps_output=False,
+            victims_to_tier=False, victim_keeps_output=False, decode_reserve=DecodeReserve(),
             description="SGLang: RadixAttention prefix cache, chunked prefill, overlapped scheduler"),
         EnginePreset(
             "tensorrt-llm", iteration_overhead_s=0.3e-3, per_seq_overhead_s=10e-6, batching="chunked",

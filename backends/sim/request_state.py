@@ -77,7 +77,7 @@ class DecodePool:
     no block accounting: the reservation is held explicitly in ``Req.priv``.
     """
 
-    __slots__ = ("bs", "grow", "g", "n", "sum_b", "sum_s", "sum_q", "cnt", "heap", "_seq", "cur")
+    __slots__ = ("bs", "grow", "g", "n", "sum_b", "sum_s", "sum_q", "cnt", "heap", "_seq", "cur", "sum_left", "sum_max")
 
     def __init__(self, block_size: int, grow: bool) -> None:
         self.bs = block_size
@@ -89,6 +89,8 @@ class DecodePool:
         self.sum_q = 0          # Σ q_i
         self.cnt = [0] * block_size
         self.cur = 0            # Σ private blocks at g (kept incrementally; = blocks(g))
+        self.sum_left = 0       # Σ (fin_g + max_out − out): left_tokens() = this − n·g
+        self.sum_max = 0        # Σ max_out
         self.heap: list[tuple[int, int, int, Req]] = []  # (fin_g, order, ver, req)
         self._seq = 0
 
@@ -96,6 +98,10 @@ class DecodePool:
     def ctx(self, g: int | None = None) -> int:
         """Σ KV tokens (computed) of the pool's sequences at step g (default: now)."""
         return self.sum_b + self.sum_s + self.n * (self.g if g is None else g)
+
+    def left_tokens(self) -> int:
+        """Σ over the members of the tokens they may still generate (max_out − generated)."""
+        return self.sum_left - self.n * self.g
 
     def priv_tokens(self) -> int:
         """Σ private KV tokens now."""
@@ -179,6 +185,8 @@ class DecodePool:
             self.cnt[r] += 1
             self.cur += -(-(b + self.g) // self.bs) if b + self.g > 0 else 0
         req.fin_g = self.g + req.out - req.gen
+        self.sum_left += req.fin_g + req.max_out - req.out
+        self.sum_max += req.max_out
         req.state = DECODE
         self._seq += 1
         heapq.heappush(self.heap, (req.fin_g, self._seq, req.ver, req))
@@ -190,6 +198,8 @@ class DecodePool:
         self.n -= 1
         self.sum_b -= req.b
         self.sum_s -= req.shared
+        self.sum_left -= req.fin_g + req.max_out - req.out
+        self.sum_max -= req.max_out
         req.computed = req.b + req.shared + g
         req.gen = req.out - (req.fin_g - g)
         req.num_tokens = req.prompt + req.gen

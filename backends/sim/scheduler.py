@@ -39,6 +39,7 @@ from typing import Any
 
 import numpy as np
 
+from backends.sim.engines import DecodeReserve
 from backends.sim.lora import AdapterSlots
 from backends.sim.memory import BlockManager
 from backends.sim.request_state import DECODE, PREFILL, SWAPPED, WAITING, DecodePool, Req
@@ -65,6 +66,8 @@ class Scheduling:
     tiers: KVTiers | None
     wt: KVTiers | None             # the tiers when they are written through (vLLM V1's connector), else None
     victim_prompt_only: bool       # a recompute victim keeps only what its last prefill computed (SGLang)
+    dres: DecodeReserve | None     # KV set aside for the running requests' future tokens (SGLang admission)
+    ratio: float                   # its new_token_ratio now
     waiting: Any                   # the waiting queue (queue.py / fairness.VTCQueue)
     prefilling: list[Req]
     swapped: deque[Req]
@@ -156,6 +159,8 @@ class Scheduling:
         wm = self.watermark if self.n_running() else 0
         if mem.avail - need < wm:
             return 0
+        if self.dres is not None and self.n_running() and not self._reserve_fits(req, cached):
+            return 0
         self.waiting.pop()
         self.queued_tokens -= req.num_tokens
         if self.lora is not None:
@@ -197,6 +202,25 @@ class Scheduling:
         req.adm = self._adm
         self.prefilling.append(req)
         return -1 if held else c
+
+    def _reserve_fits(self, req: Req, cached: int) -> bool:
+        """SGLang's admission (``DecodeReserve``): the free and evictable KV tokens, less ``ratio`` ×
+        what the running requests may still generate, cover this request's prefill and its whole
+        remaining ``max_tokens``."""
+        left = self.pool.left_tokens()
+        for r in self.prefilling:
+            left += r.max_out - r.gen
+        free = self.mem.avail * self.bs - self.ratio * left
+        return req.num_tokens - cached + req.max_out - req.gen <= free
+
+    def retracted(self) -> None:
+        """After a retraction (SGLang): the ratio becomes (Σ generated + retract_steps × running) /
+        Σ max_tokens over the decoding requests left, at most 1."""
+        d, pool = self.dres, self.pool
+        if d is None or not pool.n:
+            return
+        gen = pool.sum_max - pool.left_tokens()
+        self.ratio = min(1.0, (gen + d.retract_steps * pool.n) / max(pool.sum_max, 1))
 
     def release_holds(self) -> None:
         """Before planning a step: a held request whose load finished by the end of the previous
@@ -394,3 +418,4 @@ class Scheduling:
                 self._fail(self.pool.members()[0])
                 return 0
             self.preempt(self._victim())
+            self.retracted()
