@@ -166,7 +166,7 @@ ENGINES: dict[str, EnginePreset] = {
             chunked_prefill=True, prefix_caching=True, max_num_batched_tokens=8192, max_num_seqs=1024,
             block_size=1, eager_launch_overhead_s=0.5e-3, schedule_ahead=True, kv_tier_write_through=True,
             victims_to_tier=False, victim_keeps_output=False, decode_reserve=DecodeReserve(),
-            description="SGLang: RadixAttention prefix cache, chunked prefill, overlapped scheduler"),
+            description="SGLang: RadixAttention prefix cache, chunked prefill, overlapped scheduler, look-ahead admission"),
         EnginePreset(
             "tensorrt-llm", iteration_overhead_s=0.3e-3, per_seq_overhead_s=10e-6, batching="chunked",
             chunked_prefill=True, prefix_caching=True, max_num_batched_tokens=8192, max_num_seqs=256,
