@@ -173,6 +173,8 @@ class Simulation(Arrivals):
         self.fair = TenantService(policy, workload) if policy.queue == "vtc" else None  # VTC (fairness.py)
         self.pool = DecodePool(bs, grow=not self.reserve) if self.fair is None else \
             CountingPool(bs, not self.reserve, self.fair)
+        if self.dres is not None:
+            self.pool.clip = self.dres.clip
         self.budget = B
         self.chunk_cap = policy.long_prefill_token_threshold or (1 << 60)
         self.seat_cap = min(policy.max_num_seqs, B) if policy.batching in ("chunked", "decode_maximal") \
@@ -667,6 +669,10 @@ class Simulation(Arrivals):
         left = sum(m.max_out - (m.out - (m.fin_g - pool.g)) for m in members)
         if left != pool.left_tokens() or sum(m.max_out for m in members) != pool.sum_max or left < 0:
             raise SimInvariantError(f"decode pool: tokens left to generate {pool.left_tokens()} != recount {left}")
+        if pool.clip:
+            lc = sum(min(m.max_out - (m.out - (m.fin_g - pool.g)), pool.clip) for m in members)
+            if lc != pool.left_clipped():
+                raise SimInvariantError(f"decode pool: clipped tokens left {pool.left_clipped()} != recount {lc}")
         priv = sum(r.priv for r in self.prefilling) + (sum(r.priv for r in members) if self.reserve else 0)
         if priv != self.priv_explicit:
             raise SimInvariantError(f"explicit private blocks {priv} != counter {self.priv_explicit}")

@@ -26,13 +26,14 @@ class DecodeReserve:
     ``retract_steps`` × running) / Σ ``max_tokens`` (at most 1), and starts over when the engine
     idles. Defaults: SGLang's (``SGLANG_INIT_NEW_TOKEN_RATIO`` 0.7,
     ``SGLANG_MIN_NEW_TOKEN_RATIO_FACTOR`` 0.14, ``SGLANG_NEW_TOKEN_RATIO_DECAY_STEPS`` 600,
-    ``retract_decode_steps`` 20). SGLang clips each request's remaining tokens at 4,096
-    (``CLIP_MAX_NEW_TOKENS``); not here."""
+    ``retract_decode_steps`` 20, ``CLIP_MAX_NEW_TOKENS`` 4,096: what a request may still generate
+    counts at most ``clip`` tokens)."""
 
     init: float = 0.7
     min_factor: float = 0.14
     decay_steps: int = 600
     retract_steps: int = 20
+    clip: int = 4096
 
     @property
     def floor(self) -> float:

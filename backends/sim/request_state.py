@@ -26,7 +26,7 @@ class Req:
     __slots__ = (
         "rid", "arrival", "prompt", "out", "max_out", "prio", "ttft_slo_s", "num_tokens", "computed",
         "gen", "first_token", "preemptions", "ids", "shared", "priv", "state", "b", "q", "r",
-        "fin_g", "ver", "retries", "adm", "tier", "adapter", "hold", "hold_t", "t_last", "pre",
+        "fin_g", "ver", "retries", "adm", "tier", "adapter", "hold", "hold_t", "t_last", "pre", "gstar",
     )
 
     def __init__(self, rid: int, arrival: float, prompt: int, out: int, max_out: int, prio: int,
@@ -60,6 +60,8 @@ class Req:
         self.t_last = -1.0              # s, its last token before a preemption (its next one is an ITL
         #                                 sample across the wait); -1: none pending
         self.pre = prompt               # tokens its last prefill covers (prompt + tokens generated before it)
+        self.gstar = -1                 # DecodePool step from which it may still generate at most
+        #                                 ``clip`` tokens; -1: not counted in the pool's clip sums
 
     @property
     def victim_key(self) -> tuple[int, float, int]:
@@ -77,7 +79,8 @@ class DecodePool:
     no block accounting: the reservation is held explicitly in ``Req.priv``.
     """
 
-    __slots__ = ("bs", "grow", "g", "n", "sum_b", "sum_s", "sum_q", "cnt", "heap", "_seq", "cur", "sum_left", "sum_max")
+    __slots__ = ("bs", "grow", "g", "n", "sum_b", "sum_s", "sum_q", "cnt", "heap", "_seq", "cur", "sum_left", "sum_max",
+                 "clip", "long", "long_sum", "long_n")
 
     def __init__(self, block_size: int, grow: bool) -> None:
         self.bs = block_size
@@ -91,6 +94,10 @@ class DecodePool:
         self.cur = 0            # Σ private blocks at g (kept incrementally; = blocks(g))
         self.sum_left = 0       # Σ (fin_g + max_out − out): left_tokens() = this − n·g
         self.sum_max = 0        # Σ max_out
+        self.clip = 0           # > 0: also keep Σ min(tokens left, clip) (left_clipped; SGLang's estimate)
+        self.long: list[tuple[int, int, int, Req]] = []  # (gstar, order, ver, req) of members with more left
+        self.long_sum = 0       # Σ gstar of those still above the clip
+        self.long_n = 0
         self.heap: list[tuple[int, int, int, Req]] = []  # (fin_g, order, ver, req)
         self._seq = 0
 
@@ -102,6 +109,17 @@ class DecodePool:
     def left_tokens(self) -> int:
         """Σ over the members of the tokens they may still generate (max_out − generated)."""
         return self.sum_left - self.n * self.g
+
+    def left_clipped(self) -> int:
+        """Σ over the members of min(tokens they may still generate, ``clip``) (``clip`` > 0)."""
+        long, g = self.long, self.g
+        while long and long[0][0] <= g:  # no longer above the clip (or gone)
+            _, _, ver, req = heapq.heappop(long)
+            if ver == req.ver and req.gstar >= 0:
+                self.long_sum -= req.gstar
+                self.long_n -= 1
+                req.gstar = -1
+        return self.left_tokens() - (self.long_sum - self.long_n * g)
 
     def priv_tokens(self) -> int:
         """Σ private KV tokens now."""
@@ -187,6 +205,12 @@ class DecodePool:
         req.fin_g = self.g + req.out - req.gen
         self.sum_left += req.fin_g + req.max_out - req.out
         self.sum_max += req.max_out
+        if self.clip and req.max_out - req.gen > self.clip:
+            req.gstar = self.g + req.max_out - req.gen - self.clip
+            self.long_sum += req.gstar
+            self.long_n += 1
+            self._seq += 1
+            heapq.heappush(self.long, (req.gstar, self._seq, req.ver, req))
         req.state = DECODE
         self._seq += 1
         heapq.heappush(self.heap, (req.fin_g, self._seq, req.ver, req))
@@ -200,6 +224,10 @@ class DecodePool:
         self.sum_s -= req.shared
         self.sum_left -= req.fin_g + req.max_out - req.out
         self.sum_max -= req.max_out
+        if req.gstar >= 0:  # (still counted above the clip; its heap entry goes stale with ver)
+            self.long_sum -= req.gstar
+            self.long_n -= 1
+            req.gstar = -1
         req.computed = req.b + req.shared + g
         req.gen = req.out - (req.fin_g - g)
         req.num_tokens = req.prompt + req.gen

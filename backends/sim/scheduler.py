@@ -205,13 +205,14 @@ class Scheduling:
 
     def _reserve_fits(self, req: Req, cached: int) -> bool:
         """SGLang's admission (``DecodeReserve``): the free and evictable KV tokens, less ``ratio`` ×
-        what the running requests may still generate, cover this request's prefill and its whole
-        remaining ``max_tokens``."""
-        left = self.pool.left_tokens()
+        what the running requests may still generate (at most ``clip`` tokens each), cover this
+        request's prefill and its whole remaining ``max_tokens`` (clipped likewise)."""
+        clip = self.pool.clip
+        left = self.pool.left_clipped()
         for r in self.prefilling:
-            left += r.max_out - r.gen
+            left += min(r.max_out - r.gen, clip)
         free = self.mem.avail * self.bs - self.ratio * left
-        return req.num_tokens - cached + req.max_out - req.gen <= free
+        return req.num_tokens - cached + min(req.max_out - req.gen, clip) <= free
 
     def retracted(self) -> None:
         """After a retraction (SGLang): the ratio becomes (Σ generated + retract_steps × running) /

@@ -23,6 +23,18 @@ def _same(a, b) -> bool:
     return all(np.array_equal(a.records[c].to_numpy(), b.records[c].to_numpy(), equal_nan=True) for c in cols)
 
 
+def _peak_running(w, dep, *, until: float, every: float) -> tuple[int, Simulation]:
+    """Run ``w`` (invariants checked), noting the most requests running at once every ``every`` s
+    up to ``until`` s; (that peak, the finished simulation)."""
+    sim = Simulation(Policy(gpu_memory_utilization=MEM), w, dep, check=True)
+    top = 0
+    for t in np.arange(every, until, every):
+        sim.advance(float(t))
+        top = max(top, sim.n_running())
+    sim.run_rest()
+    return top, sim
+
+
 def test_recompute_hits_the_victims_own_blocks():
     w = long_workload()   # no prefix ids: nothing is shared between requests
     res_off, off = run(w, A100_40_8B, gpu_memory_utilization=MEM, prefix_caching=False)
@@ -141,11 +153,27 @@ def test_sglang_admission_sets_kv_aside_for_future_tokens(monkeypatch):
     for reserve in (True, False):
         if not reserve:
             monkeypatch.setitem(engines.ENGINES, "sglang", replace(engines.ENGINES["sglang"], decode_reserve=None))
-        s = Simulation(Policy(gpu_memory_utilization=MEM), w, dep, check=True)
-        top = 0
-        for t in np.arange(0.5, 10.0, 0.5):
-            s.advance(float(t))
-            top = max(top, s.n_running())
-        s.run_rest()
+        top, s = _peak_running(w, dep, until=10.0, every=0.5)
         peak[reserve] = (top, s.c_preempt)
     assert peak[True][0] < 0.7 * peak[False][0] and peak[True][1] < 0.5 * peak[False][1], peak
+
+
+def test_sglang_reserve_counts_at_most_the_clip_per_request(monkeypatch):
+    """SGLang counts at most 4,096 future tokens per request (CLIP_MAX_NEW_TOKENS): with max_tokens
+    of 20,000 and short actual outputs, it still runs several requests at once; without the clip
+    the reserve would hold it to about two."""
+    from dataclasses import replace
+
+    from backends.sim import engines
+
+    n = 40
+    w = build_workload("big-max", np.zeros(n), np.full(n, 200), np.full(n, 300), max_output=np.full(n, 20_000))
+    dep = Deployment("llama-3.1-8b", "a100-40gb", engine="sglang")
+    peak = {}
+    for clip in (4096, 10**9):
+        base = engines.ENGINES["sglang"]
+        monkeypatch.setitem(engines.ENGINES, "sglang", replace(base, decode_reserve=replace(base.decode_reserve, clip=clip)))
+        top, s = _peak_running(w, dep, until=3.0, every=0.05)
+        assert s.n_done == n
+        peak[clip] = top
+    assert peak[4096] >= 5 and peak[10**9] <= 3, peak

@@ -185,6 +185,31 @@ def test_decode_pool_block_formula_matches_brute_force():
         assert pool.next_step_blocks() == pool.blocks(pool.g + 1) - pool.cur
 
 
+def test_decode_pool_counts_tokens_left_with_and_without_a_clip():
+    """What the members may still generate (max_out − generated), and the same clipped at ``clip``
+    tokens each (SGLang's admission estimate), kept incrementally through joins, steps and leaves."""
+    rng = np.random.default_rng(1)
+    pool = DecodePool(16, grow=True)
+    pool.clip = 100
+    reqs = []
+    for i in range(60):
+        if i % 6 == 0:
+            pool.advance(int(rng.integers(0, 40)))
+        out = int(rng.integers(20, 400))
+        r = Req(i, 0.0, 50, out, out + int(rng.integers(0, 200)), 0, (), 0)
+        r.computed, r.gen, r.num_tokens = 50, 1, 51
+        pool.add(r)
+        reqs.append(r)
+        if i % 4 == 3:
+            pool.remove(reqs.pop(int(rng.integers(0, len(reqs)))))
+        pool.pop_finished()  # (finished members leave)
+        reqs = [r for r in reqs if r.fin_g > pool.g]
+        left = [r.max_out - (r.out - (r.fin_g - pool.g)) for r in reqs]
+        assert pool.left_tokens() == sum(left) and pool.sum_max == sum(r.max_out for r in reqs)
+        assert pool.left_clipped() == sum(min(x, 100) for x in left)
+    assert any(x > 100 for x in left) and pool.long_n > 0
+
+
 def test_block_manager_prefix_cache_lru_and_conservation():
     m = BlockManager(total_blocks=100, block_size=16, block_tokens=64)  # 4 blocks per entry
     m.acquire((1, 2, 3))
