@@ -17,6 +17,8 @@ from importlib.metadata import PackageNotFoundError, version
 
 import typer
 
+from tuner.interrupts import interrupted
+
 COMMAND_MODULES = (
     "workloads.commands",
     "backends.sim.commands",
@@ -85,7 +87,7 @@ def main(argv: list[str] | None = None) -> None:
     except KeyboardInterrupt:
         rc = 130
     except Exception as e:  # noqa: BLE001 - the one place errors become exit codes
-        rc = _exit_code(e)
+        rc = 130 if interrupted(e) else _exit_code(e)
     if rc == 130:  # SIGINT: the command stopped (a study keeps its finished trials)
         typer.echo("error: interrupted", err=True)
     if isinstance(rc, int) and not isinstance(rc, bool) and rc != 0:

@@ -16,6 +16,21 @@ from collections.abc import Iterator
 from types import FrameType
 
 
+def interrupted(e: BaseException | None) -> bool:
+    """Whether ``e`` is a Ctrl-C, or was raised while one was being handled: a library's cleanup
+    can fail under the ``KeyboardInterrupt`` and replace it (Optuna 5.1's journal-file lock
+    ``release`` unlinks its renamed lock file a second time when the interrupt lands between the
+    unlink and the end of its ``try``: ``FileNotFoundError``, whose ``__context__`` is the
+    interrupt)."""
+    seen: set[int] = set()
+    while e is not None and id(e) not in seen:
+        if isinstance(e, KeyboardInterrupt):
+            return True
+        seen.add(id(e))
+        e = e.__context__
+    return False
+
+
 @contextlib.contextmanager
 def deferred_interrupt() -> Iterator[None]:
     """Run the body with SIGINT deferred to its end (main thread only; elsewhere, Python

@@ -23,7 +23,7 @@ from dataclasses import asdict, dataclass
 from typing import Any
 
 from tuner.evaluate import DEFAULT_ATTR, RESULT_ATTR, Evaluator, Outcome, Timings
-from tuner.interrupts import deferred_interrupt
+from tuner.interrupts import deferred_interrupt, interrupted
 from tuner.space import default_params
 from tuner.storage import (
     JOURNAL_NAME,
@@ -373,4 +373,8 @@ def worker_main(argv: list[str]) -> int:
         Worker(spec, opts, Tracker(opts.mlflow_uri), index=index).run(deadline)
     except KeyboardInterrupt:  # Ctrl-C (the terminal signals the whole group): finished trials are stored
         return 130
+    except Exception as e:
+        if interrupted(e):  # (a library's cleanup failed under the Ctrl-C)
+            return 130
+        raise
     return 0

@@ -57,11 +57,28 @@ def test_typer_exit_keeps_its_code_and_keyboard_interrupt_is_130(cli_with):
         def _ctrl_c() -> None:
             raise KeyboardInterrupt
 
+        @x.command("ctrl-c-in-cleanup")
+        def _ctrl_c_in_cleanup() -> None:
+            # a library's cleanup failing under the interrupt (Optuna 5.1's journal lock release
+            # unlinks its renamed lock file twice): the error raised replaces the KeyboardInterrupt
+            try:
+                raise KeyboardInterrupt
+            except BaseException:
+                raise FileNotFoundError(2, "No such file or directory", "optuna.journal.lock1.rename") from None
+
+        @x.command("missing-file")
+        def _missing() -> None:
+            raise FileNotFoundError(2, "No such file or directory", "trace.csv")
+
     run = cli_with(register, "x")
     assert run("exit", 3)[0] == 3
     assert run("exit", 0)[0] == 0
     code, out, err = run("ctrl-c")
     assert code == 130 and _lines(err) == ["error: interrupted"] and "Traceback" not in out + err
+    code, out, err = run("ctrl-c-in-cleanup")
+    assert code == 130 and _lines(err) == ["error: interrupted"] and "Traceback" not in out + err
+    code, out, err = run("missing-file")  # the same error without an interrupt behind it: a user error
+    assert code == 2 and _lines(err) == ["error: [Errno 2] No such file or directory: 'trace.csv'"], err
 
 
 def test_missing_live_engine_fails_before_any_trial(write_study, run_cli, project, monkeypatch):
