@@ -153,7 +153,7 @@ class Simulation(Arrivals):
         self.wt = tiers if tiers is not None and tiers.write_through else None  # (write-through stores)
         self.tier_hits = tiers is not None and tiers.caching  # hit runs continue into the tiers
         self.async_loads = rules.async_loads
-        self.page_above, self.headroom = rules.page_above, rules.headroom
+        self.threshold, self.page_above, self.headroom = rules.threshold, rules.page_above, rules.headroom
         self.page_victims = rules.page_victims
         self.keep_victim_kv = self.pbt > 0 and not self.reserve  # else a recompute victim's KV is dropped
         self.victim_prompt_only = not engine.victim_keeps_output  # (SGLang: its decoded tokens are freed)

@@ -141,7 +141,7 @@ def build_result(sim, policy, notes: tuple[str, ...]):
         counters=counters)
     if sim.stopped:
         notes = (*notes, f"stopped at max_sim_time_s={sim.max_t:g}: {sim.stopped} unfinished requests marked failed")
-    if sim.wt is not None and policy.offload_threshold not in (1.0, DEFAULT_THRESHOLD):  # a value the user set
+    if policy.offload_threshold not in (sim.threshold, DEFAULT_THRESHOLD) and policy.cpu_offload_gb > 0:  # one set, not in force
         notes = (*notes, f"offload_threshold={policy.offload_threshold:g}: {sim.dep.engine}'s CPU tier is written through and "
                          "has no paging threshold (the GPU prefix cache keeps its LRU); ran with 1")
     source = getattr(cm, "source", "roofline")

@@ -291,8 +291,7 @@ def make_tiers(*, cpu_offload_gb: float, ssd_offload_gb: float, swap: bool, tp: 
     tiers = [Tier("cpu", cpu_blocks, pcie_bytes_s * tp)]
     if cpu_offload_gb > 0 and ssd_offload_gb > 0:
         tiers.append(Tier("ssd", int(ssd_offload_gb * GIB // (block_bytes_gpu * tp)), SSD_BYTES_S))
-    return KVTiers(tiers, block_bytes_gpu * tp, entry_blocks, caching=cpu_offload_gb > 0,
-                   write_through=write_through and cpu_offload_gb > 0)
+    return KVTiers(tiers, block_bytes_gpu * tp, entry_blocks, caching=cpu_offload_gb > 0, write_through=write_through)
 
 
 @dataclass(frozen=True, slots=True)
@@ -300,6 +299,8 @@ class TierRules:
     """How one engine uses its lower KV tiers under one policy (``tier_rules``). Units: blocks."""
 
     tiers: KVTiers | None
+    threshold: float
+    """The paging threshold in force, fraction of GPU KV blocks (1: none)."""
     async_loads: bool
     """Prefix loads from a tier run beside the batch (the connector, token-budget steps only)."""
     page_above: int
@@ -317,8 +318,8 @@ def tier_rules(policy: Policy, engine: EnginePreset, *, total_blocks: int, tp: i
 
     * the paging threshold (``offload_threshold``): above it cold prefix entries move down, and
       paged-out sequences come back only while GPU KV use stays below it (hysteresis against
-      page-in / page-out ping-pong); a tier written through has none (the GPU prefix cache keeps its
-      own LRU);
+      page-in / page-out ping-pong); an engine that writes its tier through has none, with or
+      without prefix caching (the GPU prefix cache keeps its own LRU);
     * victims page out instead of being recomputed on an engine that does so
       (``EnginePreset.victims_to_tier``) or when swap is asked for; vLLM V1 and SGLang have no swap:
       their victims recompute, the victim's blocks coming back as prefix hits, from the GPU cache or
@@ -328,10 +329,9 @@ def tier_rules(policy: Policy, engine: EnginePreset, *, total_blocks: int, tp: i
                        pcie_bytes_s=pcie_bytes_s, entry_blocks=entry_blocks,
                        write_through=engine.kv_tier_write_through)
     caching = tiers is not None and tiers.caching
-    written_through = tiers is not None and tiers.write_through
-    thr = policy.offload_threshold if policy.cpu_offload_gb > 0 and not written_through else 1.0
+    thr = policy.offload_threshold if policy.cpu_offload_gb > 0 and not engine.kv_tier_write_through else 1.0
     return TierRules(
-        tiers=tiers,
+        tiers=tiers, threshold=thr,
         async_loads=caching and engine.kv_tier_async and policy.batching in ("chunked", "decode_maximal"),
         page_above=int(thr * total_blocks) if caching else total_blocks,
         headroom=total_blocks - int(thr * total_blocks),

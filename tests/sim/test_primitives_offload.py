@@ -102,6 +102,15 @@ def test_vllm_v1_has_no_paging_threshold():
     c, _ = run(w, A100_40_8B_V0, gpu_memory_utilization=MEM, cpu_offload_gb=2)
     d, _ = run(w, A100_40_8B_V0, gpu_memory_utilization=MEM, cpu_offload_gb=2, offload_threshold=0.7)
     assert not _same(c, d)
+    # the engine decides, not prefix caching: without it the threshold's only use is the page-in
+    # headroom of swapped victims, which V1 does not have either
+    w = long_workload()
+    kw = {"gpu_memory_utilization": MEM, "cpu_offload_gb": 32, "prefix_caching": False, "preemption_mode": "swap"}
+    for dep, inert in ((A100_40_8B, True), (A100_40_8B_V0, False)):
+        e, _ = run(w, dep, **kw)
+        f, _ = run(w, dep, offload_threshold=0.7, **kw)
+        assert e.telemetry.counters["paged_out_preemptions"] > 0
+        assert _same(e, f) == inert and any("no paging threshold" in n for n in f.notes) == inert
 
 
 def test_paged_out_bytes_are_conserved_and_counted():
