@@ -204,6 +204,7 @@ class Simulation(Arrivals):
         self.queued_tokens = 0      # Σ prefill tokens of waiting requests (admission's TTFT guess)
         self.retry: list[tuple[float, int, Req]] = []
         self._adm = 0
+        self.round_adm = 0
         self._seq = 0
         self._next = 0              # index of the next arrival
         self._c0 = 0
@@ -820,6 +821,7 @@ class Simulation(Arrivals):
                 self.release_holds()
             need = 0
             self.no_admit = False
+            self.round_adm = self._adm
             kv_held = min(self.kv_lagged, mem.free)
             mem.free -= kv_held  # (given back below, once this step is planned)
             if grow and pool.n:

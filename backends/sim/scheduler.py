@@ -89,6 +89,7 @@ class Scheduling:
     n_held: int                    # admitted requests waiting for an asynchronous tier load
     async_loads: bool              # tier loads are asynchronous (EnginePreset.kv_tier_async)
     _adm: int
+    round_adm: int                 # ``_adm`` when this plan began: later admissions are this round's
     no_admit: bool                 # a step that preempted admits no waiting request (vLLM V1)
     lagged: int                    # seats still held at this plan by requests that finished in the last step
     finishing: int                 # requests finished in the step running now (become ``lagged``)
@@ -205,13 +206,19 @@ class Scheduling:
 
     def _reserve_fits(self, req: Req, cached: int) -> bool:
         """SGLang's admission (``DecodeReserve``): the free and evictable KV tokens, less ``ratio`` ×
-        what the running requests may still generate (at most ``clip`` tokens each), cover this
-        request's prefill and its whole remaining ``max_tokens`` (clipped likewise)."""
-        clip = self.pool.clip
+        what the running requests may still generate (at most ``clip`` tokens each) and less the
+        whole remaining ``max_tokens`` of those admitted earlier in this round, cover this request's
+        prefill and its whole remaining ``max_tokens`` (clipped likewise)."""
+        clip, r0 = self.pool.clip, self.round_adm
         left = self.pool.left_clipped()
+        full = 0  # requests admitted in this round count their tokens in full (``PrefillAdder``)
         for r in self.prefilling:
-            left += min(r.max_out - r.gen, clip)
-        free = self.mem.avail * self.bs - self.ratio * left
+            k = min(r.max_out - r.gen, clip)
+            if r.adm > r0:
+                full += k
+            else:
+                left += k
+        free = self.mem.avail * self.bs - self.ratio * left - full
         return req.num_tokens - cached + min(req.max_out - req.gen, clip) <= free
 
     def retracted(self) -> None:

@@ -158,6 +158,25 @@ def test_sglang_admission_sets_kv_aside_for_future_tokens(monkeypatch):
     assert peak[True][0] < 0.7 * peak[False][0] and peak[True][1] < 0.5 * peak[False][1], peak
 
 
+def test_sglang_counts_this_rounds_admissions_in_full():
+    """Within one scheduling round SGLang's ``PrefillAdder`` charges each request it admits its
+    whole (clipped) ``max_tokens``; only requests already running count at ``new_token_ratio``. A
+    burst of 40 requests (200-token prompts, max_tokens 4,000) into an idle engine: the first round
+    admits as many as fit prompt + max_tokens in full, the next rounds more."""
+    n = 40
+    w = build_workload("burst", np.zeros(n), np.full(n, 200), np.full(n, 300), max_output=np.full(n, 4000))
+    sim = Simulation(Policy(gpu_memory_utilization=MEM), w, Deployment("llama-3.1-8b", "a100-40gb", engine="sglang"),
+                     check=True)
+    kv_tokens = sim.mem.total * sim.bs
+    sim.advance(1e-6)
+    first = sim.n_running()
+    assert sim.steps == 1 and first == kv_tokens // 4200  # at the ratio (0.7) it would be 9
+    sim.advance(0.2)
+    assert sim.n_running() > first
+    sim.run_rest()
+    assert sim.n_done == n
+
+
 def test_sglang_reserve_counts_at_most_the_clip_per_request(monkeypatch):
     """SGLang counts at most 4,096 future tokens per request (CLIP_MAX_NEW_TOKENS): with max_tokens
     of 20,000 and short actual outputs, it still runs several requests at once; without the clip
