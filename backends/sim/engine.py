@@ -12,7 +12,7 @@ the free KV blocks run out). Sequence state in the decode pool advances lazily
 
 Units: seconds, tokens, KV blocks. Invariants are checked every step in O(block_size)
 (KV blocks conserved, running <= max_num_seqs, token budget, monotone time); with
-``check=True`` a full recount runs every step (tests). A violation raises
+``check=True`` a full recount runs every step (tests; ``invariants.recount``). A violation raises
 ``SimInvariantError``: a broken simulation is never scored.
 """
 
@@ -23,7 +23,6 @@ import math
 from collections import deque
 
 import numpy as np
-from mypy_extensions import mypyc_attr
 
 from backends.base import Deployment
 from backends.sim.admission import RATE_WINDOW, AdmissionControl
@@ -35,6 +34,7 @@ from backends.sim.chrome_trace import TraceWriter
 from backends.sim.costmodel import weight_bytes_per_gpu
 from backends.sim.engines import get_engine
 from backends.sim.fairness import CountingPool, TenantService, VTCQueue
+from backends.sim.invariants import SimInvariantError, recount
 from backends.sim.itl_counter import ITLCounter
 from backends.sim.lora import AdapterSlots, LoraCost
 from backends.sim.memory import BlockManager
@@ -47,12 +47,6 @@ from backends.sim.tiers import tier_rules
 from tuner.policy import Policy
 from workloads.adapters import adapter_rank, uses_adapters
 from workloads.workload import Workload
-
-
-@mypyc_attr(native_class=False)  # (a builtin exception's subclass stays a Python class when compiled)
-class SimInvariantError(AssertionError):
-    """The simulation broke one of its own invariants (a bug, never a result)."""
-
 
 STALL_ITERATIONS = 1_000_000
 """Iterations in a row that sample no token before the run is declared livelocked (a bug: e.g.
@@ -658,63 +652,8 @@ class Simulation(Arrivals):
 
     # ================================================================= checks
     def check(self) -> None:
-        """Full recount of every invariant (O(running + cache)); raises SimInvariantError."""
-        mem, pool = self.mem, self.pool
-        try:
-            mem.check()
-        except AssertionError as e:
-            raise SimInvariantError(str(e)) from None
-        members = pool.members()
-        if len(members) != pool.n:
-            raise SimInvariantError(f"decode pool holds {len(members)} members, counts {pool.n}")
-        left = sum(m.max_out - (m.out - (m.fin_g - pool.g)) for m in members)
-        if left != pool.left_tokens() or sum(m.max_out for m in members) != pool.sum_max or left < 0:
-            raise SimInvariantError(f"decode pool: tokens left to generate {pool.left_tokens()} != recount {left}")
-        if pool.clip:
-            lc = sum(min(m.max_out - (m.out - (m.fin_g - pool.g)), pool.clip) for m in members)
-            if lc != pool.left_clipped():
-                raise SimInvariantError(f"decode pool: clipped tokens left {pool.left_clipped()} != recount {lc}")
-        priv = sum(r.priv for r in self.prefilling) + (sum(r.priv for r in members) if self.reserve else 0)
-        if priv != self.priv_explicit:
-            raise SimInvariantError(f"explicit private blocks {priv} != counter {self.priv_explicit}")
-        dec = 0
-        if pool.grow:
-            dec = sum(self._blocks_for(m.b + pool.g) for m in members)
-            if dec != pool.blocks(pool.g) or dec != pool.cur:
-                raise SimInvariantError(f"decode pool blocks {pool.blocks(pool.g)} (kept {pool.cur}) != recount {dec}")
-        if mem.free + priv + dec + mem.cached != mem.total:
-            raise SimInvariantError(f"KV blocks not conserved: free {mem.free} + private {priv + dec} + "
-                                    f"cached {mem.cached} != total {mem.total}")
-        if self.tiers is not None:
-            seq = [0] * len(self.tiers.tiers)
-            for r in self.swapped:
-                seq[r.tier] += self._blocks_for(r.computed)
-            try:
-                self.tiers.check(seq)
-            except AssertionError as e:
-                raise SimInvariantError(str(e)) from None
-        held = sum(1 for r in self.prefilling if r.hold != -1)
-        if held != self.n_held or (held and not self.async_loads):
-            raise SimInvariantError(f"{self.n_held} requests counted as held, {held} running ones are "
-                                    f"(asynchronous tier loads: {self.async_loads})")
-        if self.n_running() > self.policy.max_num_seqs:
-            raise SimInvariantError(f"{self.n_running()} running > max_num_seqs {self.policy.max_num_seqs}")
-        if self.t < self._last_t:
-            raise SimInvariantError(f"time went back from {self._last_t} to {self.t}")
-        self._last_t = self.t
-        for m in members:
-            if m.fin_g < pool.g:
-                raise SimInvariantError(f"request {m.rid} stayed after its last token")
-        if self.lora is not None:
-            try:
-                self.lora.check([q.adapter for q in self.prefilling + members])
-            except AssertionError as e:
-                raise SimInvariantError(str(e)) from None
-        if self.fair is not None:
-            try:
-                self.waiting.check()
-            except AssertionError as e:
-                raise SimInvariantError(str(e)) from None
+        """Full recount of every invariant (O(running + cache); ``invariants.recount``)."""
+        recount(self)
 
     # ================================================================== run
     def use_cost_model(self, cm) -> None:
