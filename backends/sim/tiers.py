@@ -188,18 +188,9 @@ class KVTiers:
         if blocks <= 0:
             return
         self._pending = 0
-        if not self._room(0, blocks):
-            return
-        tier = self.tiers[0]
-        lru = tier.lru
-        last = next(reversed(lru), -1) if lru else -1
-        if last >= ANON_KEYS:
-            lru[last] += blocks
-        else:
-            lru[self._anon] = blocks
-            self._anon += 1
-        tier.used += blocks
-        self.move_s(0, blocks)
+        if self._room(0, blocks):
+            self._append(0, ANON_KEYS, blocks)
+            self.move_s(0, blocks)
 
     def load_entry(self, i: int) -> float:
         """A request hits entry ``i`` here: its KV is copied to the GPU (the copy stays)."""
@@ -213,13 +204,27 @@ class KVTiers:
         from ``t0`` that can make room; its index, or -1."""
         for k in range(t0, len(self.tiers)):
             if self._room(k, blocks):
-                tier = self.tiers[k]
-                tier.used += blocks
-                tier.lru[i] = blocks
-                if i < ANON_KEYS:
-                    self.where[i] = k
+                self._append(k, i, blocks)
                 return k
         return -1
+
+    def _append(self, k: int, i: int, blocks: int) -> None:
+        """Put item ``i`` at tier ``k``'s most recent end (room made): a prefix entry under its id,
+        an anonymous run (any ``i`` >= ``ANON_KEYS``) merged with the run there, if any, or under
+        a new key."""
+        tier = self.tiers[k]
+        lru = tier.lru
+        tier.used += blocks
+        if i < ANON_KEYS:
+            lru[i] = blocks
+            self.where[i] = k
+            return
+        last = next(reversed(lru), -1) if lru else -1
+        if last >= ANON_KEYS:
+            lru[last] += blocks
+        else:
+            lru[self._anon] = blocks
+            self._anon += 1
 
     def _room(self, t: int, need: int) -> bool:
         """Free ``need`` blocks in tier ``t`` by spilling its oldest items down (or dropping them
@@ -239,9 +244,6 @@ class KVTiers:
             tier.used -= b
             if i < ANON_KEYS:
                 del self.where[i]
-            elif t + 1 < len(self.tiers):
-                i = self._anon
-                self._anon += 1
             if t + 1 < len(self.tiers) and self._place(i, b, t + 1) >= 0:
                 self.spilled += b
         return True
