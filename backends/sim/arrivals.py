@@ -128,6 +128,7 @@ class Arrivals(Scheduling):
             if ta <= tr:
                 if ta > t:
                     return
+                req = self._new_req(i)  # (reads row i's chunk: before the next chunk replaces it)
                 self._next = i + 1
                 if i + 1 < n:
                     if i + 1 - self._c0 >= len(self._ca):
@@ -135,7 +136,6 @@ class Arrivals(Scheduling):
                     self._ta = self._ca[i + 1 - self._c0]
                 else:
                     self._ta = math.inf
-                req = self._new_req(i)
                 if req is not None:
                     self._arrive(req)
             else:

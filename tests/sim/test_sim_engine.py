@@ -268,3 +268,16 @@ def test_closed_form_segments_equal_iteration_by_iteration(knobs):
     assert fast.tel.flops == pytest.approx(slow.tel.flops, rel=1e-9)
     assert fast.tel.alloc_ss == pytest.approx(slow.tel.alloc_ss, rel=0.01)  # trapezoid vs stepwise
     assert fast.tel.used_ss == pytest.approx(slow.tel.used_ss, rel=0.01)
+
+
+def test_the_request_at_an_arrival_chunk_boundary_is_served_as_written():
+    """Arrivals are read in chunks of ARRIVAL_CHUNK rows; the last row of a chunk is served with
+    its own prompt, not one of the next chunk's (it was, until 2026-12-08)."""
+    from backends.sim.arrivals import ARRIVAL_CHUNK
+
+    n = 2 * ARRIVAL_CHUNK + 5
+    prompt = np.full(n, 100)
+    prompt[ARRIVAL_CHUNK - 1] = 777
+    w = build_workload("chunks", np.arange(n) * 0.01, prompt, np.full(n, 2))
+    res = simulate(Policy(prefix_caching=False), w, H100_8B)
+    assert res.telemetry.counters["prefill_tokens"] == prompt.sum()
