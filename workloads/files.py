@@ -6,7 +6,10 @@ Columns are those of ``Workload.to_frame()``:
   max_output (tokens; default output_len), tenant (name; default "default"),
   priority (int, lower first; default 0), slo_class (name; default: the first class),
   adapter (LoRA adapter name or empty; optional), prefix_ids (optional: a list of ints in
-  Parquet/JSONL, space-separated ints in CSV; ids of ``prefix_block_tokens``-token blocks).
+  Parquet/JSONL, space-separated ints in CSV; ids of ``prefix_block_tokens``-token blocks),
+  parent (optional, multi-turn sessions: the 0-based row in this file of the conversation's
+  previous turn, -1 or empty for a first turn) and think_s (s after that turn's last token;
+  default 0): see ``Workload``.
 
 Workload-level fields travel with the file: in Parquet as schema metadata, in CSV as leading
 comment lines ``# key: value`` (``schema_version: 1``, ``name``, ``prefix_block_tokens``,
@@ -31,10 +34,10 @@ from pathlib import Path
 import numpy as np
 import pandas as pd
 
-from workloads.workload import DEFAULT_SLO, SCHEMA_VERSION, SLOClass, Workload
+from workloads.workload import DEFAULT_SLO, SCHEMA_VERSION, SLOClass, Workload, arrival_order, remap_parent
 
 REQUIRED = ("arrival_s", "prompt_len", "output_len")
-OPTIONAL = ("max_output", "tenant", "priority", "slo_class", "adapter", "prefix_ids")
+OPTIONAL = ("max_output", "tenant", "priority", "slo_class", "adapter", "prefix_ids", "parent", "think_s")
 INT_COLS = ("prompt_len", "output_len", "max_output", "priority")
 SUFFIXES = (".parquet", ".csv", ".jsonl")
 
@@ -238,7 +241,35 @@ def frame_to_workload(df: pd.DataFrame, header: dict, where: str, name: str) -> 
             extra = f" (output_len={cols['output_len'][k]})" if col == "max_output" else ""
             raise ValueError(f"{where} row {k + 1}: {col}={_show(df[col].iloc[k])} {why}{extra}")
     n = len(df)
-    order = np.argsort(cols["arrival_s"], kind="stable")  # unsorted files are sorted by arrival
+    if "think_s" in df and "parent" not in df:
+        raise ValueError(f"{where}: column 'think_s' needs the 'parent' column (multi-turn sessions)")
+    parent = think = None
+    if "parent" in df:
+        par = df["parent"]
+        par = par.where(~(par.isna() | (par.astype(str).str.strip() == "")), -1)  # empty: a first turn
+        parent = _column(pd.DataFrame({"parent": par}), "parent", where, integer=True)
+        bad = (parent < -1) | (parent >= n) | (parent == np.arange(n))
+        if bad.any():
+            k = int(np.flatnonzero(bad)[0])
+            raise ValueError(f"{where} row {k + 1}: parent={parent[k]} is not -1 or the 0-based "
+                             f"row of another request")
+        think = np.zeros(n)
+        if "think_s" in df:
+            th = df["think_s"]
+            th = th.where(~(th.isna() | (th.astype(str).str.strip() == "")), 0)  # empty: 0 s
+            think = _column(pd.DataFrame({"think_s": th}), "think_s", where, integer=False)
+            if (think < 0).any():
+                k = int(np.flatnonzero(think < 0)[0])
+                raise ValueError(f"{where} row {k + 1}: think_s={_show(df['think_s'].iloc[k])} is negative")
+        late = (parent >= 0) & (cols["arrival_s"][np.maximum(parent, 0)] > cols["arrival_s"])
+        if late.any():
+            k = int(np.flatnonzero(late)[0])
+            raise ValueError(f"{where} row {k + 1}: arrival_s is before its parent's (row {parent[k] + 1}); a later "
+                             f"turn's arrival_s is the earliest it may be sent")
+    try:
+        order = arrival_order(cols["arrival_s"], parent)  # sorted by arrival (a later turn after its previous one)
+    except ValueError as e:
+        raise ValueError(f"{where}: {e}") from None
     slo = np.zeros(n, np.int32)
     if "slo_class" in df:
         names = df["slo_class"].fillna("").astype(str).str.strip()
@@ -274,6 +305,8 @@ def frame_to_workload(df: pd.DataFrame, header: dict, where: str, name: str) -> 
         new_off = np.r_[0, np.cumsum(lens)].astype(np.int64)
         src = np.repeat(off[:-1][order] - new_off[:-1], lens) + np.arange(new_off[-1], dtype=np.int64)
         kw = {"prefix_offsets": new_off, "prefix_ids": ids[src], "prefix_block_tokens": pbt}
+    if parent is not None:
+        kw.update(parent=remap_parent(parent, order, n), think_s=think[order])
     out = cols["output_len"]
     return Workload(
         name=str(hname or name),

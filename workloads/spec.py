@@ -29,6 +29,12 @@ A spec file (``*.yaml``) that users write by hand::
           priority: 0            # lower is served first
           slo_class: interactive
           prefix: {groups: 9, tokens: 100}   # shared system prompts (optional)
+          session:               # multi-turn conversations (optional): each arrival starts one
+            turns: {dist: uniform, low: 2, high: 8}   # requests per conversation (lengths syntax)
+            message: 200         # tokens of each later user message (default 128)
+            think_s: 20          # mean user think time after an answer, s (exponential; 0: at once)
+                                 # a later turn is sent think_s after the previous turn's last
+                                 # token; its prompt: the previous prompt + output + the message
 
     transforms:                  # applied in order; each item has one key
       - scale_to_rate: 8.0       # req/s            - scale_rate: 2.0 (factor)
@@ -54,11 +60,13 @@ import yaml
 
 from workloads import transforms as T
 from workloads.adapters import DEFAULT_LORA_RANK, assign_adapters
-from workloads.synthetic import Arrival, Lengths, Tenant, generate_mix
+from workloads.synthetic import Arrival, Lengths, Session, Tenant, generate_mix
 from workloads.workload import DEFAULT_SLO, SCHEMA_VERSION, SLOClass, Workload
 
 TOP_KEYS = ("schema_version", "name", "description", "seed", "slo_classes", "source", "synthetic", "transforms")
-TENANT_KEYS = ("name", "rate", "arrival", "prompt", "output", "lengths", "max_output", "priority", "slo_class", "prefix")
+TENANT_KEYS = ("name", "rate", "arrival", "prompt", "output", "lengths", "max_output", "priority", "slo_class", "prefix",
+               "session")
+SESSION_KEYS = ("turns", "message", "think_s")
 ARRIVAL_KEYS = ("process", "cv", "on_rate", "off_rate", "mean_on_s", "mean_off_s", "trace")
 LENGTH_KEYS = ("dist", "value", "low", "high", "mean", "sigma", "a", "trace", "min", "max")
 SYNTH_KEYS = ("duration_s", "num_requests", "prefix_block_tokens", "tenants")
@@ -152,6 +160,18 @@ def _arrival(raw: Any, rate: Any, where: str) -> Arrival:
     return _build(Arrival, f"{where}.arrival", process=process, rate=r, trace=d.get("trace"), **kw)
 
 
+def _session(raw: Any, where: str) -> Session:
+    d = _check_keys(raw, SESSION_KEYS, where)
+    if "turns" not in d:
+        raise _Err(f"{where}: missing turns (requests per conversation: a number or a length spec)")
+    kw: dict[str, Any] = {"turns": _lengths(d["turns"], f"{where}.turns")}
+    if "message" in d:
+        kw["message"] = _lengths(d["message"], f"{where}.message")
+    if "think_s" in d:
+        kw["think_s"] = _num(d["think_s"], f"{where}.think_s")
+    return _build(Session, where, **kw)
+
+
 def _tenant(raw: Any, where: str, default_name: str) -> Tenant:
     d = _check_keys(raw, TENANT_KEYS, where)
     prefix = _check_keys(d.get("prefix") or {}, ("groups", "tokens"), f"{where}.prefix")
@@ -160,6 +180,8 @@ def _tenant(raw: Any, where: str, default_name: str) -> Tenant:
         kw["prompt"] = _lengths(d["prompt"], f"{where}.prompt")
     if "output" in d:
         kw["output"] = _lengths(d["output"], f"{where}.output")
+    if d.get("session") is not None:
+        kw["session"] = _session(d["session"], f"{where}.session")
     return _build(
         Tenant,
         where,

@@ -45,6 +45,21 @@ class WorkloadStats:
     tenants: tuple[tuple[str, int], ...]
     slo_classes: tuple[tuple[str, float, float, int], ...]
     prefix_reuse: float | None
+    sessions: tuple[int, float, int, float] | None = None
+    """Multi-turn sessions: (conversations, mean turns, most turns, mean think time s); None without."""
+
+
+def session_stats(w: Workload) -> tuple[int, float, int, float] | None:
+    """(conversations, mean turns, most turns, mean think s of later turns) of ``w``'s sessions."""
+    if not w.has_sessions:
+        return None
+    root = np.arange(w.n)
+    for i, p in enumerate(w.parent.tolist()):  # type: ignore[union-attr]  # (parents come first)
+        if p >= 0:
+            root[i] = root[p]
+    turns = np.bincount(root, minlength=w.n)[w.parent < 0]  # type: ignore[operator]
+    later = w.parent >= 0  # type: ignore[operator]
+    return len(turns), float(turns.mean()), int(turns.max()), float(w.think_s[later].mean())  # type: ignore[index]
 
 
 def peak_rate(arrival_s: np.ndarray, window_s: float = 60.0) -> float:
@@ -78,6 +93,7 @@ def workload_stats(w: Workload) -> WorkloadStats:
         tenants=tuple((w.tenants[i], int(t_counts[i])) for i in order if t_counts[i] > 0),
         slo_classes=tuple((c.name, c.ttft_ms, c.tpot_ms, int(s_counts[i])) for i, c in enumerate(w.slo_classes)),
         prefix_reuse=prefix_reuse(w),
+        sessions=session_stats(w),
     )
 
 
@@ -114,6 +130,11 @@ def format_stats(s: WorkloadStats) -> str:
     for name, ttft, tpot, count in s.slo_classes:
         rows.append((f"slo {name}", f"{count:,} req   TTFT <= {ttft:g} ms   TPOT <= {tpot:g} ms"))
     rows.append(("prefix reuse", "no prefix blocks" if s.prefix_reuse is None else f"{s.prefix_reuse:.3f} of block references"))
+    if s.sessions is not None:
+        conv, mean, most, think = s.sessions
+        rows.append(("sessions", f"{conv:,} conversations   turns mean {mean:.1f}  max {most}   think mean {think:.1f} s"))
+        rows.append(("", "(a later turn is sent when the previous answer has been read: the rates above count "
+                         "it at its conversation's start)"))
     return _align(rows)
 
 

@@ -12,7 +12,7 @@ from dataclasses import dataclass, field
 import numpy as np
 
 from workloads.transforms import check_rate
-from workloads.workload import DEFAULT_SLO, SLOClass, Workload
+from workloads.workload import DEFAULT_SLO, SLOClass, Workload, remap_parent
 
 ARRIVAL_PROCESSES = ("poisson", "gamma", "bursty", "trace")
 LENGTH_DISTS = ("fixed", "uniform", "lognormal", "zipf", "trace")
@@ -171,6 +171,23 @@ class Lengths:
 
 
 @dataclass(frozen=True, slots=True)
+class Session:
+    """Multi-turn conversations: each arrival of the tenant starts a session of ``turns``
+    requests. Turn k > 1 is sent ``think_s`` seconds (exponential with this mean; 0: at once)
+    after turn k - 1's last token, and its prompt is the conversation so far (the previous
+    turn's prompt and output) plus a new user message of ``message`` tokens, so its prefix is
+    the KV the previous turn computed. The first turn's prompt is the tenant's ``prompt``."""
+
+    turns: Lengths
+    message: Lengths = field(default_factory=lambda: Lengths("fixed", value=128))
+    think_s: float = 0.0
+
+    def __post_init__(self) -> None:
+        if not (0 <= self.think_s <= 86_400):
+            raise ValueError(f"session think_s={self.think_s!r} must be in 0..86400 s")
+
+
+@dataclass(frozen=True, slots=True)
 class Tenant:
     """One tenant of a mix: its arrivals, lengths, priority, SLO class and max_tokens.
 
@@ -191,6 +208,7 @@ class Tenant:
     max_output: int | None = None
     prefix_groups: int = 0
     prefix_tokens: int = 0
+    session: Session | None = None
 
     def __post_init__(self) -> None:
         if not self.name:
@@ -205,6 +223,10 @@ class Tenant:
 
 def _tenant_requests(t: Tenant, rng: np.random.Generator, duration_s: float) -> dict[str, np.ndarray]:
     arr = t.arrival.times(rng, duration_s)
+    turns = None
+    if t.session is not None:  # one row per turn, session-major; arrival_s: the session's start
+        turns = t.session.turns.sample(rng, len(arr), "turns")
+        arr = np.repeat(arr, turns)
     n = len(arr)
     if t.lengths:
         from workloads.registry import load_lengths
@@ -223,7 +245,28 @@ def _tenant_requests(t: Tenant, rng: np.random.Generator, duration_s: float) -> 
         np.maximum(p, t.prefix_tokens + 1, out=p)
     else:
         cols["group"] = np.full(n, -1, np.int32)
+    if turns is not None:
+        _conversations(t.session, turns, cols, rng)  # type: ignore[arg-type]
     return cols
+
+
+def _conversations(s: Session, turns: np.ndarray, cols: dict[str, np.ndarray], rng: np.random.Generator) -> None:
+    """Turn the rows of ``cols`` (session-major, ``turns[j]`` rows for session j) into
+    conversations: later turns get a parent (the previous row), a think time, and a prompt of
+    the previous prompt + output + a new message; only first turns keep a prefix group (a later
+    turn's prefix is its parent's KV)."""
+    n = int(turns.sum())
+    start = np.repeat(np.cumsum(turns) - turns, turns)      # row of each row's first turn
+    first = np.arange(n) == start
+    msg = s.message.sample(rng, n, "prompt_len")
+    p, o = cols["prompt_len"].astype(np.int64), cols["output_len"].astype(np.int64)
+    # prompt_k = p_first + sum_{j<k} out_j + sum_{1<=j<=k} msg_j, within each session
+    add = np.where(first, 0, msg) + np.r_[0, o[:-1]] * ~first
+    c = np.cumsum(np.where(first, p, add))
+    cols["prompt_len"] = c - np.r_[0, c[:-1]][start]
+    cols["parent"] = np.where(first, -1, np.arange(n) - 1).astype(np.int64)
+    cols["think_s"] = np.where(first, 0.0, rng.exponential(s.think_s, n) if s.think_s > 0 else 0.0)
+    cols["group"] = np.where(first, cols["group"], -1).astype(np.int32)
 
 
 def _prefix_blocks(prompt: np.ndarray, group: np.ndarray, tenant: np.ndarray, shared_blocks: np.ndarray,
@@ -280,6 +323,15 @@ def generate_mix(
         if num_requests is None or sum(len(p["arrival_s"]) for p in parts) >= num_requests:
             break
         horizon *= 2
+    if any(t.session is not None for t in tenants):  # every part gets the session columns
+        base = 0
+        for p in parts:
+            m = len(p["arrival_s"])
+            if "parent" in p:
+                p["parent"] = np.where(p["parent"] >= 0, p["parent"] + base, -1)
+            else:
+                p["parent"], p["think_s"] = np.full(m, -1, np.int64), np.zeros(m)
+            base += m
     if len(parts) == 1:  # already sorted: no copies (a 1M-request workload stays small)
         cols = parts[0]
         tenant = np.zeros(len(cols["arrival_s"]), np.int32)
@@ -304,6 +356,9 @@ def generate_mix(
         shared = np.array([t.prefix_tokens // prefix_block_tokens if t.prefix_groups else 0 for t in tenants])
         off, ids = _prefix_blocks(prompt, cols["group"][order], tenant.astype(np.int64), shared, prefix_block_tokens)
         kw = {"prefix_offsets": off, "prefix_ids": ids, "prefix_block_tokens": prefix_block_tokens}
+    if "parent" in cols:
+        sel = np.arange(len(cols["arrival_s"]))[order]
+        kw.update(parent=remap_parent(cols["parent"], sel, len(cols["arrival_s"])), think_s=cols["think_s"][order])
     return Workload(
         name=name,
         arrival_s=cols["arrival_s"][order],

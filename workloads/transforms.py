@@ -89,13 +89,18 @@ def cap_context(w: Workload, max_model_len: int, *, drop: bool = False) -> Workl
 
     Default: truncate (prompt to at most max_model_len - 1, then max_output and output_len to
     what is left; prefix blocks beyond the kept prompt are dropped). ``drop=True`` removes the
-    requests that do not fit instead (as an engine rejects them).
+    requests that do not fit instead (as an engine rejects them), and with them the later turns
+    of their conversations (multi-turn sessions end there).
     """
     m = int(max_model_len)
     if m != max_model_len or m < 2:
         raise ValueError(f"cap_context: max_model_len={max_model_len!r} must be an integer >= 2")
     if drop:
         keep = (w.prompt_len.astype(np.int64) + w.max_output) <= m
+        if w.has_sessions:
+            for i, p in enumerate(w.parent.tolist()):  # type: ignore[union-attr]  # (parents come first)
+                if p >= 0 and not keep[p]:
+                    keep[i] = False
         if not keep.any():
             raise ValueError(f"cap_context: no request of {w.name!r} fits max_model_len={m}")
         out = w.take(np.flatnonzero(keep))

@@ -64,6 +64,13 @@ class Workload:
     Prefix blocks (optional, CSR layout): request i's block ids are
       ``prefix_ids[prefix_offsets[i]:prefix_offsets[i+1]]``; each id names
       ``prefix_block_tokens`` prompt tokens; equal ids mean reusable KV.
+    Multi-turn sessions (optional):
+      parent       int64    row of the session's previous turn (< i), or -1 for a first turn
+      think_s      float64  seconds the user thinks after the previous turn's last token
+    A later turn (parent >= 0) is sent ``think_s`` after its parent finishes, not before its own
+    ``arrival_s`` (the earliest it may be sent: the session's start for a closed loop); its prompt
+    holds the whole conversation so far, and the KV its parent computed (prompt and output) is
+    its prefix. A turn whose parent is rejected or fails is never sent (the session ends).
     """
 
     name: str
@@ -82,6 +89,8 @@ class Workload:
     prefix_ids: np.ndarray | None = None
     prefix_block_tokens: int = 512
     meta: Mapping[str, str] = field(default_factory=dict)
+    parent: np.ndarray | None = None
+    think_s: np.ndarray | None = None
 
     def __post_init__(self) -> None:
         n = len(self.arrival_s)
@@ -104,6 +113,14 @@ class Workload:
         if self.prefix_offsets is not None:
             object.__setattr__(self, "prefix_offsets", _ro(np.asarray(self.prefix_offsets), np.int64))
             object.__setattr__(self, "prefix_ids", _ro(np.asarray(self.prefix_ids), np.int64))
+        if self.parent is None and self.think_s is not None:
+            raise ValueError("think_s needs the parent column (multi-turn sessions)")
+        if self.parent is not None:
+            for col, dt in (("parent", np.int64), ("think_s", np.float64)):
+                arr = np.asarray(np.zeros(n) if col == "think_s" and self.think_s is None else getattr(self, col))
+                if arr.ndim != 1 or len(arr) != n:
+                    raise ValueError(f"workload column {col!r}: expected {n} values, got shape {arr.shape}")
+                object.__setattr__(self, col, _ro(arr, dt))
         object.__setattr__(self, "tenants", tuple(self.tenants))
         object.__setattr__(self, "slo_classes", tuple(self.slo_classes))
         object.__setattr__(self, "adapters", tuple(self.adapters))
@@ -117,7 +134,8 @@ class Workload:
             idx = np.flatnonzero(mask)
             if len(idx):
                 i = int(idx[0])
-                raise ValueError(f"request {i}: {col}={getattr(self, col)[i]!r} {why}")
+                v = getattr(self, col)[i]
+                raise ValueError(f"request {i}: {col}={v.item() if isinstance(v, np.generic) else v!r} {why}")
 
         if self.n and not np.all(np.isfinite(self.arrival_s)):
             bad(~np.isfinite(self.arrival_s), "arrival_s", "is not a finite number")
@@ -142,6 +160,10 @@ class Workload:
                 raise ValueError("prefix blocks: offsets must be non-decreasing")
             if self.prefix_block_tokens < 1:
                 raise ValueError("prefix_block_tokens must be >= 1")
+        if self.parent is not None:
+            bad((self.parent < -1) | (self.parent >= np.arange(self.n)), "parent",
+                "must be -1 (a first turn) or the row of an earlier request")
+            bad(~np.isfinite(self.think_s) | (self.think_s < 0), "think_s", "must be a finite number >= 0")
 
     # --------------------------------------------------------------- derived
     @property
@@ -150,6 +172,11 @@ class Workload:
 
     def __len__(self) -> int:
         return self.n
+
+    @property
+    def has_sessions(self) -> bool:
+        """Some request is a later turn of a multi-turn session (sent when its parent finishes)."""
+        return self.parent is not None and bool((self.parent >= 0).any())
 
     @property
     def span_s(self) -> float:
@@ -183,12 +210,16 @@ class Workload:
         if self.prefix_ids is not None:
             h.update(self.prefix_offsets.tobytes())
             h.update(self.prefix_ids.tobytes())
+        if self.parent is not None:
+            h.update(self.parent.tobytes())
+            h.update(self.think_s.tobytes())  # type: ignore[union-attr]
         h.update(repr((self.tenants, self.slo_classes, self.adapters, self.prefix_block_tokens)).encode())
         return h.hexdigest()[:16]
 
     # ------------------------------------------------------------ selection
     def take(self, idx: np.ndarray | slice, name: str | None = None) -> Workload:
-        """A new workload holding the selected requests (kept in arrival order)."""
+        """A new workload holding the selected requests (kept in arrival order). A later turn
+        whose previous turn is not selected becomes a first turn (sent at its ``arrival_s``)."""
         sel = np.arange(self.n)[idx]
         off = ids = None
         if self.prefix_offsets is not None:
@@ -215,6 +246,8 @@ class Workload:
             prefix_ids=ids,
             prefix_block_tokens=self.prefix_block_tokens,
             meta=dict(self.meta),
+            parent=None if self.parent is None else remap_parent(self.parent, sel, self.n),
+            think_s=None if self.think_s is None else self.think_s[sel],
         )
 
     def replace(self, **changes) -> Workload:
@@ -242,7 +275,39 @@ class Workload:
             df["adapter"] = names[self.adapter + 1]
         if self.prefix_offsets is not None:
             df["prefix_ids"] = [self.blocks_of(i).tolist() for i in range(self.n)]
+        if self.parent is not None:
+            df["parent"] = self.parent
+            df["think_s"] = self.think_s
         return df
+
+
+MAX_TURNS = 10_000
+"""Most turns one conversation may have (deeper chains are taken for a cycle of ``parent``)."""
+
+
+def arrival_order(arrival: np.ndarray, parent: np.ndarray | None) -> np.ndarray:
+    """Rows in arrival order (a stable sort); with sessions (``parent``: the previous turn's row,
+    -1 none), a turn comes after its previous turn among equal arrivals (a conversation's later
+    turns share its start)."""
+    if parent is None:
+        return np.argsort(arrival, kind="stable")
+    depth = np.zeros(len(arrival), np.int64)
+    has, up = parent >= 0, np.maximum(parent, 0)
+    for _ in range(MAX_TURNS + 1):
+        new = np.where(has, depth[up] + 1, 0)
+        if np.array_equal(new, depth):
+            return np.lexsort((depth, arrival))  # (stable: by arrival, then turn)
+        depth = new
+    raise ValueError(f"parent: a conversation of more than {MAX_TURNS:,} turns, or a cycle")
+
+
+def remap_parent(parent: np.ndarray, sel: np.ndarray, n: int) -> np.ndarray:
+    """``parent`` (rows of the previous turn, -1 none) for the rows ``sel`` of a workload of ``n``
+    rows, renumbered to positions in ``sel``; -1 where the previous turn is not selected."""
+    inv = np.full(n, -1, np.int64)
+    inv[sel] = np.arange(len(sel))
+    p = parent[sel]
+    return np.where(p >= 0, inv[np.maximum(p, 0)], -1)
 
 
 def build_workload(
@@ -260,14 +325,19 @@ def build_workload(
     prefix_block_tokens: int = 512,
     meta: Mapping[str, str] | None = None,
     sort: bool = True,
+    parent: Sequence[int] | np.ndarray | None = None,
+    think_s: Sequence[float] | np.ndarray | None = None,
 ) -> Workload:
     """Build a Workload from plain columns; tenant and SLO class given by name.
 
-    Unsorted arrivals are sorted (stably) when ``sort`` is true.
+    Unsorted arrivals are sorted (stably) when ``sort`` is true (``parent`` rows are renumbered).
     """
     arrival = np.asarray(arrival_s, dtype=np.float64)
     n = len(arrival)
-    order = np.argsort(arrival, kind="stable") if sort else np.arange(n)
+    par = None if parent is None else np.asarray(parent, np.int64)
+    if par is not None and (len(par) != n or ((par < -1) | (par >= n)).any()):
+        raise ValueError(f"parent: expected {n} values in -1..{n - 1}")
+    order = arrival_order(arrival, par) if sort else np.arange(n)
     out = np.asarray(output_len, dtype=np.int64)
     mx = out if max_output is None else np.asarray(max_output, dtype=np.int64)
     tenant_names = np.asarray(["default"] * n if tenant is None else tenant, dtype=object).astype(str)
@@ -301,4 +371,6 @@ def build_workload(
         prefix_ids=ids,
         prefix_block_tokens=prefix_block_tokens,
         meta=dict(meta or {}),
+        parent=None if par is None else remap_parent(par, order, n),
+        think_s=None if think_s is None else np.asarray(think_s, np.float64)[order],
     )

@@ -56,7 +56,7 @@ def simulate(policy: Policy, workload: Workload, deployment: Deployment, *, seed
     (``client_lag``; vllm-v1: 0.65 steps) is added to the engine's times (``client_lag=False``:
     the engine's own times, e.g. to compare with another engine simulator); a deployment with a
     calibration file (``backends.sim.calibrated``) adds that calibration's lag instead."""
-    from backends.sim.client_lag import deployment_client_lag
+    from backends.sim.client_lag import deployment_client_lag, deployment_lag
     from backends.sim.engine import Simulation
     from backends.sim.telemetry import build_result
 
@@ -65,6 +65,8 @@ def simulate(policy: Policy, workload: Workload, deployment: Deployment, *, seed
     eff, notes = effective_policy(policy, workload)
     sim = Simulation(eff, workload, deployment, seed=seed, check=check, trace=trace_path is not None,
                      max_sim_time_s=max_sim_time_s, prefilled=prefilled)
+    if client_lag:  # a session's next turn starts from the last token the client sees
+        sim.turn_lag = deployment_lag(deployment)[:2]
     sim.run()
     if deployment.n_gpus > eff.tp:
         notes = (*notes, f"deployment has {deployment.n_gpus} GPUs: simulated ONE instance of tp={eff.tp}; "

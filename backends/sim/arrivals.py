@@ -50,6 +50,9 @@ class Arrivals(Scheduling):
     _cr: list[int]
     _cs: list[float]
     _cl: list[int] | None
+    _cf: list[bool] | None         # the chunk's later turns of multi-turn sessions (sent by their parent)
+    kids: dict[int, list[int]]
+    released: np.ndarray | None
 
     def n_waiting(self) -> int:
         """Waiting requests, those set aside for want of a LoRA slot included."""
@@ -66,9 +69,12 @@ class Arrivals(Scheduling):
         self._cr = w.priority[i0:i1].tolist()
         self._cs = (self.w.ttft_slo_ms()[i0:i1] / 1e3).tolist()
         self._cl = w.adapter[i0:i1].tolist() if self.lora is not None else None  # type: ignore[index]
+        self._cf = (w.parent[i0:i1] >= 0).tolist() if self.released is not None else None  # type: ignore[index]
 
     def _new_req(self, i: int) -> Req | None:
         k = i - self._c0
+        if self._cf is not None and self._cf[k]:
+            return None  # a later turn: sent when its parent finishes (``Simulation._next_turns``)
         prompt, out, max_out = self._cp[k], self._co[k], self._cm[k]
         room = self.max_len - prompt
         if room < 1:
@@ -90,6 +96,30 @@ class Arrivals(Scheduling):
         req.ttft_slo_s = self._cs[k]
         if self._cl is not None:
             req.adapter = self._cl[k]
+        return req
+
+    def _row_req(self, i: int, t: float, head: tuple[int, ...]) -> Req | None:
+        """Request ``i`` (a later turn of a session) sent at ``t`` s; its prefix entries are
+        ``head`` (the previous turn's, prompt and output) then its own listed ones. None (failed)
+        when its prompt leaves no room to generate in the model's context."""
+        w = self.w
+        prompt, out, max_out = int(w.prompt_len[i]), int(w.output_len[i]), int(w.max_output[i])
+        room = self.max_len - prompt
+        if room < 1:
+            self.failed[i] = True
+            return None
+        ids: tuple[int, ...] = ()
+        if self.pbt:
+            k = prompt // self.pbt
+            ids = head[:k]
+            off = w.prefix_offsets
+            if off is not None and len(ids) < k:
+                own = w.prefix_ids[off[i]: off[i + 1]].tolist()  # type: ignore[index]
+                ids = tuple(dict.fromkeys(ids + tuple(own[: k - len(ids)])))
+        req = Req(i, t, prompt, min(out, room), min(max_out, room), int(w.priority[i]), ids, len(ids) * self.pbt)
+        req.ttft_slo_s = float(w.slo_classes[int(w.slo_class[i])].ttft_ms) / 1e3
+        if self.lora is not None:
+            req.adapter = int(w.adapter[i])  # type: ignore[index]
         return req
 
     def _enqueue(self, req: Req) -> None:

@@ -43,17 +43,24 @@ def engine_client_lag(res: RunResult, engine: str) -> RunResult:
     return with_client_lag(res, preset.client_lag_steps, source=f"{preset.name}: output processing + streaming")
 
 
-def deployment_client_lag(res: RunResult, deployment) -> RunResult:
-    """``res`` with the client lag of the deployment's calibration file (``Deployment.calibration``,
-    ``servetune calibrate --live``: fitted ``lag_steps`` and ``lag_s``) when it names one, else
-    the engine preset's (``engine_client_lag``)."""
+def deployment_lag(deployment) -> tuple[float, float, str]:
+    """(steps, seconds, source) of the deployment's client lag: its calibration file's
+    (``Deployment.calibration``, ``servetune calibrate --live``: fitted ``lag_steps`` and
+    ``lag_s``) when it names one, else the engine preset's."""
     from backends.sim.calibrated import calibration_of
+    from backends.sim.engines import get_engine
 
     cf = calibration_of(deployment)
     if cf is None:
-        return engine_client_lag(res, deployment.engine)
-    cal = cf.calibration
-    return with_client_lag(res, cal.lag_steps, cal.lag_s, source=f"calibration {cf.label}")
+        preset = get_engine(deployment.engine)
+        return preset.client_lag_steps, 0.0, f"{preset.name}: output processing + streaming"
+    return cf.calibration.lag_steps, cf.calibration.lag_s, f"calibration {cf.label}"
 
 
-__all__ = ["deployment_client_lag", "engine_client_lag", "with_client_lag"]
+def deployment_client_lag(res: RunResult, deployment) -> RunResult:
+    """``res`` with the deployment's client lag (``deployment_lag``)."""
+    steps, s, source = deployment_lag(deployment)
+    return with_client_lag(res, steps, s, source=source)
+
+
+__all__ = ["deployment_client_lag", "deployment_lag", "engine_client_lag", "with_client_lag"]

@@ -30,7 +30,7 @@ import pandas as pd
 from backends.base import Deployment, RunResult, Telemetry, empty_records
 from backends.itl import ITLHistogram
 from tuner.policy import Policy
-from workloads.workload import Workload
+from workloads.workload import Workload, remap_parent
 
 # knobs of the cluster, reset on the policy each instance runs
 CLUSTER_KNOBS = ("replicas", "routing", "migration", "autoscale", "autoscale_max_replicas",
@@ -118,6 +118,8 @@ class Piece:
     last_s: float = math.nan
     """When a cut piece (migrated away, or its life interrupted) produced its last token, s (the
     end of its instance's last step): the start of the ITL gap its continuation ends."""
+    sent: float = math.nan
+    """When a later turn of a multi-turn session was sent (its parent finished there), s."""
 
 
 @dataclass(slots=True)
@@ -178,6 +180,10 @@ def run_life(life: Life, pol: Policy, w: Workload, dep: Deployment, seed: int, c
                      prefilled=pre if pre.any() else None, expert_dp=expert_dp)
     if cost_model is not None:
         sim.use_cost_model(cost_model)
+    if sub.has_sessions:  # a conversation's next turn starts from the last token the client sees
+        from backends.sim.client_lag import deployment_lag
+
+        sim.turn_lag = deployment_lag(dep)[:2]
     sim.run()
     gen = _gen_in_flight(sim) if sim.stopped else {}
     fin = np.isfinite(sim.finish)
@@ -185,6 +191,8 @@ def run_life(life: Life, pol: Policy, w: Workload, dep: Deployment, seed: int, c
         p.first, p.finish = float(sim.first_tok[j]), float(sim.finish[j])
         p.rejected, p.failed = bool(sim.rejected[j]), bool(sim.failed[j])
         p.preemptions, p.cached = int(sim.preempts[j]), int(sim.cached[j])
+        if sim.released is not None:
+            p.sent = float(sim.released[j])
         p.produced = int(sim.out_done[j]) if fin[j] else gen.get(j, 0)
         p.cut = bool(sim.stopped) and p.failed
         if p.cut:
@@ -195,8 +203,9 @@ def run_life(life: Life, pol: Policy, w: Workload, dep: Deployment, seed: int, c
 def sub_workload(w: Workload, rids: np.ndarray, arrival: np.ndarray, prompt: np.ndarray, out: np.ndarray,
                  max_out: np.ndarray) -> Workload:
     """The requests ``rids`` of ``w`` (any order, arrivals given non-decreasing) with new arrival
-    times and lengths; tenants, SLO classes, adapters and prefix blocks kept (``Workload.take``'s
-    selection without its arrival-order check on the old times)."""
+    times and lengths; tenants, SLO classes, adapters, prefix blocks and sessions kept
+    (``Workload.take``'s selection without its arrival-order check on the old times; a later turn
+    whose previous turn is not among ``rids`` becomes a first turn)."""
     off = ids = None
     if w.prefix_offsets is not None:
         starts, ends = w.prefix_offsets[rids], w.prefix_offsets[rids + 1]
@@ -206,7 +215,9 @@ def sub_workload(w: Workload, rids: np.ndarray, arrival: np.ndarray, prompt: np.
     return Workload(name=w.name, arrival_s=arrival, prompt_len=prompt, output_len=out, max_output=max_out,
                     tenant=w.tenant[rids], priority=w.priority[rids], slo_class=w.slo_class[rids],
                     tenants=w.tenants, slo_classes=w.slo_classes, adapter=w.adapter[rids], adapters=w.adapters,
-                    prefix_offsets=off, prefix_ids=ids, prefix_block_tokens=w.prefix_block_tokens, meta=dict(w.meta))
+                    prefix_offsets=off, prefix_ids=ids, prefix_block_tokens=w.prefix_block_tokens, meta=dict(w.meta),
+                    parent=None if w.parent is None else remap_parent(w.parent, rids, w.n),
+                    think_s=None if w.think_s is None else w.think_s[rids])
 
 
 def _gen_in_flight(sim) -> dict[int, int]:
@@ -245,6 +256,13 @@ def merge(w: Workload, lives: list[Life], policy: Policy, dep: Deployment, notes
                 rep[i] = life.idx if (math.isfinite(p.finish) or math.isfinite(p.first)) else -1
     unplaced = ~np.isfinite(last_t)  # every piece cut and never placed again (should not happen)
     fail |= unplaced
+    if w.has_sessions:  # later turns: when they were sent
+        sent = np.full(n, np.nan)
+        for life in lives:
+            for p in life.pieces:
+                if math.isfinite(p.sent):
+                    sent[p.rid] = p.sent
+        rec["arrival_s"] = np.where(np.isfinite(sent), sent, w.arrival_s)
     rec["first_token_s"] = np.where(np.isfinite(first), first, np.nan)
     rec["finish_s"] = finish
     rec["output_len"] = produced
@@ -361,6 +379,11 @@ def simulate_cluster(policy: Policy, workload: Workload, deployment: Deployment,
     from backends.sim.client_lag import deployment_client_lag
 
     check_gpus(policy, deployment)
+    if workload.has_sessions and (policy.disaggregated or policy.autoscale or policy.spot_fraction > 0
+                                  or policy.migration):
+        raise ValueError("a workload of multi-turn sessions runs on one instance or on fixed replicas (each "
+                         "conversation stays on the replica of its first turn); not with disaggregated, "
+                         "autoscale, spot_fraction or migration")
     if policy.disaggregated:
         from backends.sim.disagg import simulate_disaggregated
 

@@ -203,6 +203,7 @@ class Simulation(Arrivals):
         self._next = 0              # index of the next arrival
         self._c0 = 0
         self._ca = []
+        self._cf = None
         self._ta = math.inf         # time of the next arrival
         self._ran = False
         self._last_t = 0.0
@@ -223,6 +224,18 @@ class Simulation(Arrivals):
         self.cached = np.zeros(n, np.int64)
         self.rejected = np.zeros(n, bool)
         self.failed = np.zeros(n, bool)
+        # multi-turn sessions: a later turn is sent when its parent finishes (``_next_turns``)
+        self.kids: dict[int, list[int]] = {}
+        self.turn_lag = (0.0, 0.0)  # (steps, s) of client lag before the user sees a turn's last token
+        self.released: np.ndarray | None = None  # s, when each request was sent (later turns: at run time)
+        if workload.has_sessions:
+            if self.prefilled is not None:
+                raise ValueError("multi-turn sessions and prefilled (disaggregated) requests cannot be combined")
+            par = workload.parent.tolist()  # type: ignore[union-attr]
+            for i, p in enumerate(par):
+                if p >= 0:
+                    self.kids.setdefault(p, []).append(i)
+            self.released = workload.arrival_s.copy()
         self.tel = TelemetryRecorder(total, bs)
         self.itl: ITLCounter = self.tel.itl  # (typed: a compiled call from the hot loop)
         self.trace = TraceWriter() if trace else None
@@ -275,6 +288,9 @@ class Simulation(Arrivals):
         if self._served[rid]:
             raise SimInvariantError(f"request {rid} finished twice")
         self._served[rid] = 1
+        kids = self.kids.pop(rid, None) if self.kids else None
+        if kids is not None and self.pbt:  # its KV (prompt and output) stays cached for the next turn
+            self._cache_victim(req, self.mem.free, req.prompt + req.gen - 1)
         if req.ids:
             self.mem.release(req.ids)
             if self.wt is not None:  # (its blocks were refreshed with its last store: most recent as it leaves)
@@ -290,6 +306,26 @@ class Simulation(Arrivals):
         self.recent_done.append(t)
         if self.trace is not None:
             self.trace.request(rid, req.arrival, req.first_token, t, req.prompt, req.gen, req.preemptions)
+        if kids is not None:
+            self._next_turns(kids, t, req)
+
+    def _next_turns(self, kids: list[int], t: float, req: Req) -> None:
+        """Turn ``req`` finished at ``t``: each later turn ``kids`` (rows) is sent ``think_s`` after
+        the client sees that (``turn_lag``: the client lag ``simulate`` adds to the records), not
+        before its own ``arrival_s``, with ``req``'s prefix entries (its prompt's and output's
+        KV) as the start of its prefix. It arrives through the retry heap."""
+        w = self.w
+        steps, lag = self.turn_lag
+        if steps and req.gen >= 2:
+            lag += steps * (t - req.first_token) / (req.gen - 1)
+        ids = req.ids
+        for i in kids:
+            ta = max(t + lag + float(w.think_s[i]), float(w.arrival_s[i]))  # type: ignore[index]
+            self.released[i] = ta  # type: ignore[index]
+            nxt = self._row_req(i, ta, ids)
+            if nxt is not None:
+                self._seq += 1
+                heapq.heappush(self.retry, (ta, self._seq, nxt))
 
     def _sampled(self, req: Req, t: float) -> None:
         """A prefill (or recompute) caught up: one token is sampled at time t."""
@@ -833,6 +869,8 @@ class Simulation(Arrivals):
         if self.wt is not None:
             self.wt.flush()  # (anonymous write-through blocks still pending)
         fin = np.isfinite(self.finish)
+        if self.released is not None and self.t < self.max_t:  # later turns never sent: an earlier one
+            self.failed |= ~fin & ~self.rejected & (self.w.parent >= 0)  # type: ignore[operator]  # ended unserved
         if self.t >= self.max_t:
             lost = ~fin & ~self.rejected & ~self.failed
             self.stopped = int(lost.sum())

@@ -378,16 +378,19 @@ class Scheduling:
             self.waiting.push_front(req)
             self.queued_tokens += req.num_tokens
 
-    def _cache_victim(self, req: Req, blocks: int) -> None:
+    def _cache_victim(self, req: Req, blocks: int, keep: int = -1) -> None:
         """Recompute preemption with prefix caching: the victim's computed full blocks beyond its
         prefix entries (prompt and generated tokens) become prefix-cache entries of its own, ready
         and unreferenced (evictable), so that its recompute hits whatever LRU eviction has not taken
         by then. vLLM's automatic prefix caching hashes every full block a request computes and keeps
         it on free; SGLang's radix cache keeps only what the request's last prefill computed
         (``victim_prompt_only``, ``EnginePreset.victim_keeps_output``: the tokens decoded since are
-        freed). ``blocks``: the private blocks it just gave back (the entries take at most those)."""
+        freed). ``blocks``: the private blocks it just gave back (the entries take at most those).
+        ``keep`` (tokens) overrides that rule: a finished turn of a session keeps its prompt and
+        output (both engines cache a finished request's blocks) for the next turn."""
         mem = self.mem
-        keep = min(req.computed, req.pre) if self.victim_prompt_only else req.computed
+        if keep < 0:
+            keep = min(req.computed, req.pre) if self.victim_prompt_only else req.computed
         n = min((keep - req.shared) // self.pbt, blocks // mem.entry_blocks)
         if n <= 0:
             return
@@ -396,8 +399,8 @@ class Scheduling:
         own = tuple(range(base, base + n))
         mem.acquire(own)  # (out of the blocks just given back: evicts nothing)
         mem.mark_ready(own)
-        if self.wt is not None:  # (written through as they were computed: named here)
-            self.wt.write_entries(own)
+        if self.wt is not None:  # (written through, anonymously, as they were computed: named now)
+            self.wt.name_written(own)
         req.ids = req.ids + own
         req.shared += n * self.pbt
 

@@ -104,6 +104,8 @@ def build_result(sim, policy, notes: tuple[str, ...]):
     rec = empty_records(sim.w)
     served = np.isfinite(sim.finish)
     rec["first_token_s"] = sim.first_tok
+    if sim.released is not None:  # later turns of multi-turn sessions: sent when their parent finished
+        rec["arrival_s"] = sim.released
     rec["finish_s"] = sim.finish
     rec["output_len"] = sim.out_done
     rec["rejected"] = sim.rejected

@@ -165,6 +165,41 @@ class KVTiers:
         if stored:
             self.touch(ids)
 
+    def name_written(self, ids: tuple[int, ...]) -> None:
+        """Write-through: blocks a request stored anonymously as it computed them become the
+        prefix entries ``ids`` (a preempted or finished request's own blocks, kept as entries).
+        As many blocks leave the anonymous runs at the CPU tier's most recent end (where the
+        request's stores and refreshes left its blocks) as the new entries take, and the entries
+        go there: the tier holds those blocks once. Only blocks no longer held anywhere are stored
+        again (and move over PCIe)."""
+        self.flush()
+        tier, eb, where = self.tiers[0], self.entry_blocks, self.where
+        new = [i for i in ids if i not in where]
+        left = len(new) * eb
+        lru, cut, got = tier.lru, [], 0
+        for key in reversed(lru):  # the newest anonymous runs, as far as needed
+            if got >= left:
+                break
+            if key >= ANON_KEYS:
+                cut.append(key)
+                got += lru[key]
+        for key in cut:
+            b = lru[key]
+            if b > left:  # (the run's older part stays where it is)
+                lru[key] = b - left
+                tier.used -= left
+                left = 0
+                break
+            del lru[key]
+            tier.used -= b
+            left -= b
+        for i in new:  # at the most recent end; what no run held any more is stored again
+            t = self._place(i, eb, 0)
+            if t >= 0 and left > 0:
+                self.move_s(t, min(eb, left))
+                left -= eb
+        self.touch(ids)
+
     def touch(self, ids: tuple[int, ...]) -> None:
         """Refresh the entries of ``ids`` held here, the first most recent; store nothing."""
         self.flush()
