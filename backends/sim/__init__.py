@@ -43,7 +43,9 @@ def effective_policy(policy: Policy, workload: Workload | None = None) -> tuple[
         changes["preemption"] = "request"
         notes.append("batching=static reserves prompt + max_tokens per request; preemption=token ran as request")
     if workload is not None and policy.prefix_caching and workload.prefix_offsets is None:
-        notes.append("prefix_caching: the workload names no prefix blocks; only a preempted request's own blocks can hit")
+        notes.append("prefix_caching: the workload names no prefix blocks; only a conversation's earlier turns "
+                     "(multi-turn sessions) and a preempted request's own blocks can hit" if workload.has_sessions else
+                     "prefix_caching: the workload names no prefix blocks; only a preempted request's own blocks can hit")
     return (policy.replace(**changes) if changes else policy), tuple(notes)
 
 
