@@ -66,6 +66,11 @@ def tune_cmd(
     for b in (study_backend, checker):  # on a model / GPU it does not know, or an engine not installed
         if hasattr(b, "check_deployment"):
             b.check_deployment(spec.deployment)
+    if any(hasattr(b, "check_workload") for b in (study_backend, checker)):  # a workload it cannot send
+        w = spec.load_workload()
+        for b in (study_backend, checker):
+            if hasattr(b, "check_workload"):
+                b.check_workload(w)
     if mlflow_uri:  # unreachable / unusable: one line before the study storage is created
         Tracker(mlflow_uri).check()
     opts = TuneOptions(trials=trials, timeout_s=timeout, storage=storage, mlflow_uri=mlflow_uri, n_jobs=n_jobs,

@@ -93,11 +93,22 @@ def prompt_tokens(workload: Workload, seed: int, token_range: tuple[int, int]) -
     return out
 
 
+def check_replayable(workload: Workload) -> None:
+    """ValueError for a workload the replay cannot send as written: multi-turn sessions (a later
+    turn's prompt holds the tokens the server generated for the previous turn, and it is sent
+    when that turn finishes; the replay sends fixed prompts at fixed times)."""
+    if workload.has_sessions:
+        raise ValueError(f"workload {workload.name!r} has multi-turn sessions: the live replay does not send "
+                         "conversations yet (simulate them: --backend sim)")
+
+
 def replay(url: str, workload: Workload, cfg: ReplayConfig, *, seed: int = 0,
            check_alive: Callable[[], None] | None = None) -> ReplayOutput:
     """Replay ``workload`` against the server at ``url`` (blocking). ``check_alive`` is called
     about once a second and may raise (e.g. EngineError when the server died): the replay is
-    then cancelled and the error propagates."""
+    then cancelled and the error propagates. ValueError (``check_replayable``) before anything
+    is sent."""
+    check_replayable(workload)
     prompts = prompt_tokens(workload, seed, cfg.token_range)
     return asyncio.run(_replay(url, workload, prompts, cfg, check_alive))
 

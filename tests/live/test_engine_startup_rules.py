@@ -76,3 +76,14 @@ def test_engine_flags_shows_the_rule(run_cli, tmp_path):
     assert cmd[cmd.index("--max-num-batched-tokens") + 1] == "512"
     assert ("# not expressible: max_num_batched_tokens=256: vLLM rejects max_num_batched_tokens < max_num_seqs "
             "(512); raised to 512") in out
+
+
+def test_a_workload_of_conversations_is_refused_before_a_server_starts():
+    """The replay sends fixed prompts at fixed times; a later turn of a multi-turn session needs
+    the previous turn's generated tokens, sent when it finishes: refused, nothing launched."""
+    from backends.live.vllm import VLLMBackend
+    from workloads.workload import build_workload
+
+    w = build_workload("chat", [0.0, 0.0], [100, 300], [50, 50], parent=[-1, 0], think_s=[0.0, 5.0])
+    with pytest.raises(ValueError, match="multi-turn sessions: the live replay does not send conversations"):
+        VLLMBackend(python="/no/such/python").run(Policy(), w, LLAMA)
