@@ -69,14 +69,22 @@ def prompt_tokens(workload: Workload, seed: int, token_range: tuple[int, int]) -
     """Token ids of every prompt (exactly ``prompt_len`` each), deterministic in ``seed``.
 
     A prefix block id always maps to the same ``prefix_block_tokens`` ids, so requests whose
-    block lists start alike share a token prefix; the rest of each prompt is unique.
+    block lists start alike share a token prefix; the rest of each prompt is unique. A later
+    turn of a multi-turn session gets only its new message here (``prompt_len`` less its
+    previous turn's prompt and output): the replay puts the conversation so far in front.
     """
     lo, hi = token_range
     blk_tokens = workload.prefix_block_tokens
     cache: dict[int, np.ndarray] = {}
     out: list[list[int]] = []
+    parent = workload.parent if workload.has_sessions else None
     for i in range(workload.n):
         n = int(workload.prompt_len[i])
+        if parent is not None and parent[i] >= 0:
+            p = int(parent[i])
+            tail = n - int(workload.prompt_len[p]) - int(workload.output_len[p])
+            out.append(np.random.default_rng([seed, 2, i]).integers(lo, hi, max(tail, 0)).astype(int).tolist())
+            continue
         parts: list[np.ndarray] = []
         have = 0
         for b in workload.blocks_of(i):
@@ -93,22 +101,17 @@ def prompt_tokens(workload: Workload, seed: int, token_range: tuple[int, int]) -
     return out
 
 
-def check_replayable(workload: Workload) -> None:
-    """ValueError for a workload the replay cannot send as written: multi-turn sessions (a later
-    turn's prompt holds the tokens the server generated for the previous turn, and it is sent
-    when that turn finishes; the replay sends fixed prompts at fixed times)."""
-    if workload.has_sessions:
-        raise ValueError(f"workload {workload.name!r} has multi-turn sessions: the live replay does not send "
-                         "conversations yet (simulate them: --backend sim)")
-
-
 def replay(url: str, workload: Workload, cfg: ReplayConfig, *, seed: int = 0,
            check_alive: Callable[[], None] | None = None) -> ReplayOutput:
     """Replay ``workload`` against the server at ``url`` (blocking). ``check_alive`` is called
     about once a second and may raise (e.g. EngineError when the server died): the replay is
-    then cancelled and the error propagates. ValueError (``check_replayable``) before anything
-    is sent."""
-    check_replayable(workload)
+    then cancelled and the error propagates.
+
+    Multi-turn sessions are sent as a chat client sends them: a later turn waits for its previous
+    turn's last token, then its ``think_s`` (× ``time_scale``), not sending before its own
+    arrival; its prompt is the previous turn's prompt, the token ids the server generated for it
+    (``return_token_ids``, vLLM >= 0.10.2) and its new message. A turn whose previous turn failed
+    is not sent (failed). Its record's ``arrival_s`` is when it was sent."""
     prompts = prompt_tokens(workload, seed, cfg.token_range)
     return asyncio.run(_replay(url, workload, prompts, cfg, check_alive))
 
@@ -152,6 +155,15 @@ async def _replay(url: str, w: Workload, prompts: Sequence[list[int]], cfg: Repl
     snaps: list[Snapshot] = []
     sem = asyncio.Semaphore(cfg.max_concurrency)
     arrival = w.arrival_s.astype(np.float64) * cfg.time_scale
+    parent = w.parent if w.has_sessions else None
+    said: dict[int, list[int]] = {}  # a turn with a successor: the conversation so far (prompt + output ids)
+    ended: dict[int, asyncio.Event] = {}
+    waiting: dict[int, int] = {}  # successors still to send, per turn
+    if parent is not None:
+        for q in parent.tolist():
+            if q >= 0:
+                waiting[q] = waiting.get(q, 0) + 1
+        ended = {q: asyncio.Event() for q in waiting}
     conn = aiohttp.TCPConnector(limit=cfg.max_concurrency + 4)
     # no session-wide time-out (aiohttp's default is 300 s): each request has request_timeout_s
     async with aiohttp.ClientSession(connector=conn, timeout=aiohttp.ClientTimeout(total=None)) as session:
@@ -168,16 +180,44 @@ async def _replay(url: str, w: Workload, prompts: Sequence[list[int]], cfg: Repl
                 pass
 
         async def one(i: int) -> None:
+            try:
+                await send(i)
+            finally:
+                if i in ended:
+                    ended[i].set()
+
+        async def send(i: int) -> None:
+            prompt = prompts[i]
+            p = int(parent[i]) if parent is not None else -1
+            if p >= 0:  # a later turn: after the previous one, the user's pause, and its own arrival
+                await ended[p].wait()
+                if p not in said:  # the previous turn failed: the conversation ends
+                    failed[i] = True
+                    return
+                arrival[i] = max(arrival[i], finish[p] + float(w.think_s[i]) * cfg.time_scale)  # type: ignore[index]
+                prompt = said[p][: int(w.prompt_len[i])] + prompt
+                waiting[p] -= 1
+                if not waiting[p]:  # (its last successor has it)
+                    del said[p]
             await asyncio.sleep(max(0.0, arrival[i] - now()))
             async with sem:
-                body = {"model": cfg.model, "prompt": prompts[i], "max_tokens": int(w.output_len[i]),
+                body = {"model": cfg.model, "prompt": prompt, "max_tokens": int(w.output_len[i]),
                         "ignore_eos": True, "temperature": 0.0, "stream": True,
                         "stream_options": {"include_usage": True}, **cfg.extra_body}
                 if cfg.use_priority:
                     body["priority"] = int(w.priority[i])
+                toks: list[int] | None = None
+                if i in ended:
+                    body["return_token_ids"] = True
+                    toks = []
                 try:
                     await asyncio.wait_for(_stream(session, url, body, i, now, first, finish, out_len, cached,
-                                                   gaps), cfg.request_timeout_s)
+                                                   gaps, toks), cfg.request_timeout_s)
+                    if toks is not None:
+                        if len(toks) != int(w.output_len[i]):
+                            raise ValueError(f"got {len(toks)} generated token ids for {w.output_len[i]} tokens "
+                                             "(return_token_ids needs vLLM >= 0.10.2)")
+                        said[i] = list(prompt) + toks
                 except (TimeoutError, aiohttp.ClientError, ValueError) as e:
                     failed[i] = True
                     finish[i] = np.nan
@@ -242,9 +282,11 @@ async def _gather_or_fail(tasks: list[asyncio.Task], watcher: Awaitable) -> None
 
 
 async def _stream(session, url: str, body: dict, i: int, now: Callable[[], float], first: np.ndarray,
-                  finish: np.ndarray, out_len: np.ndarray, cached: np.ndarray, gaps: list[float]) -> None:
+                  finish: np.ndarray, out_len: np.ndarray, cached: np.ndarray, gaps: list[float],
+                  toks: list[int] | None = None) -> None:
     """Stream request ``i``: its first-content and finish times, token counts, and (once it has
-    succeeded) the gaps between its successive content chunks into ``gaps``."""
+    succeeded) the gaps between its successive content chunks into ``gaps``; with ``toks``, the
+    generated token ids (the body asks for ``return_token_ids``)."""
     async with session.post(url + "/v1/completions", json=body) as r:
         if r.status != 200:
             text = (await r.text())[:200]
@@ -266,6 +308,9 @@ async def _stream(session, url: str, body: dict, i: int, now: Callable[[], float
                 if "error" in msg:
                     raise ValueError(f"server error: {str(msg['error'])[:200]}")
                 if msg.get("choices"):  # (as vllm bench serve: every chunk with choices, text or not)
+                    if toks is not None:
+                        for c in msg["choices"]:
+                            toks.extend(c.get("token_ids") or ())
                     t = now()
                     seen.append(t)
                     if np.isnan(first[i]):

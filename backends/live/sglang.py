@@ -63,6 +63,13 @@ class SGLangBackend(VLLMBackend):
         m = sglang_args(policy, deployment, port=port, host="127.0.0.1")
         return m.command("sglang", self.find_python())
 
+    def check_workload(self, workload: Workload) -> None:
+        """ValueError for multi-turn sessions: the replay builds a later turn's prompt from the
+        previous turn's generated token ids (vLLM's ``return_token_ids``), not checked on SGLang."""
+        if workload.has_sessions:
+            raise ValueError(f"workload {workload.name!r} has multi-turn sessions: the live replay sends "
+                             "conversations to vLLM only (simulate them, or use --backend vllm)")
+
     def run(self, policy: Policy, workload: Workload, deployment: Deployment, *, seed: int = 0) -> RunResult:
         self.check_policy(policy, deployment)  # a cluster knob it does not deploy: ValueError, nothing started
         self.find_python()  # EngineError("SGLang is not installed ...") before anything else

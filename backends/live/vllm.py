@@ -33,7 +33,7 @@ import numpy as np
 from backends.base import Deployment, RunResult, Telemetry
 from backends.live.flags import FlagMapping, is_cpu, vllm_args
 from backends.live.metrics import counter_delta, kv_capacity_tokens, timeline_frame
-from backends.live.replay import ReplayConfig, check_replayable, replay, warm_up
+from backends.live.replay import ReplayConfig, replay, warm_up
 from backends.live.server import MODULE, ServerPool
 from backends.live.tiny_model import NAME as TINY_NAME
 from backends.live.tiny_model import ensure_tiny_model, prompt_token_range
@@ -155,18 +155,16 @@ class VLLMBackend:
                          kv_cache_bytes=self.kv_cache_bytes)
 
     # -------------------------------------------------------------------- run
-    @staticmethod
-    def check_workload(workload: Workload) -> None:
-        """ValueError for a workload the replay cannot send (``replay.check_replayable``)."""
-        check_replayable(workload)
+    def check_workload(self, workload: Workload) -> None:
+        """ValueError for a workload this engine's replay cannot send (none for vLLM: multi-turn
+        sessions need ``return_token_ids``, vLLM >= 0.10.2)."""
 
     def run(self, policy: Policy, workload: Workload, deployment: Deployment, *, seed: int = 0) -> RunResult:
         """Serve ``workload`` under ``policy`` on a real vLLM server. EngineError when the server
         cannot start or dies mid-trial (with the reason and the log's last lines); ValueError,
-        before anything starts, for a cluster knob it does not deploy (``check_deployable``) or a
-        workload the replay cannot send (``replay.check_replayable``)."""
+        before anything starts, for a cluster knob it does not deploy (``check_deployable``)."""
         self.check_policy(policy, deployment)
-        check_replayable(workload)
+        self.check_workload(workload)
         model = self.model_path(deployment)
         mapping = self.flags(policy, deployment, model)
         args = [*mapping.args, *self.measure_args, *self.extra_args]

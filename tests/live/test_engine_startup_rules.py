@@ -78,12 +78,15 @@ def test_engine_flags_shows_the_rule(run_cli, tmp_path):
             "(512); raised to 512") in out
 
 
-def test_a_workload_of_conversations_is_refused_before_a_server_starts():
-    """The replay sends fixed prompts at fixed times; a later turn of a multi-turn session needs
-    the previous turn's generated tokens, sent when it finishes: refused, nothing launched."""
-    from backends.live.vllm import VLLMBackend
+def test_a_workload_of_conversations_is_refused_by_sglang_before_a_server_starts(monkeypatch):
+    """SGLang's replay of multi-turn sessions is not checked (the next prompt is built from the
+    generated token ids vLLM returns): refused, nothing launched."""
+    import sys
+
+    from backends.live.sglang import SGLangBackend
     from workloads.workload import build_workload
 
+    monkeypatch.setenv("SERVETUNE_SGLANG_PYTHON", sys.executable)
     w = build_workload("chat", [0.0, 0.0], [100, 300], [50, 50], parent=[-1, 0], think_s=[0.0, 5.0])
-    with pytest.raises(ValueError, match="multi-turn sessions: the live replay does not send conversations"):
-        VLLMBackend(python="/no/such/python").run(Policy(), w, LLAMA)
+    with pytest.raises(ValueError, match="multi-turn sessions: the live replay sends conversations to vLLM only"):
+        SGLangBackend().run(Policy(), w, LLAMA)

@@ -282,3 +282,31 @@ def test_kept_server_does_not_outlive_servetune(vllm_python, tmp_path):
             return
         time.sleep(0.5)
     pytest.fail(f"server group {pid} still alive 60 s after servetune exited")
+
+
+def test_a_conversation_is_sent_turn_by_turn_and_hits_its_own_context(backend):
+    """Multi-turn sessions, live: each later turn is sent when the previous one has ended plus the
+    user's pause, and its prompt is the previous prompt + the tokens vLLM generated for it + a new
+    message; vLLM's prefix cache then serves the previous turn's prompt AND output (whole 32-token
+    blocks up to its last computed token), exactly the hits the simulator predicts."""
+    from backends.sim import simulate
+
+    n_conv, turns, prompt, out, msg, think = 3, 3, 100, 40, 30, 0.3
+    arr, plen, par, th = [], [], [], []
+    for s in range(n_conv):
+        for k in range(turns):
+            arr.append(0.1 * s)
+            plen.append(prompt + k * (out + msg))
+            par.append(-1 if k == 0 else len(arr) - 2)
+            th.append(0.0 if k == 0 else think)
+    w = build_workload("conversations", arr, plen, [out] * len(arr), parent=par, think_s=th)
+    rec = run(backend, w).records
+    assert not rec.failed.any() and (rec.output_len == out).all()
+    kid = w.parent >= 0
+    sent, done = rec.arrival_s.to_numpy(), rec.finish_s.to_numpy()
+    gap = sent[kid] - done[w.parent[kid]]
+    assert (gap >= think - 1e-6).all() and (gap < think + 0.5).all(), gap  # (the client's event loop: < 0.5 s)
+    live_hits = rec.cached_tokens.to_numpy()
+    sim_hits = simulate(POLICY, w, DEPLOY).records.cached_tokens.to_numpy()
+    assert (live_hits[kid] == sim_hits[kid]).all(), (live_hits, sim_hits)
+    assert (live_hits[kid] == (w.prompt_len[w.parent[kid]] + out - 1) // 32 * 32).all()

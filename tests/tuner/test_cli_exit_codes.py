@@ -94,16 +94,17 @@ def test_missing_live_engine_fails_before_any_trial(write_study, run_cli, projec
     assert not (project / ".servetune" / "optuna.journal").exists()  # nothing stored: the default trial stays
 
 
-def test_a_live_study_of_conversations_fails_before_any_trial(write_study, run_cli, project, monkeypatch):
-    """The live replay cannot send multi-turn sessions yet: one line, exit 2, nothing stored."""
+def test_a_live_study_of_conversations_on_sglang_fails_before_any_trial(write_study, run_cli, project, monkeypatch):
+    """The live replay sends multi-turn sessions to vLLM only (the next prompt is built from the
+    generated token ids vLLM returns): on SGLang one line, exit 2, nothing stored."""
     chat = {"spec": {"schema_version": 1, "synthetic": {"duration_s": 30, "rate": 1, "prompt": 200, "output": 20,
                                                           "session": {"turns": 3, "think_s": 2}}}}
     p = write_study(name="chat", workload=chat)
-    monkeypatch.setenv("SERVETUNE_VLLM_PYTHON", sys.executable)  # (an interpreter is found; no server starts)
-    for argv in (["--backend", "vllm"], ["--verify-top", "1", "--verify-backend", "vllm"]):
+    monkeypatch.setenv("SERVETUNE_SGLANG_PYTHON", sys.executable)  # (an interpreter is found; no server starts)
+    for argv in (["--backend", "sglang"], ["--verify-top", "1", "--verify-backend", "sglang"]):
         code, out, err = run_cli("tune", str(p), "--trials", "2", "--no-progress", *argv)
         assert code == 2 and len(_lines(err)) == 1, (argv, out, err)
-        assert "multi-turn sessions: the live replay does not send conversations" in err
+        assert "multi-turn sessions: the live replay sends conversations to vLLM only" in err
     assert not (project / ".servetune" / "optuna.journal").exists()
 
 
