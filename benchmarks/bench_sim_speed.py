@@ -64,6 +64,18 @@ def _poisson(n: int, rate: float = 10.0):
     return build_workload(f"poisson-{n // 1000}k", arr, prompt, out, sort=False)
 
 
+def _sessions(n: int):
+    """Multi-turn conversations (closed loop): ~n requests, 2-6 turns each, 10 s pauses."""
+    from workloads.synthetic import Arrival, Lengths, Session, Tenant, generate_mix
+
+    t = Tenant("chat", Arrival("poisson", rate=2.0), prompt=Lengths("lognormal", mean=800, sigma=0.6, max=4000),
+               output=Lengths("lognormal", mean=200, sigma=0.7, max=1000),
+               session=Session(Lengths("uniform", low=2, high=6), Lengths("lognormal", mean=100, sigma=0.6, max=800),
+                               think_s=10.0))
+    w = generate_mix(f"sessions-{n // 1000}k", [t], duration_s=n / 8.0, seed=0)
+    return w
+
+
 PRIMITIVES = {  # in-instance primitives switched on (servetune issue 5): case "azure-conv:<name>"
     "spec": {"speculation": "ngram", "spec_k": 4},
     "spec_dyn": {"speculation": "ngram", "spec_k": 4, "spec_dynamic": True},
@@ -94,7 +106,7 @@ def run_case(case: str, repeat: int) -> dict:
     from workloads.adapters import assign_adapters
 
     kind, _, arg = case.partition(":")
-    w = _azure_conv() if kind == "azure-conv" else _poisson(int(arg))
+    w = _azure_conv() if kind == "azure-conv" else _sessions(int(arg)) if kind == "sessions" else _poisson(int(arg))
     if arg in PRIMITIVES:
         policy = Policy(**PRIMITIVES[arg])
         if arg == "vtc" or arg.startswith("all"):
@@ -127,7 +139,7 @@ def main() -> None:
         print(json.dumps(run_case(args.case, args.repeat)))
         return
     cases = ["azure-conv:", "azure-conv:continuous", "azure-conv:decode_maximal", "azure-conv:static",
-             *(f"azure-conv:{p}" for p in PRIMITIVES), "poisson:10000", "poisson:100000"] + ([] if args.quick else ["poisson:1000000"])
+             *(f"azure-conv:{p}" for p in PRIMITIVES), "sessions:20000", "poisson:10000", "poisson:100000"] + ([] if args.quick else ["poisson:1000000"])
     hdr = (f"{'workload':14s} {'batching':15s} {'requests':>9s} {'iters':>9s} {'wall s':>8s} {'cpu s':>7s} "
            f"{'req/s wall':>11s} {'req/s cpu':>10s} {'peak RSS MB':>12s} {'sim MB':>7s}")
     import backends.sim.engine as engine
