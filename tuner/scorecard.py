@@ -98,6 +98,13 @@ class Scorecard:
     """LoRA adapters copied host → GPU (0 without adapters)."""
     adapter_load_s: float = 0.0
     """Seconds of iterations spent loading LoRA adapters."""
+    followup_ttft_p50_ms: float = float("nan")
+    """Multi-turn sessions: TTFT of the served later turns (a conversation's follow-ups, whose
+    prompt holds the conversation so far), p50 and p90; NaN without sessions."""
+    followup_ttft_p90_ms: float = float("nan")
+    followup_cached_frac: float = float("nan")
+    """Share of the served later turns' prompt tokens found in the prefix cache (GPU or a lower
+    tier): how much of the conversations' context the engine kept between turns."""
 
     def as_dict(self) -> dict[str, float]:
         return asdict(self)
@@ -288,6 +295,12 @@ def score(result: RunResult, workload: Workload | None = None) -> Scorecard:
     hours = gpu_s / 3600.0
     def per_m(usd):
         return (usd / (produced / 1e6) if produced > 0 else float("inf"))
+    follow = {}
+    if workload is not None and workload.n == n and workload.has_sessions:
+        later = done & (workload.parent[rec["req_id"].to_numpy(int)] >= 0)  # type: ignore[index]
+        hit = rec["cached_tokens"].to_numpy(float)[later].sum()
+        follow = {"followup_ttft_p50_ms": _pct(ttft[later], 50), "followup_ttft_p90_ms": _pct(ttft[later], 90),
+                  "followup_cached_frac": hit / prompt_tok[later].sum() if later.any() else float("nan")}
     return Scorecard(
         n_requests=n,
         n_completed=int(done.sum()),
@@ -342,6 +355,7 @@ def score(result: RunResult, workload: Workload | None = None) -> Scorecard:
         interruptions=int(tel.interruptions),
         adapter_loads=int(c.get("lora_loads", 0.0)),
         adapter_load_s=float(c.get("lora_load_s", 0.0)),
+        **follow,
     )
 
 

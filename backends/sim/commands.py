@@ -91,6 +91,12 @@ SCORE_ROWS = (
 )
 
 
+SESSION_ROWS = (  # shown when the workload has multi-turn sessions (NaN otherwise)
+    ("follow-up TTFT p50/p90 ms", ("followup_ttft_p50_ms", "followup_ttft_p90_ms"), "{:.1f}"),
+    ("follow-up prompt cached", "followup_cached_frac", "{:.3f}"),
+)
+
+
 def print_scorecard(card, title: str, notes: tuple[str, ...]) -> None:
     from rich.console import Console
     from rich.table import Table
@@ -99,7 +105,8 @@ def print_scorecard(card, title: str, notes: tuple[str, ...]) -> None:
     table = Table(title=title, show_header=True)
     table.add_column("metric")
     table.add_column("value", justify="right")
-    for label, key, fmt in SCORE_ROWS:
+    rows = SCORE_ROWS + (SESSION_ROWS if d.get("followup_cached_frac") == d.get("followup_cached_frac") else ())
+    for label, key, fmt in rows:
         keys = key if isinstance(key, tuple) else (key,)
         table.add_row(label, " / ".join(fmt.format(d[k]) for k in keys))
     console = Console(width=100)

@@ -10,6 +10,7 @@ from simkit import H100_8B
 from backends.base import Deployment
 from backends.sim import SimBackend, simulate
 from tuner.policy import Policy
+from tuner.scorecard import score
 from workloads.synthetic import Arrival, Lengths, Session, Tenant, generate_mix
 from workloads.workload import build_workload
 
@@ -47,6 +48,12 @@ def test_a_later_turn_reuses_the_conversation_kv():
     assert (on.cached_tokens.to_numpy()[kid] == ctx).all() and (off.cached_tokens.to_numpy()[kid] == 0).all()
     ttft = {k: np.median((r.first_token_s - r.arrival_s).to_numpy()[kid]) for k, r in (("on", on), ("off", off))}
     assert ttft["on"] < 0.6 * ttft["off"], ttft
+    # the scorecard's follow-up metrics: the same numbers
+    res = simulate(Policy(), w, H100_8B)
+    card = score(res, w)
+    assert card.followup_cached_frac == pytest.approx(ctx.sum() / w.prompt_len[kid].sum())
+    assert card.followup_ttft_p50_ms == pytest.approx(1e3 * ttft["on"])
+    assert np.isnan(score(res).followup_cached_frac)  # (no workload given: no sessions known)
 
 
 def test_the_loop_is_closed_a_slower_engine_sends_later_turns_later():
