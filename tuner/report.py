@@ -22,7 +22,15 @@ from tuner.tune import best_trials, default_trial, gain_pct, replay
 TABLE_METRICS = ("goodput_tok_s", "goodput_frac", "slo_attainment", "throughput_tok_s", "ttft_p50_ms", "ttft_p99_ms",
                  "tpot_p50_ms", "tpot_p95_ms", "itl_p99_ms", "e2e_p99_ms", "usd_per_1m_tokens", "max_service_diff", "jain_index",
                  "preemptions", "n_rejected", "kv_util_peak", "mean_batch_size")
+SESSION_METRICS = ("followup_ttft_p50_ms", "followup_ttft_p90_ms", "followup_cached_frac")
+"""Shown when the workload has multi-turn sessions (NaN otherwise)."""
 MIN_TRIALS_FOR_IMPORTANCE = 4
+
+
+def _session_metrics(runs: dict) -> tuple[str, ...]:
+    """``SESSION_METRICS`` when some scorecard of ``runs`` has them (a multi-turn workload)."""
+    return SESSION_METRICS if any(sc.followup_cached_frac == sc.followup_cached_frac for _, sc in runs.values()) \
+        else ()
 
 
 def _img(path: Path) -> str:
@@ -158,7 +166,7 @@ def write_report(spec: StudySpec, study: Any, out_dir: Path, *, backend: str = "
         sections.append("<h2>Latency CDFs: best vs default</h2>" + _img(png))
         head = "".join(f"<th>{html.escape(k)}</th>" for k in runs)
         rows = "".join(f"<tr><td>{m}</td>" + "".join(f"<td>{getattr(sc, m):.4g}</td>" for _, sc in runs.values())
-                       + "</tr>" for m in TABLE_METRICS)
+                       + "</tr>" for m in TABLE_METRICS + _session_metrics(runs))
         sections.append(f"<h2>Scorecards</h2><table><tr><th>metric</th>{head}</tr>{rows}</table>")
         sections.append(_tenant_section({k: r for k, (r, _) in runs.items()}))
         cost = _cost_statement(next(iter(runs.values()))[0], spec)

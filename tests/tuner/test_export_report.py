@@ -83,3 +83,21 @@ def test_best_trial_run_gets_records_and_plots(tuned, project, stored):
     assert len(runs) == 1
     names = {a.path for a in c.list_artifacts(runs[0].info.run_id)}
     assert {"records.parquet", "latency_cdf.png", "itl.csv"} <= names
+
+
+def test_the_report_shows_follow_up_turns_only_for_conversations():
+    import math
+
+    from backends.base import Deployment
+    from backends.sim import simulate
+    from tuner.policy import Policy
+    from tuner.report import SESSION_METRICS, _session_metrics
+    from tuner.scorecard import score
+    from workloads.workload import build_workload
+
+    w = build_workload("chat", [0.0, 0.0], [300, 500], [50, 50], parent=[-1, 0], think_s=[0.0, 1.0])
+    res = simulate(Policy(), w, Deployment("llama-3.1-8b", "h100"))
+    plain = score(res)  # (no workload: no sessions known)
+    assert _session_metrics({"default": (res, plain)}) == ()
+    assert _session_metrics({"default": (res, plain), "best": (res, score(res, w))}) == SESSION_METRICS
+    assert math.isnan(plain.followup_cached_frac) and score(res, w).followup_cached_frac > 0
