@@ -876,6 +876,12 @@ class Simulation(Arrivals):
             self.stopped = int(lost.sum())
             self.failed |= lost
         ok = fin.astype(int) + self.rejected + self.failed
+        w = self.w
+        want = np.minimum(w.output_len[: self.n_stream], self.max_len - w.prompt_len[: self.n_stream])
+        served = fin[: self.n_stream]
+        if np.any(self.out_done[: self.n_stream][served] != want[served]):  # (a request served with another's row)
+            i = int(np.flatnonzero(served & (self.out_done[: self.n_stream] != want))[0])
+            raise SimInvariantError(f"request {i} generated {self.out_done[i]} tokens, its row asks {want[i]}")
         if np.any(ok != 1):
             i = int(np.flatnonzero(ok != 1)[0])
             raise SimInvariantError(f"request {i}: finished={fin[i]} rejected={self.rejected[i]} "

@@ -281,3 +281,13 @@ def test_the_request_at_an_arrival_chunk_boundary_is_served_as_written():
     w = build_workload("chunks", np.arange(n) * 0.01, prompt, np.full(n, 2))
     res = simulate(Policy(prefix_caching=False), w, H100_8B)
     assert res.telemetry.counters["prefill_tokens"] == prompt.sum()
+
+
+def test_a_request_served_with_another_rows_lengths_is_an_invariant_error():
+    """The end-of-run check: every finished request generated what its own row asks (it caught the
+    arrival-chunk bug above: row 8,191 generated another row's output)."""
+    w = poisson_workload(50, 20.0, (100, 500), (5, 300), seed=1)
+    sim = Simulation(Policy(), w, H100_8B).run()
+    sim.out_done[7] += 1
+    with pytest.raises(SimInvariantError, match="request 7 generated"):
+        sim._finish_run()
