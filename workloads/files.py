@@ -215,6 +215,13 @@ def _column(df: pd.DataFrame, col: str, where: str, *, integer: bool) -> np.ndar
     return x
 
 
+def _column_or(df: pd.DataFrame, col: str, default: float, where: str, *, integer: bool) -> np.ndarray:
+    """``_column`` with empty cells (NaN, or blank text in a CSV) read as ``default``."""
+    s = df[col]
+    s = s.where(~(s.isna() | (s.astype(str).str.strip() == "")), default)
+    return _column(pd.DataFrame({col: s}), col, where, integer=integer)
+
+
 def frame_to_workload(df: pd.DataFrame, header: dict, where: str, name: str) -> Workload:
     """Validate a request frame and build the Workload; errors name the row and column."""
     hname, classes, pbt = _parse_header(header, where)
@@ -245,9 +252,7 @@ def frame_to_workload(df: pd.DataFrame, header: dict, where: str, name: str) -> 
         raise ValueError(f"{where}: column 'think_s' needs the 'parent' column (multi-turn sessions)")
     parent = think = None
     if "parent" in df:
-        par = df["parent"]
-        par = par.where(~(par.isna() | (par.astype(str).str.strip() == "")), -1)  # empty: a first turn
-        parent = _column(pd.DataFrame({"parent": par}), "parent", where, integer=True)
+        parent = _column_or(df, "parent", -1, where, integer=True)  # empty: a first turn
         bad = (parent < -1) | (parent >= n) | (parent == np.arange(n))
         if bad.any():
             k = int(np.flatnonzero(bad)[0])
@@ -255,9 +260,7 @@ def frame_to_workload(df: pd.DataFrame, header: dict, where: str, name: str) -> 
                              f"row of another request")
         think = np.zeros(n)
         if "think_s" in df:
-            th = df["think_s"]
-            th = th.where(~(th.isna() | (th.astype(str).str.strip() == "")), 0)  # empty: 0 s
-            think = _column(pd.DataFrame({"think_s": th}), "think_s", where, integer=False)
+            think = _column_or(df, "think_s", 0, where, integer=False)  # empty: no pause
             if (think < 0).any():
                 k = int(np.flatnonzero(think < 0)[0])
                 raise ValueError(f"{where} row {k + 1}: think_s={_show(df['think_s'].iloc[k])} is negative")

@@ -11,7 +11,7 @@ from pathlib import Path
 
 import numpy as np
 
-from workloads.workload import Workload
+from workloads.workload import Workload, session_roots
 
 TOP_TENANTS = 12
 
@@ -53,11 +53,7 @@ def session_stats(w: Workload) -> tuple[int, float, int, float] | None:
     """(conversations, mean turns, most turns, mean think s of later turns) of ``w``'s sessions."""
     if not w.has_sessions:
         return None
-    root = np.arange(w.n)
-    for i, p in enumerate(w.parent.tolist()):  # type: ignore[union-attr]  # (parents come first)
-        if p >= 0:
-            root[i] = root[p]
-    turns = np.bincount(root, minlength=w.n)[w.parent < 0]  # type: ignore[operator]
+    turns = np.bincount(session_roots(w.parent), minlength=w.n)[w.parent < 0]  # type: ignore[arg-type,operator]
     later = w.parent >= 0  # type: ignore[operator]
     return len(turns), float(turns.mean()), int(turns.max()), float(w.think_s[later].mean())  # type: ignore[index]
 

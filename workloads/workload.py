@@ -301,6 +301,16 @@ def arrival_order(arrival: np.ndarray, parent: np.ndarray | None) -> np.ndarray:
     raise ValueError(f"parent: a conversation of more than {MAX_TURNS:,} turns, or a cycle")
 
 
+def session_roots(parent: np.ndarray) -> np.ndarray:
+    """The row of each row's conversation's first turn (itself for a first turn), from ``parent``
+    (the previous turn's row, -1 none; parents come first)."""
+    root = np.arange(len(parent))
+    for i, p in enumerate(parent.tolist()):
+        if p >= 0:
+            root[i] = root[p]
+    return root
+
+
 def remap_parent(parent: np.ndarray, sel: np.ndarray, n: int) -> np.ndarray:
     """``parent`` (rows of the previous turn, -1 none) for the rows ``sel`` of a workload of ``n``
     rows, renumbered to positions in ``sel``; -1 where the previous turn is not selected."""

@@ -72,55 +72,51 @@ class Arrivals(Scheduling):
         self._cf = (w.parent[i0:i1] >= 0).tolist() if self.released is not None else None  # type: ignore[index]
 
     def _new_req(self, i: int) -> Req | None:
+        """Row ``i`` of the arrival stream (its chunk loaded), or None: a later turn of a session
+        (sent when its parent finishes: ``Simulation._next_turns``), or a prompt that does not fit."""
         k = i - self._c0
         if self._cf is not None and self._cf[k]:
-            return None  # a later turn: sent when its parent finishes (``Simulation._next_turns``)
-        prompt, out, max_out = self._cp[k], self._co[k], self._cm[k]
-        room = self.max_len - prompt
-        if room < 1:
-            self.failed[i] = True
             return None
-        if out > room:
-            out = room
-        if max_out > room:
-            max_out = room
-        ids: tuple[int, ...] = ()
-        off = self.w.prefix_offsets
-        if self.pbt and off is not None:
-            full = min(int(off[i + 1] - off[i]), prompt // self.pbt)  # type: ignore[index]
-            if full:
-                ids = tuple(dict.fromkeys(self.w.prefix_ids[off[i]: off[i] + full].tolist()))  # type: ignore[index]
-        if self.prefilled is not None and self.prefilled[i]:
-            ids = ()  # its KV arrives whole from elsewhere: private blocks, no prefix-cache use
-        req = Req(i, self._ca[k], prompt, out, max_out, self._cr[k], ids, len(ids) * self.pbt)
-        req.ttft_slo_s = self._cs[k]
-        if self._cl is not None:
-            req.adapter = self._cl[k]
-        return req
+        return self._make_req(i, self._ca[k], self._cp[k], self._co[k], self._cm[k], self._cr[k], self._cs[k],
+                              self._cl[k] if self._cl is not None else -1, ())
 
     def _row_req(self, i: int, t: float, head: tuple[int, ...]) -> Req | None:
-        """Request ``i`` (a later turn of a session) sent at ``t`` s; its prefix entries are
-        ``head`` (the previous turn's, prompt and output) then its own listed ones. None (failed)
-        when its prompt leaves no room to generate in the model's context."""
+        """Request ``i`` (a later turn of a session) sent at ``t`` s, read from the workload's
+        columns; its prefix entries are ``head`` (the previous turn's, prompt and output) then its
+        own listed ones."""
         w = self.w
-        prompt, out, max_out = int(w.prompt_len[i]), int(w.output_len[i]), int(w.max_output[i])
+        return self._make_req(i, t, int(w.prompt_len[i]), int(w.output_len[i]), int(w.max_output[i]),
+                              int(w.priority[i]), float(w.slo_classes[int(w.slo_class[i])].ttft_ms) / 1e3,
+                              int(w.adapter[i]) if self.lora is not None else -1, head)  # type: ignore[index]
+
+    def _make_req(self, i: int, t: float, prompt: int, out: int, max_out: int, prio: int, slo_s: float,
+                  adapter: int, head: tuple[int, ...]) -> Req | None:
+        """Request ``i`` arriving at ``t`` s with ``out`` tokens to generate (``max_out`` allowed)
+        cut to the model's context; None (failed) when its prompt leaves no room to generate."""
         room = self.max_len - prompt
         if room < 1:
             self.failed[i] = True
             return None
-        ids: tuple[int, ...] = ()
-        if self.pbt:
-            k = prompt // self.pbt
-            ids = head[:k]
-            off = w.prefix_offsets
-            if off is not None and len(ids) < k:
-                own = w.prefix_ids[off[i]: off[i + 1]].tolist()  # type: ignore[index]
-                ids = tuple(dict.fromkeys(ids + tuple(own[: k - len(ids)])))
-        req = Req(i, t, prompt, min(out, room), min(max_out, room), int(w.priority[i]), ids, len(ids) * self.pbt)
-        req.ttft_slo_s = float(w.slo_classes[int(w.slo_class[i])].ttft_ms) / 1e3
-        if self.lora is not None:
-            req.adapter = int(w.adapter[i])  # type: ignore[index]
+        ids = self._prefix_ids(i, prompt, head)
+        req = Req(i, t, prompt, min(out, room), min(max_out, room), prio, ids, len(ids) * self.pbt)
+        req.ttft_slo_s = slo_s
+        req.adapter = adapter
         return req
+
+    def _prefix_ids(self, i: int, prompt: int, head: tuple[int, ...]) -> tuple[int, ...]:
+        """The prefix-cache entries of request ``i`` within its prompt: ``head`` (a previous turn's),
+        then its own listed block ids; none for a prefilled request (its KV arrives whole from
+        elsewhere: private blocks, no prefix-cache use)."""
+        if not self.pbt or (self.prefilled is not None and self.prefilled[i]):
+            return ()
+        k = prompt // self.pbt
+        ids = head[:k]
+        off = self.w.prefix_offsets
+        if off is not None and len(ids) < k:
+            n = min(int(off[i + 1] - off[i]), k - len(ids))  # type: ignore[index]
+            if n:
+                ids = tuple(dict.fromkeys(ids + tuple(self.w.prefix_ids[off[i]: off[i] + n].tolist())))  # type: ignore[index]
+        return ids
 
     def _enqueue(self, req: Req) -> None:
         if self.prefilled is not None and self.prefilled[req.rid] and not req.preemptions:

@@ -242,9 +242,12 @@ def merge(w: Workload, lives: list[Life], policy: Policy, dep: Deployment, notes
     last_t = np.full(n, -np.inf)
     rej, fail = np.zeros(n, bool), np.zeros(n, bool)
     pre, cached, rep = np.zeros(n, np.int64), np.zeros(n, np.int64), np.full(n, -1, np.int64)
+    sent = w.arrival_s.copy()  # (a later turn of a multi-turn session: when it was sent)
     for life in lives:
         for p in life.pieces:
             i = p.rid
+            if math.isfinite(p.sent):
+                sent[i] = p.sent
             produced[i] += p.produced
             pre[i] += p.preemptions
             cached[i] += p.cached
@@ -256,13 +259,7 @@ def merge(w: Workload, lives: list[Life], policy: Policy, dep: Deployment, notes
                 rep[i] = life.idx if (math.isfinite(p.finish) or math.isfinite(p.first)) else -1
     unplaced = ~np.isfinite(last_t)  # every piece cut and never placed again (should not happen)
     fail |= unplaced
-    if w.has_sessions:  # later turns: when they were sent
-        sent = np.full(n, np.nan)
-        for life in lives:
-            for p in life.pieces:
-                if math.isfinite(p.sent):
-                    sent[p.rid] = p.sent
-        rec["arrival_s"] = np.where(np.isfinite(sent), sent, w.arrival_s)
+    rec["arrival_s"] = sent
     rec["first_token_s"] = np.where(np.isfinite(first), first, np.nan)
     rec["finish_s"] = finish
     rec["output_len"] = produced

@@ -122,8 +122,9 @@ def simulate_replicated(policy: Policy, w: Workload, dep: Deployment, *, seed: i
         stats.update(migrated_running_requests=0.0, migration_kv_bytes=0.0, migration_downtime_s=0.0)
     pieces: dict[int, Piece] = {}
     arr, pl, ol, mo = w.arrival_s, w.prompt_len, w.output_len, w.max_output
-    parent = w.parent if w.has_sessions else None
-    home = np.full(w.n, -1, np.int64)  # the replica each request went to (sessions)
+    parent = home = None
+    if w.has_sessions:
+        parent, home = w.parent, np.full(w.n, -1, np.int64)  # (the replica each request went to)
     next_change, dirty, up_now = -math.inf, True, []
     for i in range(w.n):
         t = float(arr[i])
@@ -153,12 +154,12 @@ def simulate_replicated(policy: Policy, w: Workload, dep: Deployment, *, seed: i
                       key=lambda life: life.ready_s)
             t, up = nxt.ready_s, [nxt.idx]
         par = int(parent[i]) if parent is not None else -1
-        if par >= 0 and home[par] in up:  # a conversation stays on the replica of its first turn
-            k = home[par]
+        if par >= 0 and home[par] in up:  # type: ignore[index]  # a conversation stays on its first turn's replica
+            k = int(home[par])  # type: ignore[index]
             router.add(k, t, router.tokens(i))
         else:
             k = router.route(i, t, up)
-        if parent is not None:
+        if home is not None:
             home[i] = k
         p = pieces[i] = Piece(i, t, int(pl[i]), int(ol[i]), int(mo[i]))
         lives[k].pieces.append(p)

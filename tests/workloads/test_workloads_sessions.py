@@ -7,7 +7,7 @@ import pytest
 
 from workloads import cap_context, first_n, load_workload, read_requests, write_workload
 from workloads.synthetic import Arrival, Lengths, Session, Tenant, generate_mix
-from workloads.workload import build_workload
+from workloads.workload import build_workload, session_roots
 
 
 def _chat(rate=0.5, turns=Lengths("uniform", low=1, high=6), think=20.0, duration=2000.0, seed=3, **kw):
@@ -28,20 +28,12 @@ def test_conversations_accumulate_their_context():
     assert abs(w.think_s[kid].mean() / 20.0 - 1) < 0.1 and (w.think_s[~kid] == 0).all()
     # turns per conversation 1..6 (uniform: mean 3.5); first turns keep the tenant's prompt
     chat = (w.tenant == w.tenants.index("chat")) & ~kid
-    turns = 1 + np.bincount(_root(w)[kid], minlength=w.n)[chat]
+    turns = 1 + np.bincount(session_roots(w.parent)[kid], minlength=w.n)[chat]
     assert turns.min() == 1 and turns.max() == 6 and abs(turns.mean() - 3.5) < 0.25
     assert (w.prompt_len[chat] == 500).all()
     # the other tenant has no sessions; same seed, same workload
     assert (par[w.tenant == w.tenants.index("bg")] == -1).all()
     assert _chat().content_hash() == w.content_hash() != _chat(seed=4).content_hash()
-
-
-def _root(w):
-    root = np.arange(w.n)
-    for i, p in enumerate(w.parent.tolist()):
-        if p >= 0:
-            root[i] = root[p]
-    return root
 
 
 def test_bad_session_columns_are_one_line_errors():
@@ -80,7 +72,7 @@ def test_selections_keep_conversations_together_or_end_them():
 
 def _conversations(w):
     """Each conversation as its tuple of prompt lengths, turn by turn."""
-    root = _root(w)
+    root = session_roots(w.parent)
     out: dict[int, list[int]] = {}
     for i in range(w.n):
         out.setdefault(int(root[i]), []).append(int(w.prompt_len[i]))
