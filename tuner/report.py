@@ -29,8 +29,7 @@ MIN_TRIALS_FOR_IMPORTANCE = 4
 
 def _session_metrics(runs: dict) -> tuple[str, ...]:
     """``SESSION_METRICS`` when some scorecard of ``runs`` has them (a multi-turn workload)."""
-    return SESSION_METRICS if any(sc.followup_cached_frac == sc.followup_cached_frac for _, sc in runs.values()) \
-        else ()
+    return SESSION_METRICS if any(sc.has_followups for _, sc in runs.values()) else ()
 
 
 def _img(path: Path) -> str:

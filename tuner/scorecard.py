@@ -106,6 +106,11 @@ class Scorecard:
     """Share of the served later turns' prompt tokens found in the prefix cache (GPU or a lower
     tier): how much of the conversations' context the engine kept between turns."""
 
+    @property
+    def has_followups(self) -> bool:
+        """The run's workload had multi-turn sessions, some later turn served (``followup_*`` set)."""
+        return not math.isnan(self.followup_cached_frac)
+
     def as_dict(self) -> dict[str, float]:
         return asdict(self)
 

@@ -16,6 +16,7 @@ from __future__ import annotations
 import asyncio
 import json
 import time
+from collections import Counter
 from collections.abc import Awaitable, Callable, Sequence
 from dataclasses import dataclass, field
 
@@ -158,11 +159,9 @@ async def _replay(url: str, w: Workload, prompts: Sequence[list[int]], cfg: Repl
     parent = w.parent if w.has_sessions else None
     said: dict[int, list[int]] = {}  # a turn with a successor: the conversation so far (prompt + output ids)
     ended: dict[int, asyncio.Event] = {}
-    waiting: dict[int, int] = {}  # successors still to send, per turn
+    waiting: Counter[int] = Counter()  # successors still to send, per turn
     if parent is not None:
-        for q in parent.tolist():
-            if q >= 0:
-                waiting[q] = waiting.get(q, 0) + 1
+        waiting.update(q for q in parent.tolist() if q >= 0)
         ended = {q: asyncio.Event() for q in waiting}
     conn = aiohttp.TCPConnector(limit=cfg.max_concurrency + 4)
     # no session-wide time-out (aiohttp's default is 300 s): each request has request_timeout_s

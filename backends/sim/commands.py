@@ -105,7 +105,7 @@ def print_scorecard(card, title: str, notes: tuple[str, ...]) -> None:
     table = Table(title=title, show_header=True)
     table.add_column("metric")
     table.add_column("value", justify="right")
-    rows = SCORE_ROWS + (SESSION_ROWS if d.get("followup_cached_frac") == d.get("followup_cached_frac") else ())
+    rows = SCORE_ROWS + (SESSION_ROWS if card.has_followups else ())
     for label, key, fmt in rows:
         keys = key if isinstance(key, tuple) else (key,)
         table.add_row(label, " / ".join(fmt.format(d[k]) for k in keys))

@@ -876,11 +876,11 @@ class Simulation(Arrivals):
             self.stopped = int(lost.sum())
             self.failed |= lost
         ok = fin.astype(int) + self.rejected + self.failed
-        w = self.w
-        want = np.minimum(w.output_len[: self.n_stream], self.max_len - w.prompt_len[: self.n_stream])
-        served = fin[: self.n_stream]
-        if np.any(self.out_done[: self.n_stream][served] != want[served]):  # (a request served with another's row)
-            i = int(np.flatnonzero(served & (self.out_done[: self.n_stream] != want))[0])
+        w, ns = self.w, self.n_stream
+        want = np.minimum(w.output_len[:ns], self.max_len - w.prompt_len[:ns])
+        wrong = fin[:ns] & (self.out_done[:ns] != want)  # (a request served with another's row)
+        if wrong.any():
+            i = int(np.flatnonzero(wrong)[0])
             raise SimInvariantError(f"request {i} generated {self.out_done[i]} tokens, its row asks {want[i]}")
         if np.any(ok != 1):
             i = int(np.flatnonzero(ok != 1)[0])
